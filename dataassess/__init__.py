@@ -1,0 +1,2 @@
+"""dataassess: rank training-data mixtures by merging unit models (Na et al. 2024, arXiv 2410.15661)."""
+__version__ = "0.1.0"

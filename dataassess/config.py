@@ -1,0 +1,104 @@
+"""One config model. Precedence: explicit values > DATAASSESS_* env > dataassess.toml > defaults.
+
+Nested fields use `__` in env names, e.g. DATAASSESS_TRAIN__LR=1e-4.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class TinySeedConfig(BaseModel):
+    """The built-in `tiny` seed: a small model and a byte-level BPE trained here."""
+
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    vocab_size: int = 8192
+    tokens: int = 1_000_000  # pretraining token budget on the seed text
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 20
+    text: str | None = None  # seed text file/dir; None = the bundled FOLDOC cut
+
+
+class CorpusConfig(BaseModel):
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    eval_max_tokens: int = 8192  # per evaluation set
+    eval_group: Literal["domain", "partition"] = "domain"  # held-out docs grouped by `domain` field or partition
+    partition_field: str = "domain"  # when the corpus is one dataset (file or hub id) instead of a folder
+    min_tokens: int = 2048  # a partition with fewer training tokens is rejected
+
+
+class UnitConfig(BaseModel):
+    tokens: int = 65_536  # every unit holds exactly this many training tokens
+
+
+class TrainConfig(BaseModel):
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seq_len: int = 256
+    batch_tokens: int = 4096  # tokens per optimizer step; gradient accumulation reaches it
+    micro_batch: int = 16  # sequences per forward pass
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ScoreConfig(BaseModel):
+    batch_size: int = 16
+    stride: int | None = None  # rolling-window stride; None = half the context
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RankConfig(BaseModel):
+    k_max: int = 2
+    mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
+    by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)
+    weighting: Literal["uniform", "tokens"] = "uniform"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DATAASSESS_", env_nested_delimiter="__", toml_file="dataassess.toml", extra="forbid"
+    )
+
+    store: Path = Path(".dataassess")  # where data, models, scores and rankings live
+    base_model: str = "tiny"  # "tiny", "tiny-llama", an HF model id or a local model folder
+    gguf_file: str | None = None  # for a base_model folder holding a GGUF file
+    device: str = "auto"  # "auto" = cuda when present, else cpu
+    threads: int | None = None  # torch CPU threads; None = torch's default
+    tiny: TinySeedConfig = TinySeedConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    units: UnitConfig = UnitConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    rank: RankConfig = RankConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: str | Path | None = None, **overrides) -> Settings:
+    """Settings from `path` (or $DATAASSESS_CONFIG, or ./dataassess.toml if present), env and overrides."""
+    toml = path or os.environ.get("DATAASSESS_CONFIG") or "dataassess.toml"
+    if (path or os.environ.get("DATAASSESS_CONFIG")) and not Path(toml).is_file():
+        raise FileNotFoundError(f"config file not found: {toml}")
+    reading = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml}})
+    return Settings.model_validate(reading(**overrides).model_dump())

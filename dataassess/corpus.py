@@ -1,0 +1,228 @@
+"""Corpus discovery: partitions, content digests, validation and the held-out split.
+
+A corpus is either a folder (each subfolder one partition) or one dataset, a local
+file or an HF hub id, whose rows are grouped into partitions by a field.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from .store import digest_json, sha256_bytes
+
+log = logging.getLogger(__name__)
+datasets.disable_progress_bars()
+datasets.logging.set_verbosity_error()
+
+SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet", ".txt", ".md")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class CorpusError(ValueError):
+    """A bad input: names the partition, the file and the reason."""
+
+    def __init__(self, partition: str, reason: str, file: str | None = None):
+        self.partition, self.file, self.reason = partition, file, reason
+        where = f"{file}: " if file else ""
+        super().__init__(f"partition '{partition}': {where}{reason}")
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    domain: str  # the `domain` field when the record has one, else the partition name
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(self.text.encode("utf-8"))
+
+
+@dataclass
+class Partition:
+    name: str
+    digest: str  # content digest: stable across machines and file order
+    documents: list[Document] = field(repr=False)
+    source: str = ""
+
+    def split(self, heldout_fraction: float) -> tuple[list[Document], list[Document]]:
+        """(train, held-out), decided per document by its hash, so never trained on."""
+        train, held = [], []
+        for doc in self.documents:
+            (held if is_heldout(doc, heldout_fraction) else train).append(doc)
+        return train, held
+
+
+def is_heldout(doc: Document, fraction: float) -> bool:
+    return int(doc.digest[:16], 16) / 16**16 < fraction
+
+
+def suffix_of(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in SUFFIXES if name.endswith(s)), None)
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name) or ".." in name:
+        raise CorpusError(
+            name, "invalid partition name: it would escape the store "
+            "(use letters, digits, '.', '_', '-'; no '..' or '/')"
+        )
+
+
+def _raw_bytes(path: Path, partition: str) -> bytes:
+    data = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CorpusError(partition, f"not a valid gzip file ({e})", str(path)) from None
+    return data
+
+
+def _check_text_bytes(data: bytes, path: Path, partition: str) -> None:
+    if not data.strip():
+        raise CorpusError(partition, "empty file", str(path))
+    if b"\x00" in data:
+        raise CorpusError(partition, "binary content (NUL bytes); expected UTF-8 text", str(path))
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(partition, f"not valid UTF-8 (byte {e.start}: {e.reason})", str(path)) from None
+
+
+def _load_file(path: Path, suffix: str, cache_dir: str | None) -> datasets.Dataset:
+    if suffix in (".txt", ".md"):
+        return datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train", cache_dir=cache_dir)
+    builder = "parquet" if suffix == ".parquet" else "json"
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+
+
+def _documents(ds: datasets.Dataset, partition: str, file: str) -> list[Document]:
+    if "text" not in ds.column_names:
+        raise CorpusError(partition, f"no 'text' field (fields: {', '.join(ds.column_names) or 'none'})", file)
+    domains = ds["domain"] if "domain" in ds.column_names else [None] * len(ds)
+    docs = []
+    for i, (text, domain) in enumerate(zip(ds["text"], domains)):
+        if not isinstance(text, str):
+            raise CorpusError(partition, f"record {i + 1} has no 'text' string", file)
+        if text.strip():
+            docs.append(Document(text, str(domain) if domain else partition))
+    return docs
+
+
+def load_partition_folder(folder: Path, cache_dir: str | None = None) -> Partition:
+    """Read and validate one partition folder; raises CorpusError naming the file."""
+    name = folder.name
+    check_name(name)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise CorpusError(name, "empty partition: no files", str(folder))
+    entries, docs = [], []
+    for path in files:
+        suffix = suffix_of(path)
+        if suffix is None:
+            raise CorpusError(name, f"unsupported file type (supported: {', '.join(SUFFIXES)})", str(path))
+        raw = _raw_bytes(path, name) if suffix != ".parquet" else path.read_bytes()
+        if suffix != ".parquet":
+            _check_text_bytes(raw, path, name)
+        elif not raw:
+            raise CorpusError(name, "empty file", str(path))
+        entries.append((path.relative_to(folder).as_posix(), sha256_bytes(raw)))
+        try:
+            ds = _load_file(path, suffix, cache_dir)
+        except CorpusError:
+            raise
+        except Exception as e:  # datasets raises many types for malformed input
+            raise CorpusError(name, f"could not be parsed as {suffix}: {type(e).__name__}: {str(e)[:300]}", str(path)) from None
+        docs.extend(_documents(ds, name, str(path)))
+    if not docs:
+        raise CorpusError(name, "empty partition: no non-blank documents", str(folder))
+    return Partition(name, digest_json(entries), docs, str(folder))
+
+
+def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
+    """A single dataset (local file or HF hub id), grouped into partitions by `partition_field`."""
+    path = Path(source)
+    try:
+        if path.is_file():
+            suffix = suffix_of(path)
+            if suffix is None:
+                raise CorpusError(path.name, f"unsupported file type (supported: {', '.join(SUFFIXES)})", source)
+            if suffix != ".parquet":
+                _check_text_bytes(_raw_bytes(path, path.name), path, path.name)
+            ds = _load_file(path, suffix, cache_dir)
+        else:
+            ds = datasets.load_dataset(source, split="train", cache_dir=cache_dir)
+    except CorpusError:
+        raise
+    except Exception as e:
+        raise CorpusError(source, f"could not load dataset: {type(e).__name__}: {str(e)[:300]}", source) from None
+    if partition_field not in ds.column_names:
+        raise CorpusError(source, f"no '{partition_field}' field to partition by (fields: {', '.join(ds.column_names)})", source)
+    if "text" not in ds.column_names:
+        raise CorpusError(source, f"no 'text' field (fields: {', '.join(ds.column_names)})", source)
+    groups: dict[str, list[dict]] = {}
+    for row in ds:
+        groups.setdefault(str(row[partition_field]), []).append(row)
+    good, bad = [], []
+    for name in sorted(groups):
+        rows = groups[name]
+        try:
+            check_name(name)
+            docs = _documents(datasets.Dataset.from_list(rows), name, source)
+            if not docs:
+                raise CorpusError(name, "empty partition: no non-blank documents", source)
+        except CorpusError as e:
+            log.warning("quarantined: %s", e)
+            bad.append(e)
+            continue
+        digest = digest_json([r["text"] for r in rows])
+        good.append(Partition(name, digest, docs, source))
+    return good, bad
+
+
+def discover(source: str | Path, partition_field: str = "domain", cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
+    """All valid partitions under `source`, and the errors of the rejected ones."""
+    root = Path(source)
+    if not root.is_dir():
+        if not root.exists() and (str(source).startswith((".", "/")) or root.suffix):
+            raise FileNotFoundError(f"corpus not found: {source}")
+        return load_dataset_partitions(str(source), partition_field, cache_dir)
+    good, bad = [], []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        try:
+            good.append(load_partition_folder(folder, cache_dir))
+        except CorpusError as e:
+            log.warning("quarantined: %s", e)
+            bad.append(e)
+    stray = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if stray:
+        log.warning("ignored files at the corpus root (partitions are subfolders): %s", ", ".join(sorted(stray)))
+    if not folders:
+        raise CorpusError(root.name, "no partition subfolders in the corpus root", str(root))
+    return good, bad
+
+
+def eval_sets_from_folder(root: Path, cache_dir: str | None = None) -> dict[str, list[Document]]:
+    """Explicit evaluation sets: one subfolder per set, same file formats as partitions."""
+    sets = {}
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sets[folder.name] = load_partition_folder(folder, cache_dir).documents
+    if not sets:
+        raise CorpusError(Path(root).name, "no evaluation-set subfolders", str(root))
+    return sets
+
+
+def text_digest(docs: list[Document]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(d.digest.encode())
+    return h.hexdigest()

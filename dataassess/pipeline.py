@@ -1,0 +1,304 @@
+"""The core pipeline: corpus -> units -> train -> merge -> score -> rank.
+
+Each step takes and returns paths, digests and small dicts (never tensors), so an
+orchestrator can run the steps as separate tasks or processes. Every step is
+idempotent: its output is keyed by the content digests of its inputs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import Settings
+from .corpus import CorpusError, Document, discover, eval_sets_from_folder
+from .merge import linear_merge
+from .rank import enumerate_mixtures, rank
+from .score import EvalSet, Score, build_eval_set, score_model
+from .seed import Seed, prepare_seed
+from .store import digest_json, read_json, write_json
+from .train import resolve_device, to_sequences, train_lm
+from .units import Unit, cut_units
+from .weights import load_state, save_weights
+
+log = logging.getLogger(__name__)
+
+
+def configure_torch(settings: Settings) -> None:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+
+
+# ---- corpus -> units -------------------------------------------------------
+
+@dataclass
+class Pool:
+    """What one intake sees: the seed, the valid units, the rejected partitions and the eval sets."""
+
+    seed: Seed
+    units: list[Unit]
+    rejected: list[CorpusError]
+    eval_sets: dict[str, str]  # name -> stored eval-set path
+    partitions: dict[str, str] = field(default_factory=dict)  # name -> content digest
+
+
+def eval_set_path(settings: Settings, digest: str) -> Path:
+    return Path(settings.store) / "evalsets" / f"{digest}.json"
+
+
+def save_eval_set(settings: Settings, es: EvalSet) -> str:
+    path = eval_set_path(settings, es.digest)
+    if not path.exists():
+        write_json(path, {"name": es.name, "digest": es.digest, "windows": es.windows, "tokens": es.tokens, "bytes": es.bytes, "documents": es.documents})
+    return str(path)
+
+
+def load_eval_set(path: str | Path) -> EvalSet:
+    d = read_json(Path(path))
+    return EvalSet(d["name"], d["digest"], [(w, s) for w, s in d["windows"]], d["tokens"], d["bytes"], d["documents"])
+
+
+def prepare_pool(
+    corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None = None, progress: bool = True,
+    partitions: Sequence[str] | None = None,
+) -> Pool:
+    """Seed, units and evaluation sets for a corpus. Bad partitions are rejected, not fatal."""
+    seed = prepare_seed(settings, progress=progress)
+    tokenizer = seed.load_tokenizer()
+    cache = str(Path(settings.store) / "hf-datasets")
+    found, rejected = discover(corpus, settings.corpus.partition_field, cache_dir=cache)
+    if partitions is not None:
+        found = [p for p in found if p.name in set(partitions)]
+    units: list[Unit] = []
+    heldout: dict[str, list[Document]] = {}
+    for part in found:
+        try:
+            units.extend(cut_units(part, seed, tokenizer, settings))
+        except CorpusError as e:
+            log.warning("quarantined: %s", e)
+            rejected.append(e)
+            continue
+        for doc in part.split(settings.corpus.heldout_fraction)[1]:
+            group = doc.domain if settings.corpus.eval_group == "domain" else part.name
+            heldout.setdefault(group, []).append(doc)
+    if eval_sets_dir is not None:
+        heldout = eval_sets_from_folder(Path(eval_sets_dir), cache)
+    ctx = min(settings.train.seq_len, _context_length(seed))
+    eval_sets = {}
+    for name, docs in sorted(heldout.items()):
+        try:
+            es = build_eval_set(name, docs, tokenizer, ctx, settings.score.stride, settings.corpus.eval_max_tokens)
+        except ValueError as e:
+            log.warning("evaluation set skipped: %s", e)
+            continue
+        eval_sets[name] = save_eval_set(settings, es)
+    if not units:
+        raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(str(e) for e in rejected), str(corpus))
+    if not eval_sets:
+        raise CorpusError(str(corpus), "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets")
+    return Pool(seed, units, rejected, eval_sets, {p.name: p.digest for p in found})
+
+
+def _context_length(seed: Seed) -> int:
+    cfg = json.loads((seed.path / "config.json").read_text())
+    return cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048
+
+
+# ---- train -----------------------------------------------------------------
+
+def unit_model_key(unit: Unit, seed: Seed, settings: Settings) -> str:
+    return digest_json({"unit": unit.digest, "seed": seed.digest, "train": settings.train.digest()})[:24]
+
+
+def unit_model_dir(settings: Settings, key: str) -> Path:
+    return Path(settings.store) / "models" / key
+
+
+def trained_meta(settings: Settings, key: str) -> dict | None:
+    """The metadata of a finished unit model, or None. The metadata is written last."""
+    meta = unit_model_dir(settings, key) / "meta.json"
+    return read_json(meta) if meta.exists() else None
+
+
+def train_unit(unit: Unit, seed: Seed, settings: Settings, progress: bool = True) -> dict:
+    """Continue-pretrain the seed on one unit; returns the metadata (with `weights` path). Idempotent."""
+    key = unit_model_key(unit, seed, settings)
+    if (done := trained_meta(settings, key)) is not None:
+        return done
+    configure_torch(settings)
+    folder = unit_model_dir(settings, key)
+    model = seed.load_model()
+    seqs = to_sequences(unit.load_tokens(), settings.train.seq_len)
+    result = train_lm(model, seqs, settings.train, unit.tokens, resolve_device(settings.device), desc=unit.name, progress=progress)
+    save_weights(model.cpu(), folder / "model.safetensors", metadata={"unit_digest": unit.digest, "seed_digest": seed.digest})
+    meta = {
+        "key": key, "unit": unit.name, "partition": unit.partition, "unit_digest": unit.digest,
+        "seed_digest": seed.digest, "train_config_hash": settings.train.digest(), "train_config": settings.train.model_dump(),
+        "tokens": result.tokens, "source_tokens": unit.source_tokens, "repeat": unit.repeat, "steps": result.steps,
+        "final_loss": result.final_loss, "wall_s": result.wall_s, "code_version": __version__,
+        "weights": str(folder / "model.safetensors"),
+    }
+    write_json(folder / "meta.json", meta)
+    return meta
+
+
+# ---- merge -> score ----------------------------------------------------------
+
+_skeletons: dict[str, torch.nn.Module] = {}
+
+
+def _skeleton(seed: Seed, device: torch.device) -> torch.nn.Module:
+    """One model instance per seed and process, reloaded with each merged state."""
+    key = f"{seed.digest}:{device}"
+    if key not in _skeletons:
+        _skeletons[key] = seed.load_model().to(device)
+    return _skeletons[key]
+
+
+def mixture_key(model_keys: Sequence[str], weights: Sequence[float] | None) -> str:
+    pairs = sorted(zip(model_keys, weights or [1.0] * len(model_keys)))
+    return digest_json({"models": pairs})[:24]
+
+
+def score_path(settings: Settings, mix_key: str, eval_digest: str) -> Path:
+    return Path(settings.store) / "scores" / digest_json([mix_key, eval_digest, settings.score.digest()])[:24] / "score.json"
+
+
+def cached_scores(settings: Settings, mix_key: str, eval_sets: dict[str, str]) -> dict[str, dict]:
+    out = {}
+    for name, path in eval_sets.items():
+        p = score_path(settings, mix_key, Path(path).stem)
+        if p.exists():
+            out[name] = read_json(p)
+    return out
+
+
+def score_mixture(
+    weights_paths: Sequence[str], model_keys: Sequence[str], seed: Seed, eval_sets: dict[str, str], settings: Settings,
+    weights: Sequence[float] | None = None,
+) -> tuple[dict[str, dict], int]:
+    """Scores of the merged model on every eval set, and how many were computed (the rest reused)."""
+    mix_key = mixture_key(model_keys, weights)
+    scores = cached_scores(settings, mix_key, eval_sets)
+    missing = [n for n in eval_sets if n not in scores]
+    if not missing:
+        return scores, 0
+    configure_torch(settings)
+    device = resolve_device(settings.device)
+    model = load_state(_skeleton(seed, device), linear_merge(weights_paths, weights))
+    for name in missing:
+        es = load_eval_set(eval_sets[name])
+        result = score_model(model, es, settings.score.batch_size, device).to_dict()
+        write_json(score_path(settings, mix_key, es.digest), result)
+        scores[name] = result
+    return scores, len(missing)
+
+
+def score_seed(seed: Seed, eval_sets: dict[str, str], settings: Settings) -> dict[str, float]:
+    """The seed's own perplexities: the reference every mixture should improve on."""
+    key = digest_json({"seed": seed.digest})[:24]
+    scores = cached_scores(settings, key, eval_sets)
+    missing = [n for n in eval_sets if n not in scores]
+    if missing:
+        device = resolve_device(settings.device)
+        model = seed.load_model().to(device)
+        for name in missing:
+            es = load_eval_set(eval_sets[name])
+            scores[name] = score_model(model, es, settings.score.batch_size, device).to_dict()
+            write_json(score_path(settings, key, es.digest), scores[name])
+    return {n: s["perplexity"] for n, s in sorted(scores.items())}
+
+
+# ---- rank --------------------------------------------------------------------
+
+def mixture_weights(units: Sequence[dict], weighting: str) -> list[float] | None:
+    """None for uniform; distinct (pre-upsampling) tokens for "tokens"."""
+    return None if weighting == "uniform" else [float(u["source_tokens"]) for u in units]
+
+
+def rank_mixtures(
+    pool: Pool, trained: dict[str, dict], settings: Settings, progress: bool = True,
+    mixtures: Sequence[Sequence[str]] | None = None,
+) -> tuple[list[dict], dict]:
+    """Score every candidate mixture (reusing cached scores) and rank them. Returns (ranking, counts)."""
+    candidates = enumerate_mixtures(sorted(trained), settings.rank.k_max, mixtures if mixtures is not None else settings.rank.mixtures)
+    rows, computed_mixtures = [], 0
+    for mix in tqdm(candidates, desc="score mixtures", disable=not progress):
+        metas = [trained[u] for u in mix]
+        weights = mixture_weights(metas, settings.rank.weighting)
+        scores, computed = score_mixture([m["weights"] for m in metas], [m["key"] for m in metas], pool.seed, pool.eval_sets, settings, weights)
+        computed_mixtures += computed > 0
+        rows.append({
+            "units": list(mix),
+            "scores": {n: s["perplexity"] for n, s in sorted(scores.items())},
+            "bits_per_byte": {n: s["bits_per_byte"] for n, s in sorted(scores.items())},
+            "k": len(mix),
+        })
+    return rank(rows, settings.rank.by), {"mixtures": len(candidates), "scored": computed_mixtures, "reused": len(candidates) - computed_mixtures}
+
+
+def rankings_dir(settings: Settings) -> Path:
+    return Path(settings.store) / "rankings"
+
+
+def save_ranking(settings: Settings, ranking: list[dict], info: dict) -> Path:
+    """Write a snapshot and point `latest.json` at it; rank changes are against the previous latest."""
+    previous = latest_ranking(settings)
+    if previous:
+        before = {tuple(r["units"]): r["rank"] for r in previous["ranking"]}
+        for row in ranking:
+            old = before.get(tuple(row["units"]))
+            row["rank_change"] = None if old is None else old - row["rank"]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    snapshot = {"created": stamp, "ranked_by": settings.rank.by, "ranking": ranking, **info}
+    path = rankings_dir(settings) / f"{stamp}.json"
+    write_json(path, snapshot)
+    write_json(rankings_dir(settings) / "latest.json", snapshot)
+    return path
+
+
+def latest_ranking(settings: Settings) -> dict | None:
+    path = rankings_dir(settings) / "latest.json"
+    return read_json(path) if path.exists() else None
+
+
+# ---- all of it ----------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    ranking: list[dict]
+    snapshot: Path
+    trained: list[str]  # units trained in this run
+    reused: list[str]  # units whose models already existed
+    rejected: list[str]  # error messages
+    counts: dict
+    seed_scores: dict[str, float]
+    wall_s: float
+
+
+def run(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None = None, progress: bool = True) -> RunResult:
+    start = time.perf_counter()
+    pool = prepare_pool(corpus, settings, eval_sets_dir, progress)
+    trained, new, old = {}, [], []
+    for unit in tqdm(pool.units, desc="train units", disable=not progress):
+        was_done = trained_meta(settings, unit_model_key(unit, pool.seed, settings)) is not None
+        trained[unit.name] = train_unit(unit, pool.seed, settings, progress)
+        (old if was_done else new).append(unit.name)
+    ranking, counts = rank_mixtures(pool, trained, settings, progress)
+    seed_scores = score_seed(pool.seed, pool.eval_sets, settings)
+    info = {
+        "corpus": str(corpus), "seed_digest": pool.seed.digest, "seed_scores": seed_scores,
+        "units": {n: {k: m[k] for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss")} for n, m in trained.items()},
+        "eval_sets": {n: Path(p).stem for n, p in pool.eval_sets.items()},
+        "quarantined": [str(e) for e in pool.rejected], "counts": counts,
+    }
+    snapshot = save_ranking(settings, ranking, info)
+    return RunResult(ranking, snapshot, new, old, [str(e) for e in pool.rejected], counts, seed_scores, time.perf_counter() - start)

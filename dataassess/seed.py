@@ -1,0 +1,157 @@
+"""The seed model: the built-in `tiny` preset, an HF hub id, or a local model folder.
+
+Every seed is materialized once as an HF folder in the store (config, safetensors
+weights, tokenizer) and identified by the digest of those files.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+
+from .config import Settings
+from .store import atomic_dir, digest_json, read_json, sha256_file, write_json
+from .train import resolve_device, to_sequences, train_lm, warmup_cosine
+
+log = logging.getLogger(__name__)
+TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
+EOS = "<|endoftext|>"
+SEED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class Seed:
+    path: Path  # HF model folder
+    digest: str  # of its weights, config and tokenizer
+    tokenizer_digest: str
+    source: str
+
+    def load_model(self) -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+
+    def load_tokenizer(self):
+        return AutoTokenizer.from_pretrained(self.path)
+
+
+def bundled_seed_text() -> Path:
+    return Path(str(resources.files("dataassess") / "data" / "seed_text.jsonl.gz"))
+
+
+def read_texts(path: Path) -> list[str]:
+    """Texts of a .jsonl(.gz) file (field `text`) or a .txt/.md file, or of every such file in a folder."""
+    path = Path(path)
+    if path.is_dir():
+        return [t for p in sorted(path.rglob("*")) if p.is_file() for t in read_texts(p)]
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in f if line.strip()]
+    return [path.read_text(encoding="utf-8")]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+
+
+def tiny_config(arch: str, cfg, vocab_size: int, ctx: int, eos_id: int):
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id,
+            tie_word_embeddings=True,
+        )
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, max_position_embeddings=ctx,
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, tie_word_embeddings=True,
+    )
+
+
+def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:
+    """Documents joined into one token stream, each ended by EOS."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos)
+    return torch.tensor(ids, dtype=torch.int32)
+
+
+def _build_tiny(settings: Settings, arch: str, out: Path, progress: bool) -> None:
+    cfg = settings.tiny
+    texts = read_texts(Path(cfg.text) if cfg.text else bundled_seed_text())
+    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    torch.manual_seed(settings.train.seed)
+    model = AutoModelForCausalLM.from_config(
+        tiny_config(arch, cfg, len(tokenizer), settings.train.seq_len, tokenizer.eos_token_id)
+    )
+    seqs = to_sequences(tokenize_stream(tokenizer, texts), settings.train.seq_len)
+    train_cfg = settings.train.model_copy(update={"lr": cfg.lr})
+    result = train_lm(
+        model, seqs, train_cfg, cfg.tokens, resolve_device(settings.device),
+        lr_at=warmup_cosine(cfg.lr, cfg.min_lr, cfg.warmup_steps), desc="seed", progress=progress,
+    )
+    log.info("tiny seed: %d steps, final loss %.3f, %.0f s", result.steps, result.final_loss, result.wall_s)
+    model.cpu().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_json(out / "seed_train.json", {"steps": result.steps, "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": result.wall_s})
+
+
+def _import_model(settings: Settings, out: Path) -> None:
+    """An HF hub id or local folder (optionally a GGUF file in it), saved as safetensors."""
+    kwargs = {"gguf_file": settings.gguf_file} if settings.gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(settings.base_model, **kwargs)
+    except OSError as e:
+        raise ValueError(
+            f"cannot load base_model '{settings.base_model}': {e}. Use a local model folder, "
+            "an HF hub id reachable from here, or 'tiny'."
+        ) from None
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _source_key(settings: Settings) -> str:
+    key = {"base_model": settings.base_model, "gguf_file": settings.gguf_file}
+    if settings.base_model in TINY_PRESETS:
+        key.update(tiny=settings.tiny.model_dump(), seq_len=settings.train.seq_len, seed=settings.train.seed)
+    elif Path(settings.base_model).is_dir():
+        key["files"] = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(settings.base_model).iterdir() if p.is_file()
+        )
+    return digest_json(key)[:16]
+
+
+def prepare_seed(settings: Settings, progress: bool = True) -> Seed:
+    """Build or import the seed once; later calls return the stored one."""
+    folder = Path(settings.store) / "seeds" / _source_key(settings)
+    meta_path = folder / "seed.json"
+    if not meta_path.exists():
+        with atomic_dir(folder) as tmp:
+            if settings.base_model in TINY_PRESETS:
+                _build_tiny(settings, TINY_PRESETS[settings.base_model], tmp, progress)
+            else:
+                _import_model(settings, tmp)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix in (".json", ".safetensors", ".model", ".txt")}
+            tok_files = {k: v for k, v in files.items() if k.startswith(("tokenizer", "vocab", "merges", "special_tokens"))}
+            write_json(tmp / "seed.json", {
+                "source": settings.base_model,
+                "digest": digest_json(files),
+                "tokenizer_digest": digest_json(tok_files),
+                "files": files,
+            })
+    meta = read_json(meta_path)
+    return Seed(folder, meta["digest"], meta["tokenizer_digest"], meta["source"])

@@ -1,0 +1,102 @@
+"""Continued pretraining: a short, explicit loop (fresh AdamW, constant LR, fixed token budget).
+
+Why not transformers.Trainer: a unit run is a few dozen optimizer steps on a
+pre-tokenized tensor with a fixed budget; Trainer's dataloader, callback and
+checkpoint machinery costs more start-up time than the run itself on CPU and
+hides the exact token budget. This loop is ~60 lines and does the same math.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs; full precision on CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    final_loss: float
+    wall_s: float
+    losses: list[float]
+
+
+def to_sequences(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    n = tokens.numel() // seq_len
+    if n == 0:
+        raise ValueError(f"{tokens.numel()} tokens are fewer than one sequence of {seq_len}")
+    return tokens[: n * seq_len].view(n, seq_len).long()
+
+
+def train_lm(
+    model: torch.nn.Module,
+    sequences: torch.Tensor,
+    cfg: TrainConfig,
+    total_tokens: int,
+    device: torch.device,
+    lr_at: Callable[[int, int], float] | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place on `total_tokens` drawn from shuffled `sequences` (N x L)."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    seq_len = sequences.shape[1]
+    seqs_per_step = max(1, cfg.batch_tokens // seq_len)
+    steps = max(1, total_tokens // (seqs_per_step * seq_len))
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    )
+    model.to(device).train()
+    order = torch.empty(0, dtype=torch.long)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if order.numel() < seqs_per_step:  # next epoch, reshuffled
+            order = torch.cat([order, torch.randperm(len(sequences), generator=gen)])
+        idx, order = order[:seqs_per_step], order[seqs_per_step:]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps) if lr_at else cfg.lr
+        step_loss = 0.0
+        for micro in idx.split(cfg.micro_batch):
+            x = sequences[micro].to(device)
+            with autocast(device):
+                loss = model(input_ids=x, labels=x).loss * (len(micro) / len(idx))
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+    tail = losses[-max(1, steps // 10):]
+    return TrainResult(steps, steps * seqs_per_step * seq_len, sum(tail) / len(tail), time.perf_counter() - start, losses)
+
+
+def warmup_cosine(lr: float, min_lr: float, warmup: int) -> Callable[[int, int], float]:
+    def lr_at(step: int, steps: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+    return lr_at

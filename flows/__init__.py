@@ -1,0 +1,1 @@
+"""Orchestration: the CLI and the Prefect flows (top layer: flows -> registry -> dataassess)."""

@@ -1,0 +1,1 @@
+"""MLflow adapter: the system of record for unit models, rankings and champions."""

@@ -1,0 +1,81 @@
+"""Shared fixtures: a very small real seed, built once, and partitions of real text."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from dataassess.config import Settings  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "dataassess" / "data" / "demo"
+
+
+def demo_docs(partition: str, n: int | None = None, where: str = "corpus") -> list[dict]:
+    with gzip.open(DEMO / where / partition / "docs.jsonl.gz", "rt", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    return docs[:n] if n else docs
+
+
+def write_jsonl(path: Path, docs: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+def small_settings(store: Path, **overrides) -> Settings:
+    """A model and budget small enough for a test: 1 layer, 64 wide, 8k-token units."""
+    base = dict(
+        store=store,
+        threads=2,
+        tiny={"n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 2048, "tokens": 40_000, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2},
+        corpus={"eval_max_tokens": 1024, "min_tokens": 1024},
+        units={"tokens": 8192},
+        train={"seq_len": 128, "batch_tokens": 2048, "micro_batch": 16, "lr": 1e-3},
+        score={"batch_size": 16},
+    )
+    for k, v in overrides.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def seed_store(tmp_path_factory) -> Path:
+    """A store holding the small tiny seed; tests copy settings pointing at their own stores but share it."""
+    return tmp_path_factory.mktemp("seedstore")
+
+
+@pytest.fixture(scope="session")
+def seed(seed_store):
+    from dataassess.seed import prepare_seed
+
+    return prepare_seed(small_settings(seed_store), progress=False)
+
+
+@pytest.fixture()
+def settings(seed_store, seed, tmp_path) -> Settings:
+    """Small settings whose store already holds the session's seed (linked, not rebuilt)."""
+    store = tmp_path / "store"
+    (store / "seeds").mkdir(parents=True)
+    for d in (seed_store / "seeds").iterdir():
+        (store / "seeds" / d.name).symlink_to(d)
+    return small_settings(store)
+
+
+@pytest.fixture()
+def corpus(tmp_path) -> Path:
+    """Four partitions of real text: two small (upsampled), one large (split)."""
+    root = tmp_path / "corpus"
+    write_jsonl(root / "scripture" / "a.jsonl", demo_docs("scripture-law", 16))
+    write_jsonl(root / "satire" / "a.jsonl", demo_docs("satire", 60))
+    write_jsonl(root / "jargon" / "a.jsonl", demo_docs("jargon", 50))
+    write_jsonl(root / "drama" / "a.jsonl", demo_docs("drama-comedy", 3))
+    return root

