@@ -7,8 +7,15 @@ export DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test test-slow clean ranking
+.PHONY: setup demo test test-slow clean ranking ui intake serve
+
+STORE  ?= .dataassess
+PORT   ?= 5000
+INTERVAL ?= 300
 
 setup: $(VENV)/.installed
 
@@ -25,6 +32,20 @@ demo: setup
 
 ranking: setup
 	$(DA) ranking
+
+intake: setup
+	@test -n "$(CORPUS)" || { echo "usage: make intake CORPUS=path/to/corpus [EVAL=path/to/eval-sets]"; exit 2; }
+	$(DA) intake "$(CORPUS)" $(if $(EVAL),--eval-sets "$(EVAL)")
+
+serve: setup
+	@test -n "$(CORPUS)" || { echo "usage: make serve CORPUS=path/to/corpus [INTERVAL=300]"; exit 2; }
+	$(DA) serve "$(CORPUS)" --interval $(INTERVAL) $(if $(EVAL),--eval-sets "$(EVAL)")
+
+ui: setup
+	@mkdir -p $(STORE)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (experiment 'dataassess-rankings'; Models tab for unit versions and the champion)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
+	  --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db --default-artifact-root $(abspath $(STORE))/mlartifacts --workers 1
 
 test: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from .seed import Seed, prepare_seed
 from .store import digest_json, read_json, write_json
 from .train import resolve_device, to_sequences, train_lm
 from .units import Unit, cut_units
-from .weights import load_state, save_weights
+from .weights import load_state, save_state, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,16 @@ def train_unit(unit: Unit, seed: Seed, settings: Settings, progress: bool = True
 
 # ---- merge -> score ----------------------------------------------------------
 
-_skeletons: dict[str, torch.nn.Module] = {}
+_local = threading.local()
 
 
 def _skeleton(seed: Seed, device: torch.device) -> torch.nn.Module:
-    """One model instance per seed and process, reloaded with each merged state."""
+    """One model instance per seed and thread, reloaded with each merged state."""
+    cache = _local.__dict__.setdefault("skeletons", {})
     key = f"{seed.digest}:{device}"
-    if key not in _skeletons:
-        _skeletons[key] = seed.load_model().to(device)
-    return _skeletons[key]
+    if key not in cache:
+        cache[key] = seed.load_model().to(device)
+    return cache[key]
 
 
 def mixture_key(model_keys: Sequence[str], weights: Sequence[float] | None) -> str:
@@ -200,6 +202,16 @@ def score_mixture(
         write_json(score_path(settings, mix_key, es.digest), result)
         scores[name] = result
     return scores, len(missing)
+
+
+def materialize_mixture(metas: Sequence[dict], settings: Settings) -> tuple[str, str]:
+    """Write a mixture's merged weights to the store once; returns (path, mixture key)."""
+    weights = mixture_weights(metas, settings.rank.weighting)
+    key = mixture_key([m["key"] for m in metas], weights)
+    path = Path(settings.store) / "mixtures" / key / "model.safetensors"
+    if not path.exists():
+        save_state(linear_merge([m["weights"] for m in metas], weights), path, metadata={"units": ",".join(m["unit"] for m in metas)})
+    return str(path), key
 
 
 def score_seed(seed: Seed, eval_sets: dict[str, str], settings: Settings) -> dict[str, float]:

@@ -167,13 +167,100 @@ def ranking(
 @app.command()
 @friendly
 def demo():
-    """Run everything on the bundled demo corpus and print the ranking."""
-    from dataassess import pipeline
+    """The bundled demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
+    from flows.demo import run_demo
 
-    s = settings()
-    result = pipeline.run(str(DATA / "demo" / "corpus"), s, DATA / "demo" / "eval")
-    _print_run(result, top=25)
-    typer.echo(f"\nAll {len(result.ranking)} mixtures: {sys.argv[0]} ranking --json")
+    waves = run_demo(settings(), echo=typer.echo)
+    for wave, summary in enumerate(waves, 1):
+        typer.echo(f"wave {wave}: " + _summary_line(summary))
+    _print_latest(top=25)
+    _print_ui_hint()
+
+
+@app.command()
+@friendly
+def intake(
+    corpus: Path = typer.Argument(..., help="Corpus root: one subfolder per partition."),
+    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets", help="One subfolder per evaluation set (default: held-out documents)."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Name in the MLflow registry (default: the corpus folder's name)."),
+):
+    """One Prefect intake: train new or changed units, register them, re-score, publish a ranking."""
+    from flows.intake import intake as intake_flow
+
+    summary = intake_flow(str(corpus), settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, pool, True)
+    typer.echo(_summary_line(summary))
+    _report_rejected(summary["quarantined_partitions"])
+    _print_latest(top=25)
+    _print_ui_hint()
+
+
+@app.command()
+@friendly
+def serve(
+    corpus: Path = typer.Argument(..., help="Corpus root to watch."),
+    interval: float = typer.Option(300, "--interval", help="Seconds between scheduled intakes."),
+    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets"),
+):
+    """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
+    from flows.serve import serve as serve_flow
+
+    typer.echo(f"serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
+    serve_flow(str(corpus), settings(), interval, str(eval_sets) if eval_sets else None)
+
+
+@app.command("add-partition")
+@friendly
+def add_partition(
+    path: Path = typer.Argument(..., help="A partition folder to add."),
+    corpus: Path = typer.Option(..., "--corpus", help="The corpus root it joins."),
+    name: Optional[str] = typer.Option(None, "--name", help="Partition name (default: the folder's name)."),
+):
+    """Validate a partition, copy it into the corpus root and emit dataassess.partition.created."""
+    import shutil
+
+    from dataassess.corpus import check_name, load_partition_folder
+    from flows.serve import announce_partition
+
+    target = corpus / (name or path.name)
+    check_name(target.name)
+    part = load_partition_folder(path)  # rejects bad input before anything is copied
+    if target.exists():
+        raise ValueError(f"{target} already exists; remove it first or pass --name")
+    tmp = corpus / f".{target.name}.incoming"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(path, tmp)
+    tmp.rename(target)
+    announce_partition(str(corpus), target.name, part.digest)
+    typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]}); event dataassess.partition.created emitted")
+
+
+def _summary_line(s: dict) -> str:
+    return (
+        f"trained {s['trained']}, skipped {s['skipped']}, quarantined {s['quarantined']}, registered {s['registered']}; "
+        f"mixtures {s['mixtures']} (re-scored {s['rescored']}, reused {s['reused']}); champion v{s['champion_version']}"
+    )
+
+
+def _print_latest(top: int) -> None:
+    from dataassess.pipeline import latest_ranking
+    from dataassess.rank import format_table
+
+    snap = latest_ranking(settings())
+    typer.echo("\n" + format_table(snap["ranking"], top, snap["ranked_by"]))
+    moved = [r for r in snap["ranking"] if r.get("rank_change")]
+    new = [r for r in snap["ranking"] if "rank_change" in r and r["rank_change"] is None]
+    if moved or new:
+        typer.echo(f"since the previous snapshot: {len(new)} new mixtures, {len(moved)} moved")
+        for r in sorted(moved, key=lambda r: -abs(r["rank_change"]))[:5]:
+            typer.echo(f"  {' + '.join(r['units'])}: {r['rank_change']:+d} -> #{r['rank']}")
+    typer.echo(f"\nAll {len(snap['ranking'])} mixtures as JSON: dataassess ranking --json")
+
+
+def _print_ui_hint() -> None:
+    from registry.tracking import tracking_uri
+
+    uri = tracking_uri(settings().store)
+    typer.echo(f"MLflow ({uri}): run `make ui`, open http://127.0.0.1:5000, experiment 'dataassess-rankings' (latest run: table, plot, inputs), and Models for '<pool>.<unit>' and '<pool>-champion'.")
 
 
 def _print_run(result, top: int) -> None:

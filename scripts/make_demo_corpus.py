@@ -13,20 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # partition -> (domain file, subdomains, char budget)
 PARTITIONS = {
-    "scripture-law": ("scripture", {"law"}, 300_000),
-    "scripture-prophets": ("scripture", {"prophets"}, 300_000),
-    "scripture-wisdom": ("scripture", {"wisdom"}, 300_000),
-    "drama-comedy": ("drama", {"comedy"}, 300_000),
-    "drama-tragedy": ("drama", {"tragedy"}, 300_000),
-    "jargon": ("jargon", None, 300_000),
-    "drama-history": ("drama", {"history"}, 650_000),  # large: split into units
+    "scripture-law": ("scripture", {"law"}, 240_000),
+    "scripture-prophets": ("scripture", {"prophets"}, 240_000),
+    "scripture-wisdom": ("scripture", {"wisdom"}, 240_000),
+    "drama-comedy": ("drama", {"comedy"}, 180_000),
+    "drama-tragedy": ("drama", {"tragedy"}, 180_000),
+    "jargon": ("jargon", None, 280_000),
+    "drama-history": ("drama", {"history"}, 400_000),  # large: split into units
     "satire": ("satire", None, 150_000),  # small: upsampled
 }
 # Fixed evaluation sets, disjoint from every partition's documents.
 EVAL_SETS = {
     "scripture-gospels": ("scripture", {"gospels"}, 50_000, 0),
     "drama-poems": ("drama", {"poem"}, 50_000, 0),
-    "jargon": ("jargon", None, 50_000, 300_000),  # entries after the partition's cut
+    "jargon": ("jargon", None, 50_000, 280_000),  # entries after the partition's cut
     "satire": ("satire", None, 50_000, 150_000),
     "pydocs": ("pydocs", {"tutorial"}, 50_000, 0),  # a domain no partition holds
 }
