@@ -46,8 +46,8 @@ def find_version(client: MlflowClient, model_key: str) -> ModelVersion | None:
     return found[0] if found else None
 
 
-def _log_model_run(client, store: Path, run_name: str, weights: str, seed: Seed, params: dict, metrics: dict, tags: dict) -> tuple[str, str]:
-    """A run holding the model as a pyfunc (safetensors + config + tokenizer); returns (run_id, model_uri)."""
+def _log_model_run(client, store: Path, run_name: str, weights: str, seed: Seed, params: dict, metrics: dict, tags: dict) -> tuple[str, str, str]:
+    """A run holding the model as a pyfunc (safetensors + config + tokenizer); returns (run_id, model_uri, model_id)."""
     exp = experiment_id(client, UNITS_EXPERIMENT, store)
     with tempfile.TemporaryDirectory() as tmp:
         hf = Path(tmp) / "hf"
@@ -60,9 +60,9 @@ def _log_model_run(client, store: Path, run_name: str, weights: str, seed: Seed,
             mlflow.log_metrics(metrics)
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=PYFUNC_CODE, artifacts={"weights": weights, "hf_folder": str(hf)},
-                pip_requirements=REQUIREMENTS, code_paths=None,
+                pip_requirements=REQUIREMENTS,
             )
-    return run.info.run_id, info.model_uri
+    return run.info.run_id, info.model_uri, info.model_id
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, description: str) -> None:
@@ -70,10 +70,11 @@ def _ensure_registered_model(client: MlflowClient, name: str, description: str) 
         client.create_registered_model(name, description=description)
 
 
-def _register(client, name: str, source: str, run_id: str, tags: dict, alias: str, description: str) -> ModelVersion:
+def _register(client, name: str, logged: tuple[str, str, str], tags: dict, alias: str, description: str) -> ModelVersion:
     """Create the version with all its tags in one call, then point the alias at it."""
+    run_id, source, model_id = logged
     _ensure_registered_model(client, name, description)
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, alias, mv.version)
     return mv
 
@@ -83,8 +84,8 @@ def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> M
     tags = {T + "seed_digest": seed.digest, T + "model_key": f"seed:{seed.digest}", T + "source": seed.source, T + "code_version": __version__}
     if (mv := find_version(client, f"seed:{seed.digest}")) is not None:
         return mv
-    run_id, uri = _log_model_run(client, store, f"seed {seed.source}", str(seed.path / "model.safetensors"), seed, {"base_model": seed.source}, {}, tags)
-    return _register(client, name, uri, run_id, tags, CURRENT, "The seed every unit model continues from.")
+    logged = _log_model_run(client, store, f"seed {seed.source}", str(seed.path / "model.safetensors"), seed, {"base_model": seed.source}, {}, tags)
+    return _register(client, name, logged, tags, CURRENT, "The seed every unit model continues from.")
 
 
 def register_unit(client: MlflowClient, store: Path, pool: str, meta: dict, seed: Seed, seed_version: str | None) -> tuple[ModelVersion, bool]:
@@ -95,8 +96,8 @@ def register_unit(client: MlflowClient, store: Path, pool: str, meta: dict, seed
         tags = unit_tags(meta, seed_version)
         params = {f"train.{k}": v for k, v in meta["train_config"].items()}
         metrics = {"final_loss": meta["final_loss"], "train_wall_s": meta["wall_s"]}
-        run_id, uri = _log_model_run(client, store, meta["unit"], meta["weights"], seed, params, metrics, tags)
-        mv = _register(client, name, uri, run_id, tags, CURRENT, f"Unit models of {meta['partition']} (unit {meta['unit']}).")
+        logged = _log_model_run(client, store, meta["unit"], meta["weights"], seed, params, metrics, tags)
+        mv = _register(client, name, logged, tags, CURRENT, f"Unit models of {meta['partition']} (unit {meta['unit']}).")
         return mv, True
     if current_version(client, name) != mv.version:
         client.set_registered_model_alias(name, CURRENT, mv.version)
@@ -116,8 +117,7 @@ def register_champion(client: MlflowClient, store: Path, pool: str, weights: str
     if (mv := find_version(client, key)) is None:
         tags = {T + "model_key": key, T + "mixture": " + ".join(mixture), T + "seed_digest": seed.digest, T + "code_version": __version__}
         metrics = {f"ppl.{k}": v for k, v in scores.items()}
-        run_id, uri = _log_model_run(client, store, "champion " + " + ".join(mixture), weights, seed, {"mixture": ",".join(mixture)}, metrics, tags)
-        _ensure_registered_model(client, name, "The merged model of the best-ranked mixture.")
-        mv = client.create_model_version(name, source=uri, run_id=run_id, tags=tags)
+        logged = _log_model_run(client, store, "champion " + " + ".join(mixture), weights, seed, {"mixture": ",".join(mixture)}, metrics, tags)
+        return _register(client, name, logged, tags, CHAMPION, "The merged model of the best-ranked mixture.")
     client.set_registered_model_alias(name, CHAMPION, mv.version)
     return mv

@@ -1,0 +1,77 @@
+"""The registry against a real `mlflow server` on 127.0.0.1, and against none."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow import MlflowClient
+
+from dataassess.pipeline import prepare_pool, train_unit
+from registry import models
+from registry.tracking import RegistryUnavailable, connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("mlflow server did not start")
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no orphan left in the server's process group
+        os.killpg(proc.pid, 0)
+
+
+def test_register_against_a_real_mlflow_server(mlflow_server, settings, corpus, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    pool = prepare_pool(corpus, settings, progress=False)
+    meta = train_unit(pool.units[0], pool.seed, settings, progress=False)
+    client = connect(settings.store)
+    seed_v = models.register_seed(client, settings.store, "srv", pool.seed)
+    mv, new = models.register_unit(client, settings.store, "srv", meta, pool.seed, seed_v.version)
+    assert new and mv.tags["dataassess.unit_digest"] == pool.units[0].digest
+    again, new_again = models.register_unit(client, settings.store, "srv", meta, pool.seed, seed_v.version)
+    assert not new_again and again.version == mv.version
+    remote = MlflowClient(mlflow_server, mlflow_server)
+    assert remote.get_model_version_by_alias(mv.name, "current").version == mv.version
+    assert not (settings.store / "mlflow.db").exists()  # nothing went to the embedded store
+
+
+def test_unreachable_server_fails_clearly_and_registers_nothing(settings, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    start = time.time()
+    with pytest.raises(RegistryUnavailable, match="unreachable after 2 tries"):
+        connect(settings.store, attempts=2, wait_s=0.1)
+    assert time.time() - start < 60, "retries are bounded"
+    assert not (settings.store / "mlflow.db").exists()
