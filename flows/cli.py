@@ -234,6 +234,60 @@ def add_partition(
     typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]}); event dataassess.partition.created emitted")
 
 
+@app.command()
+@friendly
+def fidelity(
+    corpus: Path = typer.Option(..., "--corpus", help="Corpus root (one subfolder per partition)."),
+    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets", help="One subfolder per evaluation set (default: held-out documents)."),
+    n: int = typer.Option(20, "--n", help="Mixtures to sample (stratified by size)."),
+    k_max: int = typer.Option(3, "--k-max", help="Largest mixture size sampled."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+    log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a fidelity run to MLflow."),
+):
+    """Train ground truth for sampled mixtures and report how well the merge proxies predict it."""
+    from datetime import datetime, timezone
+
+    from dataassess.fidelity import run_fidelity
+    from dataassess.pipeline import prepare_pool
+    from dataassess.store import write_json
+
+    s = settings()
+    pool = prepare_pool(str(corpus), s, eval_sets)
+    _report_rejected([str(e) for e in pool.rejected])
+    result = run_fidelity(pool, s, n, k_max)
+    report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": str(corpus)})
+    write_json(Path(s.store) / "fidelity" / "latest.json", {"report": report, "rows": result.rows})
+    if log_mlflow:
+        from flows.intake import pool_name
+        from registry.fidelity import log_fidelity
+        from registry.tracking import connect
+
+        log_fidelity(connect(s.store), s.store, report, result.rows, pool_name(str(corpus)))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'kendall':>8} {'pair acc':>9} {'naive r':>8} {'naive acc':>9}")
+    for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
+        typer.echo(f"{name:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['kendall']):>8} {_f(f['decision_accuracy']):>9} "
+                   f"{_f(f['baseline_pearson']):>8} {_f(f['baseline_decision_accuracy']):>9}")
+    typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {Path(s.store) / 'fidelity' / 'latest.json'}")
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _finite(obj):
+    """NaN is not JSON: report it as null."""
+    if isinstance(obj, float):
+        return None if obj != obj else obj
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _summary_line(s: dict) -> str:
     return (
         f"trained {s['trained']}, skipped {s['skipped']}, quarantined {s['quarantined']}, registered {s['registered']}; "

@@ -23,6 +23,7 @@ from dataassess.seed import Seed
 from dataassess.store import digest_json, read_json, write_json
 from dataassess.units import Unit
 from registry import models as reg_models
+from registry import fidelity as reg_fidelity
 from registry import rankings as reg_rankings
 from registry.tracking import connect
 
@@ -129,7 +130,9 @@ def publish(rows: list[dict], found: dict, metas: dict, versions: dict, cfg: dic
     for name, p in found["eval_sets"].items():
         es = read_json(Path(p))
         eval_info[name] = {"digest": es["digest"], "tokens": es["tokens"], "bytes": es["bytes"], "documents": es["documents"], "path": str(Path(p).resolve())}
-    run_id = reg_rankings.log_snapshot(client, s.store, pool, snapshot, versions, eval_info, summary)
+    fid_path = Path(s.store) / "fidelity" / "latest.json"
+    fidelity = reg_fidelity.snapshot_tags(read_json(fid_path)["report"] if fid_path.exists() else None)
+    run_id = reg_rankings.log_snapshot(client, s.store, pool, snapshot, versions, eval_info, summary, fidelity)
     best = [metas[u] for u in ranking[0]["units"]]
     weights, mix_key = pipeline.materialize_mixture(best, s)
     champ = reg_models.register_champion(client, s.store, pool, weights, seed, ranking[0]["units"], ranking[0]["scores"], mix_key)

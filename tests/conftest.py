@@ -31,6 +31,15 @@ def write_jsonl(path: Path, docs: list[dict]) -> Path:
     return path
 
 
+def write_toml(settings: Settings, path: Path) -> Path:
+    """The settings as a config file, for CLI tests."""
+    d = settings.model_dump(mode="json", exclude_none=True)
+    top = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    sections = [f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()) for k, v in d.items() if isinstance(v, dict)]
+    path.write_text("\n".join(top + sections) + "\n")
+    return path
+
+
 def small_settings(store: Path, **overrides) -> Settings:
     """A model and budget small enough for a test: 1 layer, 64 wide, 8k-token units."""
     base = dict(

@@ -9,7 +9,7 @@ from dataassess.config import Settings, load_settings
 from dataassess.seed import prepare_seed
 from dataassess.store import atomic_path
 from flows.cli import app
-from tests.conftest import small_settings
+from tests.conftest import small_settings, write_toml
 
 
 def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus):
@@ -29,8 +29,7 @@ def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus
 
 
 def test_cli_ranking_json_matches_the_latest_snapshot(settings, corpus):
-    toml = settings.store.parent / "dataassess.toml"
-    toml.write_text(_toml(settings))
+    toml = write_toml(settings, settings.store.parent / "dataassess.toml")
     runner = CliRunner()
     res = runner.invoke(app, ["--config", str(toml), "rank", str(corpus), "--top", "5"])
     assert res.exit_code == 0, res.output
@@ -103,10 +102,3 @@ def test_real_pretrained_135m_model_smoke(tmp_path, corpus):
                        train={"seq_len": 128, "batch_tokens": 512, "micro_batch": 4}, rank={"k_max": 1})
     result = pipeline.run(corpus, s, progress=False)
     assert result.ranking and all(v > 1 for v in result.ranking[0]["scores"].values())
-
-
-def _toml(s: Settings) -> str:
-    d = s.model_dump(mode="json", exclude_none=True)
-    top = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    sections = [f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()) for k, v in d.items() if isinstance(v, dict)]
-    return "\n".join(top + sections) + "\n"
