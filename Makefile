@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test test-slow clean ranking ui intake serve
+.PHONY: setup demo test test-slow clean ranking ui intake serve serve-smoke fidelity fidelity-study bench bench-intake
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -40,6 +40,21 @@ intake: setup
 serve: setup
 	@test -n "$(CORPUS)" || { echo "usage: make serve CORPUS=path/to/corpus [INTERVAL=300]"; exit 2; }
 	$(DA) serve "$(CORPUS)" --interval $(INTERVAL) $(if $(EVAL),--eval-sets "$(EVAL)")
+
+serve-smoke: setup
+	bash scripts/serve_smoke.sh
+
+fidelity: setup
+	$(DA) fidelity --corpus dataassess/data/demo/corpus --eval-sets dataassess/data/demo/eval $(if $(N),--n $(N))
+
+fidelity-study: setup
+	bash scripts/fidelity_study.sh
+
+bench: setup
+	$(PY) bench/bench.py
+
+bench-intake: setup
+	$(PY) bench/intake.py
 
 ui: setup
 	@mkdir -p $(STORE)

@@ -261,6 +261,16 @@ def rankings_dir(settings: Settings) -> Path:
     return Path(settings.store) / "rankings"
 
 
+def snapshot_info(corpus: str, seed: Seed, seed_scores: dict, metas: dict[str, dict], eval_sets: dict[str, str], rejected: list[str], counts: dict) -> dict:
+    """What a ranking snapshot records besides the ranking: the pool state that produced it."""
+    return {
+        "corpus": corpus, "seed_digest": seed.digest, "seed_scores": seed_scores,
+        "units": {n: {k: m[k] for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss")} for n, m in metas.items()},
+        "eval_sets": {n: Path(p).stem for n, p in eval_sets.items()},
+        "quarantined": rejected, "counts": counts,
+    }
+
+
 def save_ranking(settings: Settings, ranking: list[dict], info: dict) -> Path:
     """Write a snapshot and point `latest.json` at it; rank changes are against the previous latest."""
     previous = latest_ranking(settings)
@@ -306,11 +316,6 @@ def run(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None
         (old if was_done else new).append(unit.name)
     ranking, counts = rank_mixtures(pool, trained, settings, progress)
     seed_scores = score_seed(pool.seed, pool.eval_sets, settings)
-    info = {
-        "corpus": str(corpus), "seed_digest": pool.seed.digest, "seed_scores": seed_scores,
-        "units": {n: {k: m[k] for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss")} for n, m in trained.items()},
-        "eval_sets": {n: Path(p).stem for n, p in pool.eval_sets.items()},
-        "quarantined": [str(e) for e in pool.rejected], "counts": counts,
-    }
+    info = snapshot_info(str(corpus), pool.seed, seed_scores, trained, pool.eval_sets, [str(e) for e in pool.rejected], counts)
     snapshot = save_ranking(settings, ranking, info)
     return RunResult(ranking, snapshot, new, old, [str(e) for e in pool.rejected], counts, seed_scores, time.perf_counter() - start)

@@ -202,10 +202,12 @@ def serve(
     eval_sets: Optional[Path] = typer.Option(None, "--eval-sets"),
 ):
     """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
+    from flows.serve import prefect_server
     from flows.serve import serve as serve_flow
 
-    typer.echo(f"serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
-    serve_flow(str(corpus), settings(), interval, str(eval_sets) if eval_sets else None)
+    with prefect_server(settings().store) as url:
+        typer.echo(f"Prefect API {url}; serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
+        serve_flow(str(corpus), settings(), interval, str(eval_sets) if eval_sets else None)
 
 
 @app.command("add-partition")
@@ -230,8 +232,9 @@ def add_partition(
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(path, tmp)
     tmp.rename(target)
-    announce_partition(str(corpus), target.name, part.digest)
-    typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]}); event dataassess.partition.created emitted")
+    sent = announce_partition(settings().store, str(corpus), target.name, part.digest)
+    typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]})")
+    typer.echo("event dataassess.partition.created emitted" if sent else "no `dataassess serve` runs for this store: the next intake will pick it up")
 
 
 @app.command()

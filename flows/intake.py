@@ -117,12 +117,8 @@ def publish(rows: list[dict], found: dict, metas: dict, versions: dict, cfg: dic
     seed = _seed(found["seed"])
     ranking = rank(rows, s.rank.by)
     seed_scores = pipeline.score_seed(seed, found["eval_sets"], s)
-    info = {
-        "corpus": corpus, "pool": pool, "seed_digest": seed.digest, "seed_scores": seed_scores,
-        "units": {n: {k: m[k] for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss")} for n, m in metas.items()},
-        "unit_versions": versions, "eval_sets": {n: Path(p).stem for n, p in found["eval_sets"].items()},
-        "quarantined": found["rejected"], "counts": summary,
-    }
+    info = pipeline.snapshot_info(corpus, seed, seed_scores, metas, found["eval_sets"], found["rejected"], summary)
+    info.update(pool=pool, unit_versions=versions)
     path = pipeline.save_ranking(s, ranking, info)
     snapshot = read_json(path)
     client = connect(s.store)

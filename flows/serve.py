@@ -1,6 +1,14 @@
 """Run the intake as a Prefect deployment: on an interval, and at once on a partition event."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.events import DeploymentEventTrigger, emit_event
@@ -16,6 +24,45 @@ def corpus_resource(corpus_root: str) -> str:
     return f"dataassess.corpus.{pool_name(corpus_root)}"
 
 
+@contextmanager
+def prefect_server(store: Path, timeout_s: float = 120):
+    """A local Prefect server on 127.0.0.1 unless PREFECT_API_URL names one. The ephemeral
+    server runs no scheduler or triggers service, so schedules and events need a real one."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the local Prefect server did not start within {timeout_s:.0f} s") from None
+                time.sleep(1)
+        os.environ["PREFECT_API_URL"] = url
+        api_file(store).parent.mkdir(parents=True, exist_ok=True)
+        api_file(store).write_text(url)
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        api_file(store).unlink(missing_ok=True)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: str | None = None) -> None:
     """Blocks: serves the intake deployment until interrupted."""
     params = {"corpus_root": str(Path(corpus_root).resolve()), "config": settings.model_dump(mode="json"),
@@ -23,12 +70,23 @@ def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: st
     trigger = DeploymentEventTrigger(
         expect={EVENT}, match={"prefect.resource.id": corpus_resource(corpus_root)}, parameters=params,
     )
-    intake.serve(name=f"intake-{pool_name(corpus_root)}", interval=interval_s, parameters=params, triggers=[trigger])
+    # limit=1: one intake at a time; a run that falls due meanwhile waits, then finds little to do
+    intake.serve(name=f"intake-{pool_name(corpus_root)}", interval=interval_s, parameters=params, triggers=[trigger], limit=1)
 
 
-def announce_partition(corpus_root: str, partition: str, digest: str) -> None:
-    """Emit the event that triggers the served deployment for this corpus."""
+def api_file(store: Path) -> Path:
+    """Where a running `dataassess serve` records its Prefect API, for add-partition."""
+    return Path(store) / "prefect-api-url"
+
+
+def announce_partition(store: Path, corpus_root: str, partition: str, digest: str) -> bool:
+    """Emit the event that triggers the served deployment; False when nothing serves this store."""
+    if not os.environ.get("PREFECT_API_URL"):
+        if not api_file(store).exists():
+            return False
+        os.environ["PREFECT_API_URL"] = api_file(store).read_text().strip()
     emit_event(
         event=EVENT, resource={"prefect.resource.id": corpus_resource(corpus_root), "dataassess.partition": partition},
         payload={"corpus_root": str(Path(corpus_root).resolve()), "partition": partition, "digest": digest},
     )
+    return True

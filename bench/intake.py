@@ -1,0 +1,70 @@
+"""make bench-intake: adding one partition to a pool of n, against rebuilding all n+1 from scratch.
+
+Both sides run the real Prefect intake (training, registration, scoring, publishing) on the
+demo corpus with its fixed evaluation sets; the seed is built once beforehand and shared.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dataassess.config import Settings  # noqa: E402
+from dataassess.seed import prepare_seed  # noqa: E402
+from flows.intake import intake  # noqa: E402
+
+DEMO = ROOT / "dataassess" / "data" / "demo"
+NEW = "satire"
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-intake-", dir=ROOT / "bench"))
+    try:
+        seed_store = work / "seed"
+        prepare_seed(Settings(store=seed_store), progress=False)
+        parts = sorted(p for p in (DEMO / "corpus").iterdir() if p.is_dir())
+        old = [p for p in parts if p.name != NEW]
+
+        def fresh(name: str, partitions) -> tuple[Path, dict]:
+            store, corpus = work / name / "store", work / name / "corpus"
+            (store / "seeds").mkdir(parents=True)
+            for d in (seed_store / "seeds").iterdir():
+                (store / "seeds" / d.name).symlink_to(d)
+            for p in partitions:
+                shutil.copytree(p, corpus / p.name)
+            return corpus, Settings(store=store).model_dump(mode="json")
+
+        corpus, cfg = fresh("incremental", old)
+        intake(str(corpus), cfg, str(DEMO / "eval"), "bench")  # the pool of n, not timed
+        shutil.copytree(DEMO / "corpus" / NEW, corpus / NEW)
+        start = time.perf_counter()
+        added = intake(str(corpus), cfg, str(DEMO / "eval"), "bench")
+        t_add = time.perf_counter() - start
+
+        corpus, cfg = fresh("rebuild", parts)
+        start = time.perf_counter()
+        full = intake(str(corpus), cfg, str(DEMO / "eval"), "bench")
+        t_full = time.perf_counter() - start
+
+        n = len(old)
+        ratio, target = t_add / t_full, 1.3 / (n + 1)
+        print(f"intake: add 1 partition to n={n} / rebuild n+1      {ratio:.3f}  target <= {target:.3f}  {'PASS' if ratio <= target else 'FAIL'}")
+        print(f"  add: {t_add:.0f} s, trained {added['trained']} unit(s) {added['trained_units']}, scored {added['rescored']} of {added['mixtures']} mixtures")
+        print(f"  rebuild: {t_full:.0f} s, trained {full['trained']} units, scored {full['rescored']} mixtures")
+        print(f"  trainings ratio {added['trained'] / full['trained']:.3f}, scoring ratio {added['rescored'] / full['rescored']:.3f}")
+        out = ROOT / "bench" / "results" / f"intake-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+        out.write_text(json.dumps({"n": n, "ratio": ratio, "target": target, "t_add": t_add, "t_full": t_full,
+                                   "added": {k: added[k] for k in ("trained", "rescored", "mixtures")},
+                                   "full": {k: full[k] for k in ("trained", "rescored", "mixtures")}}, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
