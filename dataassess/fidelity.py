@@ -170,8 +170,23 @@ def run_fidelity(pool: Pool, settings: Settings, n: int = 20, k_max: int = 3, pr
     for s in sorted(pool.eval_sets):
         report["eval_sets"][s] = figures([r["proxy"][s] for r in rows], [r["truth"][s] for r in rows], [r["baseline"][s] for r in rows], n_boot)
     report["macro"] = figures(*[[macro(r[key]) for r in rows] for key in ("proxy", "truth", "baseline")], n_boot=n_boot)
+    report["by_k"] = {str(k): _by_size(group, n_boot) for k, group in _groups_by_k(rows).items() if len(group) >= 3}
     report["variants"] = {"uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"), "micro_vs_macro_merge": _variant(rows, "proxy", "proxy_macro_merge")}
     return FidelityResult(report, rows)
+
+
+def _groups_by_k(rows: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["k"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _by_size(rows: list[dict], n_boot: int) -> dict:
+    """Figures among mixtures of one size: the proxy's bias grows with k, so within-k ranking is tighter."""
+    sets = sorted(rows[0]["truth"])
+    per_set = {s: figures([r["proxy"][s] for r in rows], [r["truth"][s] for r in rows], [r["baseline"][s] for r in rows], n_boot) for s in sets}
+    return {"eval_sets": per_set, "macro": figures(*[[macro(r[key]) for r in rows] for key in ("proxy", "truth", "baseline")], n_boot=n_boot)}
 
 
 def _proxy(pool: Pool, settings: Settings, metas: list[dict], weights) -> dict[str, float]:

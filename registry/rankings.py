@@ -46,8 +46,8 @@ def plot_top(ranking: list[dict], seed_scores: dict[str, float], path: Path, top
     ax.invert_yaxis()
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("perplexity / seed perplexity (lower is better)")
-    lo = min(min(r["scores"][s] / seed_scores[s] for s in sets) for r in best)
-    ax.set_xlim(max(0.0, lo - 0.05), 1.02)
+    ratios = [r["scores"][s] / seed_scores[s] for r in best for s in sets]
+    ax.set_xlim(max(0.0, min(ratios) - 0.05), max(1.0, max(ratios)) + 0.03)
     ax.set_title(f"Top {len(best)} mixtures by macro perplexity")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
