@@ -1,9 +1,10 @@
-"""Linear merge: a (weighted) parameter average, streamed tensor by tensor.
+"""Linear merge: a (weighted) parameter average, streamed block by block.
 
 Floating-point tensors are averaged in float32 and cast back; other tensors
-(integer buffers) must be equal in every model and are copied. Inputs are
-memory-mapped and only read; the sum is built in cache-sized blocks of a fresh
-buffer, so each input byte is read once and each output byte written once.
+(integer buffers) must be equal in every model and are copied. Each block of
+each input is read once (pread, into a small reused buffer) and added into a
+cache-sized block of the output, so peak memory is the output model plus k
+blocks, whatever k is.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Sequence
 
 import torch
 
-from .io import open_all
+from .io import SafetensorsReader, open_all
+
+BLOCK = 1 << 20  # elements per block: few enough ops that thread start-up is amortized
 
 
 def normalized(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -24,36 +27,36 @@ def normalized(weights: Sequence[float] | None, n: int) -> list[float]:
     return [w / total for w in weights]
 
 
-BLOCK = 1 << 16  # elements per block: the float32 accumulator block stays in L2 cache
-
-
-def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """sum(w_i * t_i) in float32, blockwise."""
-    out = torch.empty(tensors[0].shape, dtype=torch.float32)
-    flat_out, flats = out.view(-1), [t.reshape(-1) for t in tensors]
-    for start in range(0, flat_out.numel(), BLOCK):
-        block = flat_out[start:start + BLOCK]
-        torch.mul(flats[0][start:start + BLOCK], weights[0], out=block)
-        for flat, w in zip(flats[1:], weights[1:]):
-            block.add_(flat[start:start + BLOCK], alpha=w)
-    return out
+def weighted_sum(readers: Sequence[SafetensorsReader], name: str, weights: Sequence[float], buffers: list[torch.Tensor]) -> torch.Tensor:
+    """sum(w_i * tensor_i) in float32, block by block."""
+    info = readers[0].tensors[name]
+    out = torch.empty(info.numel, dtype=torch.float32)
+    for start in range(0, info.numel, BLOCK):
+        count = min(BLOCK, info.numel - start)
+        block = out[start:start + count]
+        torch.mul(readers[0].read(name, start, count, buffers[0]), weights[0], out=block)
+        for r, w, buf in zip(readers[1:], weights[1:], buffers[1:]):
+            block.add_(r.read(name, start, count, buf), alpha=w)
+    return out.view(info.shape)
 
 
 def linear_merge(paths: Sequence[Path | str], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-    """Average of the models in `paths`; peak memory is one model plus one tensor."""
+    """Average of the models in `paths`."""
     if not paths:
         raise ValueError("nothing to merge")
     w = normalized(weights, len(paths))
     out: dict[str, torch.Tensor] = {}
-    with open_all(paths) as handles:
-        for key in handles[0].keys():
-            first = handles[0].get_tensor(key)
-            if not first.is_floating_point():
-                for p, h in zip(paths[1:], handles[1:]):
-                    if not torch.equal(first, h.get_tensor(key)):
-                        raise ValueError(f"non-float tensor '{key}' differs in {p}")
-                out[key] = first
+    with open_all(paths) as readers:
+        widest = max(torch.empty(0, dtype=i.dtype).element_size() for i in readers[0].tensors.values())
+        buffers = [torch.empty(BLOCK * widest, dtype=torch.uint8) for _ in readers]
+        for name, info in readers[0].tensors.items():
+            if not info.dtype.is_floating_point:
+                first = readers[0].read(name).clone().view(info.shape)
+                for p, r in zip(paths[1:], readers[1:]):
+                    if not torch.equal(first, r.read(name).view(info.shape)):
+                        raise ValueError(f"non-float tensor '{name}' differs in {p}")
+                out[name] = first
                 continue
-            acc = weighted_sum([first] + [h.get_tensor(key) for h in handles[1:]], w)
-            out[key] = acc if first.dtype == torch.float32 else acc.to(first.dtype)
+            acc = weighted_sum(readers, name, w, buffers)
+            out[name] = acc if info.dtype == torch.float32 else acc.to(info.dtype)
     return out
