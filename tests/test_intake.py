@@ -82,6 +82,7 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     assert {"ranking.json", "top_mixtures.png"} <= artifacts
     assert ranking_run.data.metrics["best.macro"] > 0
     assert any(k.startswith("unit.") for k in ranking_run.data.params)
+    assert "not measured" in ranking_run.data.tags["dataassess.fidelity.status"]  # until `dataassess fidelity` runs
     inputs = ranking_run.inputs.dataset_inputs
     snapshot = latest_ranking(settings)
     assert {d.dataset.name for d in inputs} == set(snapshot["eval_sets"])

@@ -121,3 +121,34 @@ def test_long_documents_match_a_manual_rolling_window_loss(seed):
             nll -= sum(logp[t - 1, w[t]].item() for t in range(start, len(w)))
     score = score_model(model, es, batch_size=3, device=resolve_device("cpu"))
     assert score.perplexity == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
+
+
+PEAK = """
+import sys
+from dataassess.merge import linear_merge
+def status(key):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+base = status("VmRSS")
+linear_merge(sys.argv[1:])
+print(status("VmHWM") - base)
+"""
+
+
+def test_merge_peak_memory_does_not_grow_with_the_number_of_models(tmp_path):
+    import subprocess
+    import sys
+
+    model = {f"w{i}": torch.randn(8_000_000) for i in range(4)}  # 128 MB
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"m{i}.safetensors")
+        save_file({k: v + i for k, v in model.items()}, str(paths[-1]))
+    model_bytes = paths[0].stat().st_size
+
+    def peak(k):
+        out = subprocess.run([sys.executable, "-c", PEAK, *map(str, paths[:k])], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    p2, p6 = peak(2), peak(6)
+    assert p2 < 1.5 * model_bytes and p6 < 1.5 * model_bytes, (p2 / model_bytes, p6 / model_bytes)
+    assert p6 - p2 < 0.25 * model_bytes

@@ -74,3 +74,14 @@ def test_training_is_deterministic_for_a_fixed_seed(settings, corpus, tmp_path):
     pool2 = prepare_pool(corpus, other, progress=False)
     b = train_unit(pool2.units[0], pool2.seed, other, progress=False)
     assert a["final_loss"] == b["final_loss"]
+
+
+def test_a_partition_below_the_minimum_token_count_is_quarantined(settings, corpus):
+    from tests.conftest import write_jsonl
+
+    write_jsonl(corpus / "tiny" / "a.jsonl", [{"text": "Just a few words here."}] * 3)
+    pool = prepare_pool(corpus, settings, progress=False)
+    assert "tiny" not in {u.partition for u in pool.units}
+    assert {u.partition for u in pool.units} == {"scripture", "satire", "jargon", "drama"}
+    err = next(e for e in pool.rejected if e.partition == "tiny")
+    assert "too small" in str(err) and str(settings.corpus.min_tokens) in str(err) and str(corpus / "tiny") in str(err)
