@@ -29,15 +29,21 @@ def macro(scores: dict[str, float]) -> float:
 
 
 def rank(rows: list[dict], by: str = "macro") -> list[dict]:
-    """Rows {"units", "scores"} sorted best (lowest perplexity) first, with "macro" and "rank" added."""
+    """Rows {"units", "scores"} sorted best (lowest perplexity) first, with "macro", "rank" and
+    "rank_in_size" (the rank among mixtures with as many units) added."""
     if rows and by != "macro" and by not in rows[0]["scores"]:
         raise ValueError(f"cannot rank by '{by}': evaluation sets are {sorted(rows[0]['scores'])} or 'macro'")
     for row in rows:
         row["macro"] = macro(row["scores"])
     key = (lambda r: r["macro"]) if by == "macro" else (lambda r: r["scores"][by])
     ranked = sorted(rows, key=lambda r: (key(r), r["units"]))
+    seen_per_size: dict[int, int] = {}
     for i, row in enumerate(ranked, 1):
         row["rank"] = i
+        # the proxy is most reliable among mixtures of one size (docs/fidelity.md)
+        size = len(row["units"])
+        seen_per_size[size] = seen_per_size.get(size, 0) + 1
+        row["rank_in_size"] = seen_per_size[size]
     return ranked
 
 

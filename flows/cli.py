@@ -183,11 +183,12 @@ def intake(
     corpus: Path = typer.Argument(..., help="Corpus root: one subfolder per partition."),
     eval_sets: Optional[Path] = typer.Option(None, "--eval-sets", help="One subfolder per evaluation set (default: held-out documents)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Name in the MLflow registry (default: the corpus folder's name)."),
+    refresh_eval: bool = typer.Option(False, "--refresh-eval", help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture)."),
 ):
     """One Prefect intake: train new or changed units, register them, re-score, publish a ranking."""
     from flows.intake import intake as intake_flow
 
-    summary = intake_flow(str(corpus), settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, pool, True)
+    summary = intake_flow(str(corpus), settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, pool, True, refresh_eval)
     typer.echo(_summary_line(summary))
     _report_rejected(summary["quarantined_partitions"])
     _print_latest(top=25)

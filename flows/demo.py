@@ -33,5 +33,18 @@ def run_demo(settings: Settings, progress: bool = True, echo=print) -> list[dict
     for wave, partitions in ((1, early), (2, bundled)):
         stage(corpus, partitions)
         echo(f"\n== wave {wave}: {len(partitions)} partitions in {corpus}")
-        summaries.append(intake(str(corpus), cfg, str(DATA / "eval"), "demo", progress))
+        before = registered_units(settings, "demo")
+        summary = intake(str(corpus), cfg, str(DATA / "eval"), "demo", progress)
+        after = registered_units(settings, "demo")
+        echo(f"registry check: {len(after - before)} new unit model(s) registered, flow says trained {summary['trained']}; "
+             f"{len(after)} unit models in the registry")
+        summaries.append(summary)
     return summaries
+
+
+def registered_units(settings: Settings, pool: str) -> set[tuple[str, str]]:
+    """(registered model, version) of every unit model of the pool, read back from MLflow."""
+    from registry.tracking import connect
+
+    client = connect(settings.store)
+    return {(v.name, v.version) for v in client.search_model_versions(f"name LIKE '{pool}.%'")}

@@ -22,7 +22,7 @@ T = "dataassess."
 def ranking_frame(ranking: list[dict]) -> pd.DataFrame:
     rows = []
     for r in ranking:
-        row = {"rank": r["rank"], "mixture": " + ".join(r["units"]), "k": len(r["units"]), "macro": r["macro"]}
+        row = {"rank": r["rank"], "mixture": " + ".join(r["units"]), "k": len(r["units"]), "rank_in_size": r["rank_in_size"], "macro": r["macro"]}
         row.update({f"ppl {s}": v for s, v in r["scores"].items()})
         change = r.get("rank_change")
         row["rank_change"] = "new" if change is None else f"{change:+d}"

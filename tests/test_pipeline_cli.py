@@ -21,6 +21,9 @@ def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus
     macros = [r["macro"] for r in first.ranking]
     assert macros == sorted(macros)
     assert set(first.ranking[0]["scores"]) == set(first.seed_scores)
+    for size in (1, 2):
+        same = [r for r in first.ranking if len(r["units"]) == size]
+        assert [r["rank_in_size"] for r in same] == list(range(1, len(same) + 1))
     second = pipeline.run(corpus, settings, progress=False)
     assert second.trained == [] and len(second.reused) == n_units
     assert second.counts["scored"] == 0 and second.counts["reused"] == len(first.ranking)
