@@ -95,9 +95,10 @@ def score_model(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, devi
             ids[row, : len(w)] = torch.tensor(w)
             mask[row, : len(w)] = 1
             labels[row, start: len(w)] = ids[row, start: len(w)]
-        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        with autocast(device):
-            logits = model(input_ids=ids, attention_mask=mask).logits
+        ids, labels = ids.to(device), labels.to(device)
+        padded = len(batch[-1][0]) < width  # rows are sorted longest first
+        with autocast(device):  # without padding, no mask: the causal fast path
+            logits = model(input_ids=ids, attention_mask=mask.to(device) if padded else None).logits
         targets = labels[:, 1:]
         loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
         nll += loss.item()
