@@ -24,6 +24,19 @@ def corpus_resource(corpus_root: str) -> str:
     return f"dataassess.corpus.{pool_name(corpus_root)}"
 
 
+def wait_until_healthy(health_url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll a server's health URL until it answers; raise if it exits or the time runs out."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(health_url, timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s") from None
+            time.sleep(0.5)
+
+
 @contextmanager
 def prefect_server(store: Path, timeout_s: float = 120):
     """A local Prefect server on 127.0.0.1 unless PREFECT_API_URL names one. The ephemeral
@@ -40,15 +53,7 @@ def prefect_server(store: Path, timeout_s: float = 120):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.time() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the local Prefect server did not start within {timeout_s:.0f} s") from None
-                time.sleep(1)
+        wait_until_healthy(f"{url}/health", proc, timeout_s, "the local Prefect server")
         os.environ["PREFECT_API_URL"] = url
         api_file(store).parent.mkdir(parents=True, exist_ok=True)
         api_file(store).write_text(url)

@@ -5,12 +5,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
 from dataassess.pipeline import prepare_pool, train_unit
+from flows.serve import wait_until_healthy
 from registry import models
 from registry.tracking import RegistryUnavailable, connect
 
@@ -31,16 +31,11 @@ def mlflow_server(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("mlflow server did not start")
-            time.sleep(0.5)
+    try:
+        wait_until_healthy(f"{url}/health", proc, 90, "mlflow server")
+    except RuntimeError as e:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(str(e))
     yield url
     os.killpg(proc.pid, signal.SIGTERM)
     try:
