@@ -23,7 +23,7 @@ from .config import Settings
 from .corpus import CorpusError, Document, discover, eval_sets_from_folder
 from .merge import linear_merge
 from .rank import enumerate_mixtures, rank
-from .score import EvalSet, Score, build_eval_set, score_model
+from .score import EvalSet, build_eval_set, score_model
 from .seed import Seed, prepare_seed
 from .store import digest_json, read_json, write_json
 from .train import resolve_device, to_sequences, train_lm

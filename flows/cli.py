@@ -137,7 +137,6 @@ def rank(
 ):
     """The whole pipeline: units, unit models, merged mixtures, scores, ranking."""
     from dataassess import pipeline
-    from dataassess.rank import format_table
 
     s = settings()
     s.rank = s.rank.model_copy(update={k: v for k, v in {"k_max": k_max, "by": by}.items() if v is not None})

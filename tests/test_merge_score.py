@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
 
 from dataassess.corpus import Document
 from dataassess.merge import linear_merge, macro_merge
