@@ -236,6 +236,15 @@ def mixture_weights(units: Sequence[dict], weighting: str) -> list[float] | None
     return None if weighting == "uniform" else [float(u["source_tokens"]) for u in units]
 
 
+def ranking_row(units: Sequence[str], scores: dict[str, dict]) -> dict:
+    """One mixture's row, before ranking: perplexity and bits per byte per evaluation set."""
+    return {
+        "units": list(units), "k": len(units),
+        "scores": {n: s["perplexity"] for n, s in sorted(scores.items())},
+        "bits_per_byte": {n: s["bits_per_byte"] for n, s in sorted(scores.items())},
+    }
+
+
 def rank_mixtures(
     pool: Pool, trained: dict[str, dict], settings: Settings, progress: bool = True,
     mixtures: Sequence[Sequence[str]] | None = None,
@@ -248,12 +257,7 @@ def rank_mixtures(
         weights = mixture_weights(metas, settings.rank.weighting)
         scores, computed = score_mixture([m["weights"] for m in metas], [m["key"] for m in metas], pool.seed, pool.eval_sets, settings, weights)
         computed_mixtures += computed > 0
-        rows.append({
-            "units": list(mix),
-            "scores": {n: s["perplexity"] for n, s in sorted(scores.items())},
-            "bits_per_byte": {n: s["bits_per_byte"] for n, s in sorted(scores.items())},
-            "k": len(mix),
-        })
+        rows.append(ranking_row(mix, scores))
     return rank(rows, settings.rank.by), {"mixtures": len(candidates), "scored": computed_mixtures, "reused": len(candidates) - computed_mixtures}
 
 

@@ -176,11 +176,7 @@ def intake(
         for fut in scored:
             r = fut.result()
             rescored += r["computed"] > 0
-            rows.append({
-                "units": r["units"], "k": len(r["units"]),
-                "scores": {n: v["perplexity"] for n, v in sorted(r["scores"].items())},
-                "bits_per_byte": {n: v["bits_per_byte"] for n, v in sorted(r["scores"].items())},
-            })
+            rows.append(pipeline.ranking_row(r["units"], r["scores"]))
         trained = sorted(set(metas) - done_before)
         summary = {
             "trained": len(trained), "skipped": len(done_before), "quarantined": len(found["rejected"]),
