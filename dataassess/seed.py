@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 from .config import Settings
 from .store import atomic_dir, digest_json, read_json, sha256_file, write_json
 from .train import resolve_device, to_sequences, train_lm, warmup_cosine
+from .weights import save_state
 
 log = logging.getLogger(__name__)
 TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
@@ -120,7 +121,15 @@ def _import_model(settings: Settings, out: Path) -> None:
         ) from None
     if tokenizer.eos_token_id is None:
         raise ValueError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")
-    model.save_pretrained(out)
+    try:
+        model.save_pretrained(out)
+    except ValueError:  # GGUF-loaded models are dequantized floats but refuse save_pretrained
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(out)
+        # every key, tied ones included, so from_pretrained re-ties them the right way round
+        save_state({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     tokenizer.save_pretrained(out)
 
 
