@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test test-slow clean ranking ui intake serve serve-smoke fidelity fidelity-study bench bench-intake
+.PHONY: setup demo test test-slow clean ranking ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -50,8 +50,17 @@ fidelity: setup
 fidelity-study: setup
 	bash scripts/fidelity_study.sh
 
-bench: setup
+MERGEKIT_VENV := bench/.mergekit-venv
+
+bench: setup $(MERGEKIT_VENV)/.tried
 	$(PY) bench/bench.py
+
+# mergekit (LGPL) in a venv of its own, only for the comparison; a failed install is reported, not fatal
+bench-mergekit: $(MERGEKIT_VENV)/.tried
+$(MERGEKIT_VENV)/.tried:
+	-python3 -m venv $(MERGEKIT_VENV) && $(MERGEKIT_VENV)/bin/python -m pip install -q "torch==2.13.0" \
+	  && $(MERGEKIT_VENV)/bin/python -m pip install -q "mergekit>=0.1.4"
+	@mkdir -p $(MERGEKIT_VENV) && touch $@
 
 bench-intake: setup
 	$(PY) bench/intake.py

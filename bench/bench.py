@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from dataassess.merge import linear_merge
+from dataassess.config import Settings
+
+from dataassess.merge import linear_merge, revolving_door, running_merges
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS: list[dict] = []
@@ -29,7 +31,7 @@ NAIVE_MAX_BYTES = 12 << 30
 def record(name: str, ratio: float, target: str, ok: bool | None, detail: str = "") -> None:
     RESULTS.append({"name": name, "ratio": ratio, "target": target, "pass": ok, "detail": detail})
     verdict = "n/a " if ok is None else ("PASS" if ok else "FAIL")
-    print(f"{name:<44} {ratio:>9.3f}  target {target:<10} {verdict}  {detail}", flush=True)
+    print(f"{name:<58} {ratio:>9.3f}  target {target:<17} {verdict}  {detail}", flush=True)
 
 
 def best_of(fn, repeat: int = 3) -> float:
@@ -90,28 +92,63 @@ def peak_rss_bytes(kind: str, paths) -> int:
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
-def bench_merge(name: str, cfg: GPT2Config, ks=(2, 4, 8, 16)) -> None:
-    bw = copy_bandwidth()
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp:
-        paths = make_models(cfg, max(ks), Path(tmp))
-        model_bytes = os.path.getsize(paths[0])
-        for k in ks:
-            sub = paths[:k]
-            t_ours = best_of(lambda: linear_merge(sub), 2)
-            if k * model_bytes * 2 > NAIVE_MAX_BYTES:  # the naive way holds k models plus their stack
-                record(f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB")
-                t_naive = None
-            else:
-                t_naive = best_of(lambda: naive_merge(sub), 2)
-            read_bw = k * model_bytes / t_ours
-            record(f"merge {name} k={k}: bandwidth / copy", read_bw / bw, ">= 0.5", read_bw / bw >= 0.5,
-                   f"{read_bw / 1e9:.2f} vs {bw / 1e9:.2f} GB/s")
-            if t_naive is not None:
-                record(f"merge {name} k={k}: naive time / ours", t_naive / t_ours, ">= 3", t_naive / t_ours >= 3)
-            if name != "tiny":
-                peak = peak_rss_bytes("ours", sub)
-                naive = f"naive {peak_rss_bytes('naive', sub) / model_bytes:.1f}x" if t_naive is not None else ""
-                record(f"merge {name} k={k}: peak RSS / model", peak / model_bytes, "<= 2.5", peak / model_bytes <= 2.5, naive)
+def bench_merge(name: str, cfg: GPT2Config, ks=(2, 4, 8, 16)) -> list[Path]:
+    """Merge figures; returns the k_max model files (kept for the running-merge figures)."""
+    folder = Path(tempfile.mkdtemp(dir=ROOT / "bench", prefix="tmp-merge-"))
+    paths = make_models(cfg, max(ks), folder)
+    model_bytes = os.path.getsize(paths[0])
+    reps = 2 if model_bytes > 100e6 else 20
+    into = {n: t.clone() for n, t in linear_merge(paths[:1]).items()}  # a model's state dict, reused
+    for k in ks:
+        sub = paths[:k]
+        bw = copy_bandwidth()  # measured next to each figure: this machine's bandwidth drifts
+        t_into = best_of(lambda: linear_merge(sub, out=into), reps)
+        t_fresh = best_of(lambda: linear_merge(sub), reps)
+        ratio = k * model_bytes / t_into / bw
+        record(f"merge {name} k={k}: bandwidth / copy", ratio, ">= 0.5", ratio >= 0.5,
+               f"{k * model_bytes / t_into / 1e9:.2f} vs {bw / 1e9:.2f} GB/s, into a model's state dict")
+        fresh = k * model_bytes / t_fresh / bw
+        record(f"merge {name} k={k}: bandwidth / copy, new tensors", fresh, "info", None,
+               "allocating the output: first-touch page faults of a fresh buffer included")
+        if k * model_bytes * 2 > NAIVE_MAX_BYTES:  # the naive way holds k models plus their stack
+            record(f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB")
+            naive_ok = False
+        else:
+            t_naive = best_of(lambda: naive_merge(sub), reps)
+            record(f"merge {name} k={k}: naive time / ours", t_naive / t_fresh, ">= 3", t_naive / t_fresh >= 3,
+                   "both allocate their output")
+            naive_ok = True
+        if name != "tiny":
+            peak = peak_rss_bytes("ours", sub)
+            naive = f"naive {peak_rss_bytes('naive', sub) / model_bytes:.1f}x" if naive_ok else ""
+            record(f"merge {name} k={k}: peak RSS / model", peak / model_bytes, "<= 2.5", peak / model_bytes <= 2.5, naive)
+    return paths
+
+
+def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps: int = 6) -> None:
+    """Per-mixture merge cost: merging each subset from scratch against revolving-door running sums."""
+    paths = paths[:n]
+    into = {n_: t.clone() for n_, t in linear_merge(paths[:1]).items()}
+    per = {}
+    for k in ks:
+        order = revolving_door(len(paths), k)[: steps + 1]
+        start = time.perf_counter()
+        for subset in order[1:]:
+            linear_merge([paths[i] for i in subset], out=into)
+        t_direct = (time.perf_counter() - start) / steps
+        merges = running_merges(paths, k, refresh=10_000, out=into)
+        next(merges)  # the first subset is summed from scratch
+        start = time.perf_counter()
+        for _ in range(steps):
+            next(merges)
+        t_running = (time.perf_counter() - start) / steps
+        merges.close()
+        per[k] = t_running
+        record(f"running merge {name} k={k}: from-scratch time / running", t_direct / t_running, "info", None,
+               f"{t_direct * 1e3:.1f} vs {t_running * 1e3:.1f} ms per mixture")
+    flat = per[max(ks)] / per[min(ks)]
+    record(f"running merge {name}: cost at k={max(ks)} / at k={min(ks)}", flat, "<= 1.25", flat <= 1.25,
+           "O(model) per mixture whatever k (from scratch grows with k)")
 
 
 def bench_scoring() -> None:
@@ -144,6 +181,129 @@ def bench_scoring() -> None:
            f"{positions_ours / t_ours:,.0f} vs {plain_tokens / t_plain:,.0f} tok/s")
 
 
+def fresh_settings(parent: Path, **rank) -> Settings:
+    """Settings over an empty store: nothing cached, so every score is computed."""
+    return Settings(store=Path(tempfile.mkdtemp(dir=parent, prefix="scores-")), rank=rank)
+
+
+def bench_intake(work: Path) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from bench import intake as intake_bench
+
+    r = intake_bench.run(work)
+    record(f"intake: add 1 partition to n={r['n']} / rebuild n+1", r["ratio"], f"<= {r['target']:.3f}", r["ratio"] <= r["target"],
+           f"{r['t_add']:.0f} vs {r['t_full']:.0f} s; scored {r['added']['rescored']} of {r['added']['mixtures']} mixtures")
+    trainings = r["added"]["trained"]
+    record("intake: trainings on add", trainings, "= 1 (new units)", trainings == 1,
+           f"trained {r['added']['trained_units']}; a rebuild trains {r['full']['trained']}")
+    return r
+
+
+def bench_screening(r: dict, k_max: int = 3, top: int = 5) -> None:
+    from dataassess import pipeline
+
+    store = Path(r["rebuild_store"])
+    s = Settings(store=store)
+    pool = pipeline.prepare_pool(r["rebuild_corpus"], s, ROOT / "dataassess" / "data" / "demo" / "eval", progress=False)
+    metas = {u.name: pipeline.trained_meta(s, pipeline.unit_model_key(u, pool.seed, s)) for u in pool.units}
+    runs = {}
+    for screen in (False, True):
+        st = fresh_settings(store.parent, k_max=k_max, screen=screen)
+        start = time.perf_counter()
+        ranking, counts = pipeline.rank_mixtures(pool, metas, st, progress=False)
+        runs[screen] = (time.perf_counter() - start, ranking, counts)
+    (t_all, exact, _), (t_screen, screened, counts) = runs[False], runs[True]
+    n_mix = counts["mixtures"]
+    record(f"screening n={len(metas)} k<={k_max} ({n_mix} mixtures): time / exhaustive", t_screen / t_all, "<= 0.2",
+           t_screen / t_all <= 0.2, f"evaluation tokens {counts['screening']['cost']:.3f} of exhaustive; rungs "
+           + ", ".join(f"{g['scored']}@{g['fraction']:g}" for g in counts["screening"]["rungs"]))
+    want, got = [x["units"] for x in exact[:top]], [x["units"] for x in screened[:top]]
+    overlap = len({tuple(u) for u in want} & {tuple(u) for u in got}) / top
+    record(f"screening: top-{top} shared with exhaustive", overlap, "= 1, same order", got == want,
+           "same order" if got == want else f"exhaustive {want}, screened {got}")
+
+
+def bench_scale(r: dict, ns=(4, 8, 12, 16), k_maxes=(2, 3), fraction: float = 1 / 16) -> None:
+    """Ranking refresh time against the number of mixtures, on perturbed copies of the seed."""
+    from dataclasses import replace
+
+    from dataassess import pipeline
+    from dataassess.weights import save_weights
+
+    store = Path(r["rebuild_store"])
+    s = Settings(store=store)
+    pool = pipeline.prepare_pool(r["rebuild_corpus"], s, ROOT / "dataassess" / "data" / "demo" / "eval", progress=False)
+    folder = Path(tempfile.mkdtemp(dir=store.parent, prefix="scale-"))
+    metas = {}
+    for i in range(max(ns)):
+        model = pool.seed.load_model()
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+        path = folder / f"u{i:02d}.safetensors"
+        save_weights(model, path)
+        metas[f"u{i:02d}"] = {"unit": f"u{i:02d}", "key": f"scale-{i}", "weights": str(path), "source_tokens": 1}
+    sliced = replace(pool, eval_sets=pipeline.slice_eval_sets(Settings(store=folder), pool.eval_sets, fraction))
+    points = []
+    for k_max in k_maxes:
+        for n in ns:
+            st = fresh_settings(folder, k_max=k_max)
+            start = time.perf_counter()
+            _, counts = pipeline.rank_mixtures(sliced, {u: metas[u] for u in sorted(metas)[:n]}, st, progress=False)
+            points.append((k_max, n, counts["scored"], time.perf_counter() - start))
+            print(f"  scale: n={n:>2} k_max={k_max}: {counts['scored']:>4} mixtures in {points[-1][3]:6.1f} s, "
+                  f"{points[-1][3] / counts['scored'] * 1e3:.0f} ms each", flush=True)
+    per = [t / m for _, _, m, t in points]
+    record("scale curve: per-mixture cost max / min", max(per) / min(per), "<= 1.3", max(per) / min(per) <= 1.3,
+           f"n = {', '.join(map(str, ns))} x k_max = {', '.join(map(str, k_maxes))}; evaluation sets cut to {fraction:g}")
+    m = torch.tensor([float(p[2]) for p in points])
+    t = torch.tensor([p[3] for p in points])
+    slope = float((m * t).sum() / (m * m).sum())  # through the origin: no fixed cost per refresh
+    r2 = 1 - float(((t - slope * m) ** 2).sum() / ((t - t.mean()) ** 2).sum())
+    record("scale curve: R^2 of time = c * mixtures", r2, ">= 0.99", r2 >= 0.99, f"c = {slope * 1e3:.0f} ms per mixture")
+
+
+MERGEKIT = ROOT / "bench" / ".mergekit-venv" / "bin" / "mergekit-yaml"
+
+
+def bench_mergekit(paths: list[Path], cfg: GPT2Config, k: int = 4) -> None:
+    """Wall time of mergekit's linear merge against ours, same inputs, both as a fresh process."""
+    name = f"mergekit linear merge, gpt2-124M k={k}: its time / ours"
+    if not MERGEKIT.exists():
+        record(name, float("nan"), ">= 1", None, "mergekit not installed: run `make bench-mergekit` first")
+        return
+    import yaml
+
+    work = Path(tempfile.mkdtemp(dir=ROOT / "bench", prefix="tmp-mergekit-"))
+    models = []
+    for i, p in enumerate(paths[:k]):
+        d = work / f"m{i}"
+        d.mkdir()
+        cfg.save_pretrained(d)
+        os.symlink(p, d / "model.safetensors")
+        models.append({"model": str(d), "parameters": {"weight": 1.0}})
+    spec = work / "merge.yml"
+    spec.write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": models}))
+    ours = ("from dataassess.merge import linear_merge; from dataassess.weights import save_state; from pathlib import Path; "
+            f"save_state(linear_merge({[str(p) for p in paths[:k]]!r}), Path({str(work / 'ours.safetensors')!r}))")
+
+    def run_mergekit():
+        subprocess.run([str(MERGEKIT), str(spec), str(work / "out"), "--lazy-unpickle", "--allow-crimes"],
+                       check=True, capture_output=True)
+
+    try:
+        t_theirs = best_of(run_mergekit, 2)
+        t_ours = best_of(lambda: subprocess.run([sys.executable, "-c", ours], check=True, capture_output=True, cwd=ROOT), 2)
+        record(name, t_theirs / t_ours, ">= 1", t_theirs / t_ours >= 1, "load, merge and save; process start included")
+    except subprocess.CalledProcessError as e:
+        record(name, float("nan"), ">= 1", None, f"mergekit failed: {e.stderr.decode()[-200:]}")
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def log_mlflow(path: Path) -> None:
     sys.path.insert(0, str(ROOT))
     import mlflow
@@ -153,24 +313,53 @@ def log_mlflow(path: Path) -> None:
     store = Path(os.environ.get("DATAASSESS_STORE", ".dataassess"))
     client = connect(store)
     with mlflow.start_run(experiment_id=experiment_id(client, "benchmarks", store), run_name=path.stem):
-        mlflow.log_metrics({r["name"].replace(":", "").replace("=", "").replace(">", "").replace("/", "per"): r["ratio"] for r in RESULTS})
+        mlflow.log_metrics({metric_name(r["name"]): r["ratio"] for r in RESULTS if r["ratio"] == r["ratio"]})
         mlflow.log_artifact(str(path))
 
 
+def metric_name(figure: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in figure).replace("/", "per")
+
+
+SECTIONS = ("merge", "scoring", "intake", "screening", "scale", "mergekit")
+
+
 def main() -> None:
+    import shutil
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["merge", "scoring"], default=None)
+    ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
     args = ap.parse_args()
-    print(f"{'figure':<44} {'ratio':>9}  {'target':<17} detail", flush=True)
-    if args.only in (None, "merge"):
-        bench_merge("tiny", GPT2Config(vocab_size=8192, n_positions=256, n_embd=128, n_layer=2, n_head=4))
-        bench_merge("gpt2-124M", GPT2Config())
-    if args.only in (None, "scoring"):
-        bench_scoring()
+    only = set(args.only or SECTIONS)
+    started = time.perf_counter()
+    print(f"{'figure':<58} {'ratio':>9}  {'target':<17} detail", flush=True)
+    big = GPT2Config()
+    work = Path(tempfile.mkdtemp(dir=ROOT / "bench", prefix="tmp-"))
+    try:
+        if only & {"merge", "mergekit"}:
+            tiny = bench_merge("tiny", GPT2Config(vocab_size=8192, n_positions=256, n_embd=128, n_layer=2, n_head=4))
+            bench_running("tiny", tiny)
+            shutil.rmtree(tiny[0].parent, ignore_errors=True)
+            paths = bench_merge("gpt2-124M", big)
+            bench_running("gpt2-124M", paths)
+            if "mergekit" in only:
+                bench_mergekit(paths, big)
+            shutil.rmtree(paths[0].parent, ignore_errors=True)
+        if "scoring" in only:
+            bench_scoring()
+        if only & {"intake", "screening", "scale"}:
+            r = bench_intake(work)
+            if "screening" in only:
+                bench_screening(r)
+            if "scale" in only:
+                bench_scale(r)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"bench-{stamp}.json"
-    out.write_text(json.dumps({"created": stamp, "threads": torch.get_num_threads(), "results": RESULTS}, indent=2))
-    print(f"wrote {out}")
+    wall = time.perf_counter() - started
+    out.write_text(json.dumps({"created": stamp, "threads": torch.get_num_threads(), "wall_s": wall, "results": RESULTS}, indent=2))
+    print(f"wrote {out} ({wall / 60:.1f} min)")
     log_mlflow(out)
 
 

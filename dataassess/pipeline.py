@@ -10,10 +10,10 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -22,13 +22,15 @@ from . import __version__
 from .config import Settings
 from .corpus import CorpusError, Document, discover, eval_sets_from_folder
 from .merge import linear_merge
-from .rank import enumerate_mixtures, rank
+from .merge.io import SafetensorsReader
+from .rank import enumerate_mixtures, macro, rank
 from .score import EvalSet, build_eval_set, score_model
+from .screen import Rung, eval_slice, screening_cost, successive_halving
 from .seed import Seed, prepare_seed
 from .store import digest_json, read_json, write_json
 from .train import resolve_device, to_sequences, train_lm
 from .units import Unit, cut_units
-from .weights import load_state, save_state, save_weights
+from .weights import check_loadable, load_state, save_state, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,10 @@ def unit_model_dir(settings: Settings, key: str) -> Path:
 def trained_meta(settings: Settings, key: str) -> dict | None:
     """The metadata of a finished unit model, or None. The metadata is written last."""
     meta = unit_model_dir(settings, key) / "meta.json"
-    return read_json(meta) if meta.exists() else None
+    if not meta.exists():
+        return None
+    done = read_json(meta)
+    return done if Path(done["weights"]).exists() else None  # weights deleted by hand: train again
 
 
 def train_unit(unit: Unit, seed: Seed, settings: Settings, progress: bool = True) -> dict:
@@ -195,7 +200,12 @@ def score_mixture(
         return scores, 0
     configure_torch(settings)
     device = resolve_device(settings.device)
-    model = load_state(_skeleton(seed, device), linear_merge(weights_paths, weights))
+    model = _skeleton(seed, device)
+    if device.type == "cpu":  # straight into the parameters: no new buffer, no second copy
+        check_loadable(model, set(SafetensorsReader.keys_of(weights_paths[0])))
+        linear_merge(weights_paths, weights, out=model.state_dict())
+    else:
+        load_state(model, linear_merge(weights_paths, weights))
     for name in missing:
         es = load_eval_set(eval_sets[name])
         result = score_model(model, es, settings.score.batch_size, device).to_dict()
@@ -245,20 +255,67 @@ def ranking_row(units: Sequence[str], scores: dict[str, dict]) -> dict:
     }
 
 
+ScoreMany = Callable[[Sequence[tuple[str, ...]], dict[str, str]], list[tuple[tuple[str, ...], dict[str, dict], int]]]
+
+
+def slice_eval_sets(settings: Settings, eval_sets: dict[str, str], fraction: float) -> dict[str, str]:
+    """Stored slices (every m-th window) of the evaluation sets, for screening."""
+    return {n: save_eval_set(settings, eval_slice(load_eval_set(p), fraction)) for n, p in eval_sets.items()}
+
+
+def screen_and_rank(candidates: Sequence[tuple[str, ...]], score_many: ScoreMany, eval_sets: dict[str, str], settings: Settings) -> tuple[list[dict], dict]:
+    """Score the candidates (every one on the full sets, or by staged screening) and rank them.
+
+    score_many(mixtures, eval_sets) returns (mixture, scores, number computed) per mixture:
+    the core runs it as a loop, the Prefect flow as tasks.
+    """
+    r = settings.rank
+    computed: set[tuple[str, ...]] = set()
+    last: dict[tuple[str, ...], dict] = {}
+
+    def score(mixes: Sequence[tuple[str, ...]], fraction: float) -> dict[tuple[str, ...], float]:
+        sets = eval_sets if fraction == 1.0 else slice_eval_sets(settings, eval_sets, fraction)
+        losses = {}
+        for mix, scores, n in score_many(mixes, sets):
+            computed.update([mix] if n else [])
+            last[mix] = scores
+            perplexities = {k: v["perplexity"] for k, v in scores.items()}
+            losses[mix] = macro(perplexities) if r.by == "macro" else perplexities[r.by]
+        return losses
+
+    if r.screen and len(candidates) > r.screen_keep:
+        placed, rungs = successive_halving(candidates, score, r.screen_eta, r.screen_min_fraction, r.screen_keep)
+    else:
+        placed, rungs = [(m, 1.0) for m in candidates], [Rung(1.0, len(candidates), len(candidates))]
+        score(candidates, 1.0)
+    rows = []
+    for mix, fraction in placed:
+        rows.append(ranking_row(mix, last[mix]))
+        if fraction < 1.0:
+            rows[-1]["evaluated_fraction"] = fraction
+    counts = {"mixtures": len(candidates), "scored": len(computed), "reused": len(candidates) - len(computed)}
+    if r.screen:
+        counts["screening"] = {"rungs": [asdict(g) for g in rungs], "cost": screening_cost(rungs, len(candidates))}
+    return rank(rows, r.by), counts
+
+
 def rank_mixtures(
     pool: Pool, trained: dict[str, dict], settings: Settings, progress: bool = True,
     mixtures: Sequence[Sequence[str]] | None = None,
 ) -> tuple[list[dict], dict]:
     """Score every candidate mixture (reusing cached scores) and rank them. Returns (ranking, counts)."""
     candidates = enumerate_mixtures(sorted(trained), settings.rank.k_max, mixtures if mixtures is not None else settings.rank.mixtures)
-    rows, computed_mixtures = [], 0
-    for mix in tqdm(candidates, desc="score mixtures", disable=not progress):
-        metas = [trained[u] for u in mix]
-        weights = mixture_weights(metas, settings.rank.weighting)
-        scores, computed = score_mixture([m["weights"] for m in metas], [m["key"] for m in metas], pool.seed, pool.eval_sets, settings, weights)
-        computed_mixtures += computed > 0
-        rows.append(ranking_row(mix, scores))
-    return rank(rows, settings.rank.by), {"mixtures": len(candidates), "scored": computed_mixtures, "reused": len(candidates) - computed_mixtures}
+
+    def score_many(mixes, eval_sets):
+        out = []
+        for mix in tqdm(mixes, desc="score mixtures", disable=not progress):
+            metas = [trained[u] for u in mix]
+            weights = mixture_weights(metas, settings.rank.weighting)
+            scores, n = score_mixture([m["weights"] for m in metas], [m["key"] for m in metas], pool.seed, eval_sets, settings, weights)
+            out.append((mix, scores, n))
+        return out
+
+    return screen_and_rank(candidates, score_many, pool.eval_sets, settings)
 
 
 def rankings_dir(settings: Settings) -> Path:

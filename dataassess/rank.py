@@ -36,7 +36,8 @@ def rank(rows: list[dict], by: str = "macro") -> list[dict]:
     for row in rows:
         row["macro"] = macro(row["scores"])
     key = (lambda r: r["macro"]) if by == "macro" else (lambda r: r["scores"][by])
-    ranked = sorted(rows, key=lambda r: (key(r), r["units"]))
+    # rows screened out on a slice of the evaluation sets rank below every fully scored row
+    ranked = sorted(rows, key=lambda r: (-r.get("evaluated_fraction", 1.0), key(r), r["units"]))
     seen_per_size: dict[int, int] = {}
     for i, row in enumerate(ranked, 1):
         row["rank"] = i
@@ -56,7 +57,8 @@ def format_table(ranking: list[dict], top: int | None = None, by: str = "macro")
     lines = [f"perplexity (lower is better), ranked by {by}", head, "-" * len(head)]
     for r in ranking[:top]:
         cells = "  ".join(f"{r['scores'][s]:>12.2f}" for s in sets)
-        lines.append(f"{r['rank']:>4}  {' + '.join(r['units']):<{width}}  {cells}  {r['macro']:>9.2f}")
+        screened = f"  (screened out on {r['evaluated_fraction']:g} of each set)" if "evaluated_fraction" in r else ""
+        lines.append(f"{r['rank']:>4}  {' + '.join(r['units']):<{width}}  {cells}  {r['macro']:>9.2f}{screened}")
     if top and len(ranking) > top:
         lines.append(f"... {len(ranking) - top} more (dataassess ranking --json for all)")
     return "\n".join(lines)

@@ -158,31 +158,43 @@ def intake(
 
         units = found["units"]
         done_before = {u["name"] for u in units if pipeline.trained_meta(s, pipeline.unit_model_key(Unit(**u), _seed(seed), s))}
-        futures = [train_unit.submit(u, seed, cfg, progress) for u in units]
+        futures = {u["name"]: train_unit.submit(u, seed, cfg, progress) for u in units if u["name"] not in done_before}
         metas = {}
-        for u, fut in zip(units, futures):
-            meta = fut.result()
+        for u in units:
+            if u["name"] in done_before:
+                metas[u["name"]] = pipeline.trained_meta(s, pipeline.unit_model_key(Unit(**u), _seed(seed), s))
+                continue
+            meta = futures[u["name"]].result()
             if not Path(meta["weights"]).exists():  # a cached result whose files were deleted: retrain
                 meta = train_unit.with_options(refresh_cache=True)(u, seed, cfg, progress)
             metas[u["name"]] = meta
         registered = [register_unit(metas[u["name"]], seed, cfg, pool, seed_version) for u in units]
         versions = {r["unit"]: r["version"] for r in registered}
 
+        def score_many(mixes, sets):
+            """Cached scores are read here; only mixtures missing one become tasks."""
+            out, futures = {}, {}
+            for m in mixes:
+                ms = [metas[u] for u in m]
+                key = pipeline.mixture_key([x["key"] for x in ms], pipeline.mixture_weights(ms, s.rank.weighting))
+                cached = pipeline.cached_scores(s, key, sets)
+                if len(cached) == len(sets):
+                    out[m] = (m, cached, 0)
+                else:
+                    futures[m] = score_mixture.submit(" + ".join(m), ms, seed, sets, cfg)
+            for m, f in futures.items():
+                out[m] = (m, f.result()["scores"], f.result()["computed"])
+            return [out[m] for m in mixes]
+
         mixtures = enumerate_mixtures(sorted(metas), s.rank.k_max, s.rank.mixtures)
-        scored = [
-            score_mixture.submit(" + ".join(m), [metas[u] for u in m], seed, found["eval_sets"], cfg) for m in mixtures
-        ]
-        rows, rescored = [], 0
-        for fut in scored:
-            r = fut.result()
-            rescored += r["computed"] > 0
-            rows.append(pipeline.ranking_row(r["units"], r["scores"]))
+        ranking, counts = pipeline.screen_and_rank(mixtures, score_many, found["eval_sets"], s)
         trained = sorted(set(metas) - done_before)
         summary = {
             "trained": len(trained), "skipped": len(done_before), "quarantined": len(found["rejected"]),
             "registered": sum(r["new"] for r in registered), "mixtures": len(mixtures),
-            "rescored": rescored, "reused": len(mixtures) - rescored,
+            "rescored": counts["scored"], "reused": counts["reused"],
+            **({"screening": counts["screening"]} if "screening" in counts else {}),
         }
-        published = publish(rows, found, metas, versions, cfg, pool, corpus_root, summary)
+        published = publish(ranking, found, metas, versions, cfg, pool, corpus_root, summary)
     logger.info("intake %s: %s", pool, summary)
     return {**summary, "trained_units": trained, "quarantined_partitions": found["rejected"], **published, "pool": pool}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make serve` picks up a partition dropped into the corpus root within one interval.
 # Serves the intake every $INTERVAL s over a 3-partition corpus, drops a 4th partition in,
-# and waits until a ranking that contains it is published. Prints PASS or FAIL.
+# and waits until a ranking that contains it is published. Then `dataassess add-partition`
+# adds a 5th, and the script waits for a flow run created by the event trigger (not by the
+# schedule) to publish a ranking that contains it. Prints PASS or FAIL per check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 INTERVAL=${INTERVAL:-30}
@@ -33,3 +35,27 @@ until has_satire; do
   sleep 2
 done
 echo "PASS: satire ranked $(( $(date +%s) - dropped )) s after it was dropped (interval ${INTERVAL} s)"
+
+# the event path: add-partition emits dataassess.partition.created to the server serve started
+.venv/bin/dataassess add-partition "$DEMO/scripture-wisdom" --corpus "$WORK/corpus" | tee -a "$WORK/serve.log"
+added=$(date +%s)
+triggered_run() {
+  PREFECT_API_URL=$(cat "$STORE/prefect-api-url") .venv/bin/python - <<'PY'
+import asyncio, sys
+from prefect.client.orchestration import get_client
+
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+    done = [r for r in runs if r.created_by and r.created_by.type == "AUTOMATION" and r.state_name == "Completed"]
+    print(f"{len(done)} completed run(s) created by the event trigger")
+    sys.exit(0 if done else 1)
+
+asyncio.run(main())
+PY
+}
+until grep -q '"scripture-wisdom.u0"' "$STORE/rankings/latest.json" 2>/dev/null && triggered_run; do
+  [ $(( $(date +%s) - added )) -gt 240 ] && { echo "FAIL: no event-triggered intake"; tail -20 "$WORK/serve.log"; exit 1; }
+  sleep 3
+done
+echo "PASS: scripture-wisdom ranked by an event-triggered run $(( $(date +%s) - added )) s after add-partition"

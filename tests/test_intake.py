@@ -163,3 +163,24 @@ def test_resume_after_intake_is_killed_mid_training(settings, corpus, tmp_path):
     names = [v.name for v in unit_versions(s)]
     assert len(names) == len(set(names)) == len(list(models.glob("*/meta.json")))
     assert not list(s.store.rglob("*.tmp"))
+
+
+def test_prefect_yaml_declares_the_intake_on_a_schedule_and_the_partition_event():
+    import fnmatch
+    from pathlib import Path
+
+    import yaml
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.serve import EVENT, corpus_resource
+
+    root = Path(__file__).resolve().parents[1]
+    (deployment,) = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    path, func = deployment["entrypoint"].split(":")
+    assert load_flow_from_entrypoint(f"{root / path}:{func}").name == intake.name
+    assert deployment["schedules"][0]["interval"] > 0 and deployment["concurrency_limit"] == 1
+    trigger = DeploymentEventTrigger.model_validate({k: v for k, v in deployment["triggers"][0].items() if k != "type"})
+    assert trigger.expect == {EVENT}
+    assert fnmatch.fnmatch(corpus_resource("/data/corpus"), trigger.match.root["prefect.resource.id"])
+    assert trigger.parameters == {"corpus_root": "{{ event.payload.corpus_root }}"}

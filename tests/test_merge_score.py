@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dataassess.corpus import Document
-from dataassess.merge import linear_merge, macro_merge
+from dataassess.merge import linear_merge, macro_merge, revolving_door, running_merges
 from dataassess.score import build_eval_set, rolling_windows, score_model
 from dataassess.train import resolve_device
 from dataassess.weights import load_state, save_state, save_weights
@@ -50,6 +50,60 @@ def test_tied_embeddings_survive_a_merge(seed, tmp_path):
     expected = (a[key] + b[key]) / 2
     assert torch.allclose(model.lm_head.weight, expected, atol=1e-6)
 
+
+
+def test_merge_into_model_parameters_across_small_blocks(seed, tmp_path, monkeypatch):
+    import dataassess.merge.linear as linear_mod
+
+    paths = perturbed_models(seed, tmp_path, 3)
+    expected = linear_merge(paths, [1, 2, 3])
+    monkeypatch.setattr(linear_mod, "BLOCK", 1000)  # blocks straddle tensor boundaries
+    model = seed.load_model()
+    out = linear_merge(paths, [1, 2, 3], out=model.state_dict())
+    for key, t in expected.items():
+        assert torch.allclose(out[key], t, atol=1e-6), key
+        assert torch.allclose(model.state_dict()[key], t, atol=1e-6), key
+
+
+def test_bf16_models_merge_in_float32_and_cast_back(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    states = [{"a": torch.randn(300, 7, generator=g).bfloat16(), "b": torch.randn(5, generator=g).bfloat16()} for _ in range(3)]
+    paths = []
+    for i, st in enumerate(states):
+        paths.append(tmp_path / f"{i}.safetensors")
+        save_file(st, str(paths[-1]))
+    merged = linear_merge(paths)
+    for key in states[0]:
+        naive = torch.stack([st[key].float() for st in states]).mean(0)
+        assert merged[key].dtype == torch.bfloat16, key
+        assert torch.allclose(merged[key].float(), naive, rtol=2 ** -7, atol=1e-3), key  # one bf16 rounding
+
+
+def test_revolving_door_visits_every_subset_once_by_single_swaps():
+    import itertools
+
+    for n, k in [(5, 2), (6, 3), (8, 4), (4, 4), (7, 1)]:
+        order = revolving_door(n, k)
+        assert sorted(map(tuple, map(sorted, order))) == list(itertools.combinations(range(n), k))
+        for a, b in zip(order, order[1:]):
+            assert len(set(a) - set(b)) == 1 and len(set(b) - set(a)) == 1, (a, b)
+
+
+@pytest.mark.parametrize("refresh", [1000, 3])
+def test_running_merges_equal_merging_each_subset(seed, tmp_path, monkeypatch, refresh):
+    import dataassess.merge.linear as linear_mod
+    import dataassess.merge.running as running_mod
+
+    paths = perturbed_models(seed, tmp_path, 5)
+    monkeypatch.setattr(linear_mod, "BLOCK", 50_000)
+    monkeypatch.setattr(running_mod, "BLOCK", 50_000)
+    seen = 0
+    for subset, merged in running_merges(paths, 3, refresh=refresh):
+        direct = linear_merge([paths[i] for i in subset])
+        for key, t in direct.items():
+            assert torch.allclose(merged[key], t, atol=1e-5), (subset, key)
+        seen += 1
+    assert seen == 10
 
 def test_non_float_tensors_are_copied_and_checked(tmp_path):
     a, b, c = (tmp_path / f"{x}.safetensors" for x in "abc")
@@ -121,6 +175,19 @@ def test_long_documents_match_a_manual_rolling_window_loss(seed):
     score = score_model(model, es, batch_size=3, device=resolve_device("cpu"))
     assert score.perplexity == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
 
+
+
+def test_head_on_scored_positions_equals_full_forward(seed, monkeypatch):
+    import dataassess.score as score_mod
+
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    docs = [Document(d["text"][:3000], "d") for d in demo_docs("drama-comedy", 3)]
+    es = build_eval_set("d", docs, tok, ctx=128, stride=64, max_tokens=100_000)
+    fast = score_model(model, es, batch_size=5, device=resolve_device("cpu"))
+    monkeypatch.setattr(score_mod, "HEAD_ONLY_TYPES", set())
+    full = score_model(model, es, batch_size=5, device=resolve_device("cpu"))
+    assert fast.tokens == full.tokens
+    assert fast.nll == pytest.approx(full.nll, rel=1e-5)
 
 PEAK = """
 import sys

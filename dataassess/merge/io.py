@@ -45,6 +45,7 @@ class SafetensorsReader:
             os.close(self.fd)
             raise ValueError(f"{path} is not a safetensors file: {e}") from None
         header.pop("__metadata__", None)
+        self.data_start = 8 + n
         self.tensors = {
             name: TensorInfo(DTYPES[h["dtype"]], tuple(h["shape"]), 8 + n + h["data_offsets"][0]) for name, h in header.items()
         }
@@ -52,20 +53,31 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.tensors)
 
+    @classmethod
+    def keys_of(cls, path: Path | str) -> list[str]:
+        reader = cls(path)
+        reader.close()
+        return reader.keys()
+
     def read(self, name: str, start: int = 0, count: int | None = None, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Elements [start, start + count) of the flattened tensor, into `buffer` (bytes) if given."""
         info = self.tensors[name]
         count = info.numel - start if count is None else count
         item = torch.empty(0, dtype=info.dtype).element_size()
         nbytes = count * item
-        buf = torch.empty(nbytes, dtype=torch.uint8) if buffer is None or buffer.numel() < nbytes else buffer[:nbytes]
+        buf = torch.empty(nbytes, dtype=torch.uint8) if buffer is None or buffer.numel() < nbytes else buffer
+        return self.read_raw(info.offset + start * item, nbytes, buf).view(info.dtype)
+
+    def read_raw(self, offset: int, nbytes: int, buffer: torch.Tensor) -> torch.Tensor:
+        """`nbytes` bytes from `offset` into the front of `buffer` (uint8)."""
+        buf = buffer[:nbytes]
         view, done = memoryview(buf.numpy()), 0
         while done < nbytes:
-            got = os.preadv(self.fd, [view[done:]], info.offset + start * item + done)
+            got = os.preadv(self.fd, [view[done:]], offset + done)
             if got == 0:
-                raise ValueError(f"{self.path} is truncated at tensor '{name}'")
+                raise ValueError(f"{self.path} is truncated at byte {offset + done}")
             done += got
-        return buf.view(info.dtype)
+        return buf
 
     def close(self) -> None:
         os.close(self.fd)

@@ -5,9 +5,18 @@ Floating-point tensors are averaged in float32 and cast back; other tensors
 each input is read once (pread, into a small reused buffer) and added into a
 cache-sized block of the output, so peak memory is the output model plus k
 blocks, whatever k is.
+
+When every input has the same header layout and one float dtype (what a unit
+model always is), the data sections are merged as one flat array: a few large
+blocks instead of many small tensors, and the output tensors are views of one buffer.
 """
 from __future__ import annotations
 
+import bisect
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +24,7 @@ import torch
 
 from .io import SafetensorsReader, open_all
 
-BLOCK = 1 << 20  # elements per block: few enough ops that thread start-up is amortized
+BLOCK = 1 << 18  # elements per block: k read buffers stay in cache, few enough ops to amortize their overhead
 
 
 def normalized(weights: Sequence[float] | None, n: int) -> list[float]:
@@ -27,6 +36,140 @@ def normalized(weights: Sequence[float] | None, n: int) -> list[float]:
     return [w / total for w in weights]
 
 
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each tensor sits in the flat data section, in elements."""
+
+    dtype: torch.dtype
+    names: tuple[str, ...]
+    offsets: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    numel: int
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: flat[o:o + _numel(s)].view(s) for n, o, s in zip(self.names, self.offsets, self.shapes)}
+
+    def segments(self, state: dict[str, torch.Tensor]) -> list[tuple[int, int, torch.Tensor]]:
+        """(flat offset, numel, flat view of state[name]) for each tensor, in layout order."""
+        out = []
+        for n, o, s in zip(self.names, self.offsets, self.shapes):
+            if tuple(state[n].shape) != s:
+                raise ValueError(f"output tensor '{n}' has shape {tuple(state[n].shape)}, the models {s}")
+            out.append((o, _numel(s), state[n].view(-1)))
+        return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _scaled_into(acc: torch.Tensor, x: torch.Tensor, w: float) -> None:
+    """acc = w * x in float32 (a half-precision x times a scalar would round in half precision)."""
+    if x.dtype == torch.float32:
+        torch.mul(x, w, out=acc)
+    else:
+        acc.copy_(x).mul_(w)
+
+
+def flat_layout(readers: Sequence[SafetensorsReader]) -> FlatLayout | None:
+    """The shared flat layout of the inputs, or None when they differ or mix dtypes."""
+    first = readers[0]
+    infos = sorted(first.tensors.items(), key=lambda kv: kv[1].offset)
+    if not infos or len({i.dtype for _, i in infos}) != 1 or not infos[0][1].dtype.is_floating_point:
+        return None
+    dtype = infos[0][1].dtype
+    item = torch.empty(0, dtype=dtype).element_size()
+    offsets, expected = [], 0
+    for _, info in infos:
+        rel = info.offset - first.data_start
+        if rel != expected * item:  # a gap or overlap: not a plain flat section
+            return None
+        offsets.append(expected)
+        expected += info.numel
+    for r in readers[1:]:  # names, shapes and dtypes were checked by open_all
+        if any(r.tensors[n].offset - r.data_start != i.offset - first.data_start for n, i in infos):
+            return None
+    return FlatLayout(dtype, tuple(n for n, _ in infos), tuple(offsets), tuple(i.shape for _, i in infos), expected)
+
+
+def read_flat(reader: SafetensorsReader, layout: FlatLayout, start: int, count: int, buffer: torch.Tensor) -> torch.Tensor:
+    """Elements [start, start + count) of a reader's flat data section."""
+    item = layout.itemsize
+    return reader.read_raw(reader.data_start + start * item, count * item, buffer).view(layout.dtype)
+
+
+def flat_weighted_sum(
+    readers: Sequence[SafetensorsReader], layout: FlatLayout, weights: Sequence[float],
+    segments: list[tuple[int, int, torch.Tensor]], direct: bool,
+) -> None:
+    """Write sum(w_i * model_i) into `segments`. With `direct`, the single segment is a float32
+    flat buffer accumulated into in place; otherwise blocks go through a float32 scratch.
+
+    Large models are cut into one contiguous range per worker thread: pread and the torch
+    ops release the GIL, so the kernel's page-cache copies run on every core.
+    """
+    n = layout.numel
+    workers = max(1, min(_WORKERS, n // (4 * BLOCK)))
+    bounds = [n * i // workers // BLOCK * BLOCK for i in range(workers)] + [n]
+    ranges = list(zip(bounds, bounds[1:]))
+    if workers == 1:
+        _sum_range(readers, layout, weights, segments, direct, *ranges[0])
+    else:
+        list(_pool().map(lambda r: _sum_range(readers, layout, weights, segments, direct, *r), ranges))
+
+
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_executor: ThreadPoolExecutor | None = None
+_local = threading.local()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix="merge")
+    return _executor
+
+
+def _buffers(k: int, nbytes: int) -> list[torch.Tensor]:
+    """k read buffers of this thread, reused across merges (fresh pages would fault every call)."""
+    bufs = _local.__dict__.setdefault("buffers", [])
+    for i in range(k):
+        if i == len(bufs):
+            bufs.append(torch.empty(0, dtype=torch.uint8))
+        if bufs[i].numel() < nbytes:
+            bufs[i] = torch.empty(nbytes, dtype=torch.uint8)
+    return bufs[:k]
+
+
+def _sum_range(readers, layout: FlatLayout, weights, segments, direct: bool, lo: int, hi: int) -> None:
+    buffers = _buffers(len(readers) + (not direct), BLOCK * max(layout.itemsize, 4))
+    scratch = None if direct else buffers[-1].view(torch.float32)
+    seg = bisect.bisect_right([o for o, _, _ in segments], lo) - 1
+    for start in range(lo, hi, BLOCK):
+        count = min(BLOCK, hi - start)
+        acc = segments[0][2][start:start + count] if scratch is None else scratch[:count]
+        _scaled_into(acc, read_flat(readers[0], layout, start, count, buffers[0]), weights[0])
+        for r, w, buf in zip(readers[1:], weights[1:], buffers[1:]):
+            acc.add_(read_flat(r, layout, start, count, buf), alpha=w)
+        if scratch is None:
+            continue
+        end = start + count
+        while seg < len(segments) and segments[seg][0] < end:  # copy the block into each tensor it covers
+            offset, n, target = segments[seg]
+            lo_, hi_ = max(offset, start), min(offset + n, end)
+            target[lo_ - offset:hi_ - offset].copy_(acc[lo_ - start:hi_ - start])
+            if offset + n > end:
+                break
+            seg += 1
+
+
 def weighted_sum(readers: Sequence[SafetensorsReader], name: str, weights: Sequence[float], buffers: list[torch.Tensor]) -> torch.Tensor:
     """sum(w_i * tensor_i) in float32, block by block."""
     info = readers[0].tensors[name]
@@ -34,29 +177,49 @@ def weighted_sum(readers: Sequence[SafetensorsReader], name: str, weights: Seque
     for start in range(0, info.numel, BLOCK):
         count = min(BLOCK, info.numel - start)
         block = out[start:start + count]
-        torch.mul(readers[0].read(name, start, count, buffers[0]), weights[0], out=block)
+        _scaled_into(block, readers[0].read(name, start, count, buffers[0]), weights[0])
         for r, w, buf in zip(readers[1:], weights[1:], buffers[1:]):
             block.add_(r.read(name, start, count, buf), alpha=w)
     return out.view(info.shape)
 
 
-def linear_merge(paths: Sequence[Path | str], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-    """Average of the models in `paths`."""
+def linear_merge(
+    paths: Sequence[Path | str], weights: Sequence[float] | None = None, out: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Average of the models in `paths`; written into `out` (e.g. a model's parameters) if given."""
     if not paths:
         raise ValueError("nothing to merge")
     w = normalized(weights, len(paths))
-    out: dict[str, torch.Tensor] = {}
     with open_all(paths) as readers:
+        if out is not None and (extra := sorted(set(readers[0].tensors) - set(out))):
+            raise ValueError(f"weights have keys the model lacks: {extra[:5]}")
+        layout = flat_layout(readers)
+        if layout is not None:
+            return _merge_flat(readers, layout, w, out)
+        merged: dict[str, torch.Tensor] = {}
         widest = max(torch.empty(0, dtype=i.dtype).element_size() for i in readers[0].tensors.values())
-        buffers = [torch.empty(BLOCK * widest, dtype=torch.uint8) for _ in readers]
+        buffers = _buffers(len(readers), BLOCK * widest)
         for name, info in readers[0].tensors.items():
             if not info.dtype.is_floating_point:
                 first = readers[0].read(name).clone().view(info.shape)
                 for p, r in zip(paths[1:], readers[1:]):
                     if not torch.equal(first, r.read(name).view(info.shape)):
                         raise ValueError(f"non-float tensor '{name}' differs in {p}")
-                out[name] = first
+                merged[name] = first
                 continue
             acc = weighted_sum(readers, name, w, buffers)
-            out[name] = acc if info.dtype == torch.float32 else acc.to(info.dtype)
+            merged[name] = acc if info.dtype == torch.float32 else acc.to(info.dtype)
+    if out is None:
+        return merged
+    for name, t in merged.items():
+        out[name].copy_(t)
+    return out
+
+
+def _merge_flat(readers, layout: FlatLayout, w: list[float], out: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    if out is None:
+        flat = torch.empty(layout.numel, dtype=layout.dtype)
+        flat_weighted_sum(readers, layout, w, [(0, layout.numel, flat)], direct=layout.dtype == torch.float32)
+        return layout.views(flat)
+    flat_weighted_sum(readers, layout, w, layout.segments(out), direct=False)
     return out

@@ -1,0 +1,74 @@
+"""Staged screening (successive halving): score every mixture on a small slice of each
+evaluation set, keep the best 1/eta, score those on an eta-times larger slice, and so on
+until the survivors are scored on the full sets.
+
+Slices are evaluation sets of their own (every m-th window, with their own digest), so
+their scores are cached like any other. Only survivors of the last rung carry full-set
+scores; every other mixture is ranked below them by the largest slice it reached.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence, TypeVar
+
+from .score import EvalSet
+from .store import digest_json
+
+M = TypeVar("M", bound=Hashable)
+
+
+def eval_slice(es: EvalSet, fraction: float) -> EvalSet:
+    """Every m-th window of an evaluation set, m = round(1 / fraction); the full set at 1."""
+    step = max(1, round(1 / fraction))
+    if step == 1:
+        return es
+    windows = es.windows[::step]
+    tokens = sum(len(w) - start for w, start in windows)
+    return EvalSet(
+        es.name, digest_json([es.digest, "every", step])[:24], windows, tokens,
+        max(1, round(es.bytes * tokens / es.tokens)), es.documents,
+    )
+
+
+def rung_fractions(eta: int, min_fraction: float) -> list[float]:
+    """Slices 1/eta^r, ..., 1/eta, 1: the smallest no smaller than min_fraction."""
+    if eta < 2 or not 0 < min_fraction <= 1:
+        raise ValueError(f"screening needs eta >= 2 and 0 < min_fraction <= 1, got {eta}, {min_fraction}")
+    rungs = math.floor(math.log(1 / min_fraction, eta) + 1e-9)  # no slice below min_fraction
+    return [eta ** -i for i in range(rungs, 0, -1)] + [1.0]
+
+
+@dataclass(frozen=True)
+class Rung:
+    fraction: float
+    scored: int  # mixtures scored at this fraction
+    kept: int  # of them, passed on to the next rung
+
+
+def successive_halving(
+    candidates: Sequence[M], score: Callable[[Sequence[M], float], dict[M, float]],
+    eta: int = 4, min_fraction: float = 1 / 16, keep_min: int = 10,
+) -> tuple[list[tuple[M, float]], list[Rung]]:
+    """Candidates ordered best first, each with the largest fraction it was scored on.
+
+    score(mixtures, fraction) returns a loss per mixture (lower is better). Each rung keeps
+    max(keep_min, ceil(n / eta)) mixtures; with keep_min >= len(candidates) this is
+    exhaustive evaluation.
+    """
+    alive, rungs, placed = list(candidates), [], []
+    for fraction in rung_fractions(eta, min_fraction):
+        losses = score(alive, fraction)
+        order = sorted(alive, key=lambda m: losses[m])
+        keep = len(order) if fraction == 1.0 else min(len(order), max(keep_min, math.ceil(len(order) / eta)))
+        rungs.append(Rung(fraction, len(order), keep))
+        placed = [(m, fraction) for m in order[keep:]] + placed  # dropped here: below every survivor
+        alive = order[:keep]
+        if fraction == 1.0:
+            placed = [(m, 1.0) for m in alive] + placed
+    return placed, rungs
+
+
+def screening_cost(rungs: Sequence[Rung], candidates: int) -> float:
+    """Evaluation tokens spent, as a fraction of scoring every candidate on the full sets."""
+    return sum(r.scored * r.fraction for r in rungs) / candidates

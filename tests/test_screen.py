@@ -1,0 +1,65 @@
+import random
+
+import pytest
+
+from dataassess import pipeline
+from dataassess.corpus import Document
+from dataassess.score import build_eval_set
+from dataassess.screen import eval_slice, rung_fractions, screening_cost, successive_halving
+from tests.conftest import demo_docs
+
+
+def test_rungs_grow_by_eta_up_to_the_full_sets():
+    assert rung_fractions(4, 1 / 16) == [1 / 16, 1 / 4, 1.0]
+    assert rung_fractions(2, 0.3) == [0.5, 1.0]
+    assert rung_fractions(3, 1.0) == [1.0]
+    with pytest.raises(ValueError):
+        rung_fractions(1, 0.5)
+
+
+def test_a_slice_is_every_mth_window_with_its_own_digest(seed):
+    tok = seed.load_tokenizer()
+    docs = [Document(d["text"], "s") for d in demo_docs("satire", 20)]
+    es = build_eval_set("s", docs, tok, ctx=128, stride=64, max_tokens=20_000)
+    part = eval_slice(es, 1 / 4)
+    assert part.windows == es.windows[::4] and part.digest != es.digest
+    assert part.tokens == sum(len(w) - s for w, s in part.windows) < es.tokens
+    assert eval_slice(es, 1.0) is es
+    assert eval_slice(es, 1 / 4).digest == part.digest
+
+
+def test_successive_halving_keeps_the_best_and_ranks_dropped_ones_below():
+    rng = random.Random(0)
+    truth = {f"m{i}": float(i) for i in range(64)}
+    calls = []
+
+    def score(mixes, fraction):
+        calls.append((len(mixes), fraction))
+        return {m: truth[m] + rng.gauss(0, 0.5) * (1 - fraction) for m in mixes}  # exact at the full sets
+
+    placed, rungs = successive_halving(list(truth), score, eta=4, min_fraction=1 / 16, keep_min=5)
+    assert calls == [(64, 1 / 16), (16, 1 / 4), (5, 1.0)]
+    assert [r.kept for r in rungs] == [16, 5, 5]
+    assert sorted(m for m, _ in placed) == sorted(truth)
+    full = [m for m, f in placed if f == 1.0]
+    assert full == sorted(full, key=truth.get) and len(full) == 5
+    assert [f for _, f in placed] == sorted((f for _, f in placed), reverse=True)  # fully scored first
+    assert screening_cost(rungs, 64) == pytest.approx((64 / 16 + 16 / 4 + 5) / 64)
+    exhaustive, _ = successive_halving(list(truth), score, keep_min=64)
+    assert [m for m, _ in exhaustive] == sorted(truth, key=truth.get)
+
+
+def test_screened_ranking_puts_full_scores_on_top(settings, corpus):
+    k3 = settings.rank.model_copy(update={"k_max": 3})
+    full = pipeline.run(corpus, settings.model_copy(update={"rank": k3}), progress=False)
+    exact = {tuple(r["units"]): r["scores"] for r in full.ranking}
+    screen = k3.model_copy(update={"screen": True, "screen_eta": 2, "screen_min_fraction": 0.25, "screen_keep": 4})
+    screened = pipeline.run(corpus, settings.model_copy(update={"rank": screen}), progress=False)
+    assert len(screened.ranking) == len(full.ranking) >= 14
+    tops = [r for r in screened.ranking if "evaluated_fraction" not in r]
+    assert len(tops) >= 4 and screened.ranking[: len(tops)] == tops
+    for row in tops:  # survivors carry the exact full-set scores (reused from the exhaustive run)
+        assert row["scores"] == exact[tuple(row["units"])]
+    assert {r["evaluated_fraction"] for r in screened.ranking[len(tops):]} <= {0.25, 0.5}
+    info = screened.counts["screening"]
+    assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and info["cost"] < 1
