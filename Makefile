@@ -63,7 +63,7 @@ $(MERGEKIT_VENV)/.tried:
 	@mkdir -p $(MERGEKIT_VENV) && touch $@
 
 bench-intake: setup
-	$(PY) bench/intake.py
+	$(PY) bench/intake_bench.py
 
 ui: setup
 	@mkdir -p $(STORE)

@@ -6,6 +6,7 @@ idempotent: its output is keyed by the content digests of its inputs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -65,6 +66,12 @@ def save_eval_set(settings: Settings, es: EvalSet) -> str:
 
 
 def load_eval_set(path: str | Path) -> EvalSet:
+    return _load_eval_set(str(Path(path).resolve()))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_eval_set(path: str) -> EvalSet:
+    """Cached: eval-set files are named by their content digest and never rewritten."""
     d = read_json(Path(path))
     return EvalSet(d["name"], d["digest"], [(w, s) for w, s in d["windows"]], d["tokens"], d["bytes"], d["documents"])
 
@@ -272,9 +279,11 @@ def screen_and_rank(candidates: Sequence[tuple[str, ...]], score_many: ScoreMany
     r = settings.rank
     computed: set[tuple[str, ...]] = set()
     last: dict[tuple[str, ...], dict] = {}
+    token_share: dict[float, float] = {}
 
     def score(mixes: Sequence[tuple[str, ...]], fraction: float) -> dict[tuple[str, ...], float]:
         sets = eval_sets if fraction == 1.0 else slice_eval_sets(settings, eval_sets, fraction)
+        token_share[fraction] = sum(load_eval_set(p).tokens for p in sets.values()) / sum(load_eval_set(p).tokens for p in eval_sets.values())
         losses = {}
         for mix, scores, n in score_many(mixes, sets):
             computed.update([mix] if n else [])
@@ -295,7 +304,7 @@ def screen_and_rank(candidates: Sequence[tuple[str, ...]], score_many: ScoreMany
             rows[-1]["evaluated_fraction"] = fraction
     counts = {"mixtures": len(candidates), "scored": len(computed), "reused": len(candidates) - len(computed)}
     if r.screen:
-        counts["screening"] = {"rungs": [asdict(g) for g in rungs], "cost": screening_cost(rungs, len(candidates))}
+        counts["screening"] = {"rungs": [asdict(g) for g in rungs], "cost": screening_cost(rungs, len(candidates), token_share)}
     return rank(rows, r.by), counts
 
 

@@ -107,11 +107,16 @@ def _scored_nll(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | 
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
 
 
-@torch.inference_mode()
-def score_model(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device) -> Score:
-    model.eval()
+_BATCHES: dict[tuple[str, int], list] = {}  # (eval-set digest, batch size) -> tensors; digests are content hashes
+
+
+def _batches(eval_set: EvalSet, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """(ids, mask or None, targets) per batch, longest windows first; built once per eval set."""
+    key = (eval_set.digest, batch_size)
+    if key in _BATCHES:
+        return _BATCHES[key]
     order = sorted(range(len(eval_set.windows)), key=lambda i: -len(eval_set.windows[i][0]))
-    nll, counted = 0.0, 0
+    batches = []
     for b in range(0, len(order), batch_size):
         batch = [eval_set.windows[i] for i in order[b:b + batch_size]]
         width = len(batch[0][0])
@@ -123,8 +128,20 @@ def score_model(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, devi
             mask[row, : len(w)] = 1
             targets[row, start - 1: len(w) - 1] = ids[row, start: len(w)]
         padded = len(batch[-1][0]) < width  # rows are sorted longest first
-        with autocast(device):  # without padding, no mask: the causal fast path
-            loss = _scored_nll(model, ids.to(device), mask.to(device) if padded else None, targets.to(device))
+        batches.append((ids, mask if padded else None, targets))  # without padding, no mask: the causal fast path
+    if len(_BATCHES) >= 64:
+        _BATCHES.pop(next(iter(_BATCHES)))
+    _BATCHES[key] = batches
+    return batches
+
+
+@torch.inference_mode()
+def score_model(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device) -> Score:
+    model.eval()
+    nll, counted = 0.0, 0
+    for ids, mask, targets in _batches(eval_set, batch_size):
+        with autocast(device):
+            loss = _scored_nll(model, ids.to(device), None if mask is None else mask.to(device), targets.to(device))
         nll += loss.item()
         counted += int((targets != -100).sum())
     if counted != eval_set.tokens:

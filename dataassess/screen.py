@@ -2,7 +2,7 @@
 evaluation set, keep the best 1/eta, score those on an eta-times larger slice, and so on
 until the survivors are scored on the full sets.
 
-Slices are evaluation sets of their own (every m-th window, with their own digest), so
+Slices are evaluation sets of their own (whole windows, with their own digest), so
 their scores are cached like any other. Only survivors of the last rung carry full-set
 scores; every other mixture is ranked below them by the largest slice it reached.
 """
@@ -19,14 +19,21 @@ M = TypeVar("M", bound=Hashable)
 
 
 def eval_slice(es: EvalSet, fraction: float) -> EvalSet:
-    """Every m-th window of an evaluation set, m = round(1 / fraction); the full set at 1."""
-    step = max(1, round(1 / fraction))
-    if step == 1:
+    """About `fraction` of an evaluation set's scored tokens: whole windows, picked spread over
+    the set (golden-ratio order over window positions) until the share is reached; the full set at 1."""
+    if fraction >= 1.0:
         return es
-    windows = es.windows[::step]
-    tokens = sum(len(w) - start for w, start in windows)
+    n = len(es.windows)
+    order = sorted(range(n), key=lambda i: (i * 0.6180339887498949) % 1.0)
+    picked, tokens = [], 0
+    for i in order:
+        if tokens >= fraction * es.tokens:
+            break
+        picked.append(i)
+        tokens += len(es.windows[i][0]) - es.windows[i][1]
+    windows = [es.windows[i] for i in sorted(picked)]
     return EvalSet(
-        es.name, digest_json([es.digest, "every", step])[:24], windows, tokens,
+        es.name, digest_json([es.digest, "slice", fraction])[:24], windows, tokens,
         max(1, round(es.bytes * tokens / es.tokens)), es.documents,
     )
 
@@ -69,6 +76,7 @@ def successive_halving(
     return placed, rungs
 
 
-def screening_cost(rungs: Sequence[Rung], candidates: int) -> float:
-    """Evaluation tokens spent, as a fraction of scoring every candidate on the full sets."""
-    return sum(r.scored * r.fraction for r in rungs) / candidates
+def screening_cost(rungs: Sequence[Rung], candidates: int, tokens: dict[float, float] | None = None) -> float:
+    """Evaluation tokens spent, as a fraction of scoring every candidate on the full sets.
+    `tokens` maps a rung's fraction to the share of tokens its slices really hold."""
+    return sum(r.scored * (tokens or {}).get(r.fraction, r.fraction) for r in rungs) / candidates

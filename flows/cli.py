@@ -294,8 +294,16 @@ def _finite(obj):
 def _summary_line(s: dict) -> str:
     return (
         f"trained {s['trained']}, skipped {s['skipped']}, quarantined {s['quarantined']}, registered {s['registered']}; "
-        f"mixtures {s['mixtures']} (re-scored {s['rescored']}, reused {s['reused']}); champion v{s['champion_version']}"
+        f"mixtures {s['mixtures']} (re-scored {s['rescored']}, reused {s['reused']}){_screening_note(s)}; champion v{s['champion_version']}"
     )
+
+
+def _screening_note(counts: dict) -> str:
+    if "screening" not in counts:
+        return ""
+    sc = counts["screening"]
+    rungs = ", ".join(f"{g['scored']} on {g['fraction']:g}" for g in sc["rungs"])
+    return f"; screened: {rungs} of the sets, {sc['cost']:.2f} of full evaluation"
 
 
 def _print_latest(top: int) -> None:
@@ -328,7 +336,7 @@ def _print_run(result, top: int) -> None:
     typer.echo(f"\nseed perplexity (reference): {seed}")
     typer.echo(
         f"units trained {len(result.trained)}, reused {len(result.reused)}; mixtures {result.counts['mixtures']} "
-        f"(scored {result.counts['scored']}, reused {result.counts['reused']}); {result.wall_s:.0f} s"
+        f"(scored {result.counts['scored']}, reused {result.counts['reused']}){_screening_note(result.counts)}; {result.wall_s:.0f} s"
     )
     _report_rejected(result.rejected)
     typer.echo(f"snapshot: {result.snapshot}")

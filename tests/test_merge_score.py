@@ -79,6 +79,22 @@ def test_bf16_models_merge_in_float32_and_cast_back(tmp_path):
         assert torch.allclose(merged[key].float(), naive, rtol=2 ** -7, atol=1e-3), key  # one bf16 rounding
 
 
+
+def test_merge_into_mixed_targets_with_empty_tensors(tmp_path, monkeypatch):
+    import dataassess.merge.linear as linear_mod
+
+    g = torch.Generator().manual_seed(1)
+    states = [{"a": torch.randn(300, 7, generator=g), "empty": torch.zeros(0), "b": torch.randn(5, generator=g)} for _ in range(2)]
+    paths = []
+    for i, st in enumerate(states):
+        paths.append(tmp_path / f"{i}.safetensors")
+        save_file(st, str(paths[-1]))
+    monkeypatch.setattr(linear_mod, "BLOCK", 100)
+    out = {"a": torch.empty(300, 7, dtype=torch.bfloat16), "empty": torch.zeros(0), "b": torch.empty(5)}
+    linear_merge(paths, out=out)
+    assert torch.allclose(out["a"].float(), (states[0]["a"] + states[1]["a"]) / 2, rtol=2 ** -7, atol=1e-3)
+    assert torch.allclose(out["b"], (states[0]["b"] + states[1]["b"]) / 2, atol=1e-6)
+
 def test_revolving_door_visits_every_subset_once_by_single_swaps():
     import itertools
 

@@ -17,15 +17,18 @@ def test_rungs_grow_by_eta_up_to_the_full_sets():
         rung_fractions(1, 0.5)
 
 
-def test_a_slice_is_every_mth_window_with_its_own_digest(seed):
+def test_a_slice_holds_the_fraction_of_tokens_spread_over_the_set(seed):
     tok = seed.load_tokenizer()
     docs = [Document(d["text"], "s") for d in demo_docs("satire", 20)]
     es = build_eval_set("s", docs, tok, ctx=128, stride=64, max_tokens=20_000)
     part = eval_slice(es, 1 / 4)
-    assert part.windows == es.windows[::4] and part.digest != es.digest
-    assert part.tokens == sum(len(w) - s for w, s in part.windows) < es.tokens
+    longest = max(len(w) - s for w, s in es.windows)
+    assert es.tokens / 4 <= part.tokens < es.tokens / 4 + longest
+    assert part.tokens == sum(len(w) - s for w, s in part.windows)
+    positions = [es.windows.index(w) for w in part.windows]
+    assert positions == sorted(positions) and positions[-1] - positions[0] > len(es.windows) / 2  # spread, in order
+    assert part.digest != es.digest and eval_slice(es, 1 / 4).digest == part.digest
     assert eval_slice(es, 1.0) is es
-    assert eval_slice(es, 1 / 4).digest == part.digest
 
 
 def test_successive_halving_keeps_the_best_and_ranks_dropped_ones_below():

@@ -154,13 +154,20 @@ def _sum_range(readers, layout: FlatLayout, weights, segments, direct: bool, lo:
     seg = bisect.bisect_right([o for o, _, _ in segments], lo) - 1
     for start in range(lo, hi, BLOCK):
         count = min(BLOCK, hi - start)
-        acc = segments[0][2][start:start + count] if scratch is None else scratch[:count]
+        end = start + count
+        offset, n, target = segments[seg]
+        inside = offset <= start and end <= offset + n and target.dtype == torch.float32
+        if scratch is None or inside:  # accumulate in place: no copy through the scratch block
+            acc = target[start - offset:end - offset]
+        else:
+            acc = scratch[:count]
         _scaled_into(acc, read_flat(readers[0], layout, start, count, buffers[0]), weights[0])
         for r, w, buf in zip(readers[1:], weights[1:], buffers[1:]):
             acc.add_(read_flat(r, layout, start, count, buf), alpha=w)
-        if scratch is None:
+        if scratch is None or inside:
+            if end == offset + n:
+                seg += 1
             continue
-        end = start + count
         while seg < len(segments) and segments[seg][0] < end:  # copy the block into each tensor it covers
             offset, n, target = segments[seg]
             lo_, hi_ = max(offset, start), min(offset + n, end)
