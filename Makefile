@@ -79,4 +79,4 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 clean:
-	rm -rf .dataassess mlruns mlflow.db .prefect
+	rm -rf .dataassess mlruns mlflow.db .prefect bench/.store

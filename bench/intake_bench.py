@@ -56,8 +56,8 @@ def run(work: Path) -> dict:
     n = len(old)
     return {
         "n": n, "ratio": t_add / t_full, "target": 1.3 / (n + 1), "t_add": t_add, "t_full": t_full,
-        "added": {k: added[k] for k in ("trained", "trained_units", "rescored", "mixtures")},
-        "full": {k: full[k] for k in ("trained", "rescored", "mixtures")},
+        "added": {k: added[k] for k in ("trained", "trained_units", "rescored", "mixtures", "seconds")},
+        "full": {k: full[k] for k in ("trained", "rescored", "mixtures", "seconds")},
     }
 
 
@@ -70,6 +70,7 @@ def main() -> None:
         print(f"  add: {r['t_add']:.0f} s, trained {r['added']['trained']} unit(s) {r['added']['trained_units']}, "
               f"scored {r['added']['rescored']} of {r['added']['mixtures']} mixtures")
         print(f"  rebuild: {r['t_full']:.0f} s, trained {r['full']['trained']} units, scored {r['full']['rescored']} mixtures")
+        print(f"  phases (s): add {r['added']['seconds']}, rebuild {r['full']['seconds']}")
         out = ROOT / "bench" / "results" / f"intake-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
         out.write_text(json.dumps(r, indent=2))
     finally:

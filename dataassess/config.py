@@ -69,11 +69,12 @@ class RankConfig(BaseModel):
     mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
     by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)
     weighting: Literal["uniform", "tokens"] = "uniform"
-    # staged screening (successive halving): score all mixtures on 1/16 of each evaluation set,
-    # keep the best 1/eta (at least screen_keep) for 4x more, ..., the survivors on the full sets
+    # staged screening (successive halving): score all mixtures on 1/25 of each evaluation set,
+    # keep the best 1/eta (at least screen_keep) for 5x more, then the survivors on the full sets;
+    # three rungs cost about 3/25 + screen_keep/mixtures of scoring everything in full
     screen: bool = False
-    screen_eta: int = Field(4, ge=2)
-    screen_min_fraction: float = Field(1 / 16, gt=0.0, le=1.0)
+    screen_eta: int = Field(5, ge=2)
+    screen_min_fraction: float = Field(1 / 25, gt=0.0, le=1.0)
     screen_keep: int = Field(10, ge=1)  # the top screen_keep mixtures always get full-set scores
 
 

@@ -266,7 +266,7 @@ ScoreMany = Callable[[Sequence[tuple[str, ...]], dict[str, str]], list[tuple[tup
 
 
 def slice_eval_sets(settings: Settings, eval_sets: dict[str, str], fraction: float) -> dict[str, str]:
-    """Stored slices (every m-th window) of the evaluation sets, for screening."""
+    """Stored slices (whole windows, about `fraction` of the tokens) of the evaluation sets, for screening."""
     return {n: save_eval_set(settings, eval_slice(load_eval_set(p), fraction)) for n, p in eval_sets.items()}
 
 
@@ -277,6 +277,8 @@ def screen_and_rank(candidates: Sequence[tuple[str, ...]], score_many: ScoreMany
     the core runs it as a loop, the Prefect flow as tasks.
     """
     r = settings.rank
+    if r.by != "macro" and r.by not in eval_sets:
+        raise ValueError(f"cannot rank by '{r.by}': evaluation sets are {sorted(eval_sets)} or 'macro'")
     computed: set[tuple[str, ...]] = set()
     last: dict[tuple[str, ...], dict] = {}
     token_share: dict[float, float] = {}

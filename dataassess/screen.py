@@ -55,7 +55,7 @@ class Rung:
 
 def successive_halving(
     candidates: Sequence[M], score: Callable[[Sequence[M], float], dict[M, float]],
-    eta: int = 4, min_fraction: float = 1 / 16, keep_min: int = 10,
+    eta: int = 5, min_fraction: float = 1 / 25, keep_min: int = 10,
 ) -> tuple[list[tuple[M, float]], list[Rung]]:
     """Candidates ordered best first, each with the largest fraction it was scored on.
 

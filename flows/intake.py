@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -151,10 +152,13 @@ def intake(
     logger = get_run_logger()
     Path(s.store).mkdir(parents=True, exist_ok=True)
     with store_lock(s.store):
+        timings, mark = {}, time.perf_counter()
         found = discover(corpus_root, cfg, eval_sets, pool, refresh_eval, progress)
         seed = found["seed"]
         client = connect(s.store)
         seed_version = reg_models.register_seed(client, s.store, pool, _seed(seed)).version
+        timings["discover"] = time.perf_counter() - mark
+        mark = time.perf_counter()
 
         units = found["units"]
         done_before = {u["name"] for u in units if pipeline.trained_meta(s, pipeline.unit_model_key(Unit(**u), _seed(seed), s))}
@@ -168,8 +172,18 @@ def intake(
             if not Path(meta["weights"]).exists():  # a cached result whose files were deleted: retrain
                 meta = train_unit.with_options(refresh_cache=True)(u, seed, cfg, progress)
             metas[u["name"]] = meta
-        registered = [register_unit(metas[u["name"]], seed, cfg, pool, seed_version) for u in units]
+        timings["train"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        registered = []
+        for u in units:  # new models as tasks; known ones checked inline (one registry query each)
+            if u["name"] in done_before:
+                mv, new = reg_models.register_unit(client, s.store, pool, metas[u["name"]], _seed(seed), seed_version)
+                registered.append({"unit": u["name"], "version": mv.version, "new": new})
+            else:
+                registered.append(register_unit(metas[u["name"]], seed, cfg, pool, seed_version))
         versions = {r["unit"]: r["version"] for r in registered}
+        timings["register"] = time.perf_counter() - mark
+        mark = time.perf_counter()
 
         def score_many(mixes, sets):
             """Cached scores are read here; only mixtures missing one become tasks."""
@@ -188,6 +202,7 @@ def intake(
 
         mixtures = enumerate_mixtures(sorted(metas), s.rank.k_max, s.rank.mixtures)
         ranking, counts = pipeline.screen_and_rank(mixtures, score_many, found["eval_sets"], s)
+        timings["score"] = time.perf_counter() - mark
         trained = sorted(set(metas) - done_before)
         summary = {
             "trained": len(trained), "skipped": len(done_before), "quarantined": len(found["rejected"]),
@@ -195,6 +210,9 @@ def intake(
             "rescored": counts["scored"], "reused": counts["reused"],
             **({"screening": counts["screening"]} if "screening" in counts else {}),
         }
+        mark = time.perf_counter()
         published = publish(ranking, found, metas, versions, cfg, pool, corpus_root, summary)
+        timings["publish"] = time.perf_counter() - mark
     logger.info("intake %s: %s", pool, summary)
-    return {**summary, "trained_units": trained, "quarantined_partitions": found["rejected"], **published, "pool": pool}
+    seconds = {k: round(v, 2) for k, v in timings.items()}
+    return {**summary, "trained_units": trained, "quarantined_partitions": found["rejected"], **published, "pool": pool, "seconds": seconds}

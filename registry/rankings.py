@@ -27,6 +27,7 @@ def ranking_frame(ranking: list[dict]) -> pd.DataFrame:
         change = r.get("rank_change")
         row["rank_change"] = "new" if change is None else f"{change:+d}"
         row["units"] = ",".join(r["units"])
+        row["evaluated_fraction"] = r.get("evaluated_fraction", 1.0)  # < 1: screened out on a slice
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -80,9 +81,10 @@ def log_snapshot(
         for name, info in sorted(eval_sets.items()):
             df = pd.DataFrame([{"eval_set": name, **{k: v for k, v in info.items() if k != "path"}}])
             mlflow.log_input(mlflow.data.from_pandas(df, name=name, source=info["path"]), context="evaluation")
-        metrics = {"best.macro": ranking[0]["macro"], "top5_mean.macro": sum(r["macro"] for r in ranking[:5]) / min(5, len(ranking))}
+        full = [r for r in ranking if "evaluated_fraction" not in r]  # slice scores are not comparable
+        metrics = {"best.macro": full[0]["macro"], "top5_mean.macro": sum(r["macro"] for r in full[:5]) / min(5, len(full))}
         for s in ranking[0]["scores"]:
-            metrics[f"best.{s}"] = min(r["scores"][s] for r in ranking)
+            metrics[f"best.{s}"] = min(r["scores"][s] for r in full)
             metrics[f"seed.{s}"] = snapshot["seed_scores"][s]
         metrics.update({f"count.{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
         for k, v in (fidelity or {}).items():

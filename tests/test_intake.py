@@ -184,3 +184,16 @@ def test_prefect_yaml_declares_the_intake_on_a_schedule_and_the_partition_event(
     assert trigger.expect == {EVENT}
     assert fnmatch.fnmatch(corpus_resource("/data/corpus"), trigger.match.root["prefect.resource.id"])
     assert trigger.parameters == {"corpus_root": "{{ event.payload.corpus_root }}"}
+
+
+def test_screened_intake_scores_slices_then_the_best_on_the_full_sets(settings, corpus):
+    screen = settings.rank.model_copy(update={"screen": True, "screen_keep": 3, "screen_eta": 2, "screen_min_fraction": 0.25})
+    s = settings.model_copy(update={"rank": screen})
+    summary = run(corpus, s, pool="s")
+    info = summary["screening"]
+    assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and 0 < info["cost"] < 1
+    ranking = latest_ranking(s)["ranking"]
+    full = [r for r in ranking if "evaluated_fraction" not in r]
+    assert len(full) == info["rungs"][-1]["scored"] >= 3 and ranking[: len(full)] == full
+    again = run(corpus, s, pool="s")
+    assert again["rescored"] == 0 and [r["units"] for r in latest_ranking(s)["ranking"]] == [r["units"] for r in ranking]
