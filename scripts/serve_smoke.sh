@@ -19,7 +19,7 @@ mkdir -p "$WORK/corpus"
 for p in scripture-law jargon drama-comedy; do cp -r "$DEMO/$p" "$WORK/corpus/"; done
 .venv/bin/dataassess serve "$WORK/corpus" --interval "$INTERVAL" > "$WORK/serve.log" 2>&1 &
 SERVE=$!
-trap 'kill $SERVE 2>/dev/null; wait $SERVE 2>/dev/null' EXIT
+trap 'kill $SERVE 2>/dev/null; wait $SERVE 2>/dev/null; [ "${KEEP:-}" ] || rm -rf "$WORK"' EXIT  # KEEP=1 keeps logs
 has_satire() { grep -q '"satire.u0"' "$STORE/rankings/latest.json" 2>/dev/null; }
 first=$(( $(date +%s) + 600 ))
 until [ -s "$STORE/rankings/latest.json" ]; do
