@@ -11,10 +11,11 @@ import json
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -37,8 +38,10 @@ log = logging.getLogger(__name__)
 
 
 def configure_torch(settings: Settings) -> None:
+    """Per thread: CPU threads, and denormals flushed to zero (see dataassess/__init__.py)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    torch.set_flush_denormal(True)
 
 
 # ---- corpus -> units -------------------------------------------------------
@@ -165,16 +168,25 @@ def train_unit(unit: Unit, seed: Seed, settings: Settings, progress: bool = True
 
 # ---- merge -> score ----------------------------------------------------------
 
-_local = threading.local()
+_free_skeletons: dict[str, list[torch.nn.Module]] = {}
+_skeleton_lock = threading.Lock()
 
 
-def _skeleton(seed: Seed, device: torch.device) -> torch.nn.Module:
-    """One model instance per seed and thread, reloaded with each merged state."""
-    cache = _local.__dict__.setdefault("skeletons", {})
+@contextmanager
+def _skeleton(seed: Seed, device: torch.device) -> Iterator[torch.nn.Module]:
+    """A model instance of the seed's architecture, lent to one scorer at a time and reloaded
+    with each merged state: built once per concurrent scorer, not once per mixture or thread."""
     key = f"{seed.digest}:{device}"
-    if key not in cache:
-        cache[key] = seed.load_model().to(device)
-    return cache[key]
+    with _skeleton_lock:
+        free = _free_skeletons.setdefault(key, [])
+        model = free.pop() if free else None
+    if model is None:
+        model = seed.load_model().to(device)
+    try:
+        yield model
+    finally:
+        with _skeleton_lock:
+            _free_skeletons[key].append(model)
 
 
 def mixture_key(model_keys: Sequence[str], weights: Sequence[float] | None) -> str:
@@ -207,17 +219,17 @@ def score_mixture(
         return scores, 0
     configure_torch(settings)
     device = resolve_device(settings.device)
-    model = _skeleton(seed, device)
-    if device.type == "cpu":  # straight into the parameters: no new buffer, no second copy
-        check_loadable(model, set(SafetensorsReader.keys_of(weights_paths[0])))
-        linear_merge(weights_paths, weights, out=model.state_dict())
-    else:
-        load_state(model, linear_merge(weights_paths, weights))
-    for name in missing:
-        es = load_eval_set(eval_sets[name])
-        result = score_model(model, es, settings.score.batch_size, device).to_dict()
-        write_json(score_path(settings, mix_key, es.digest), result)
-        scores[name] = result
+    with _skeleton(seed, device) as model:
+        if device.type == "cpu":  # straight into the parameters: no new buffer, no second copy
+            check_loadable(model, set(SafetensorsReader.keys_of(weights_paths[0])))
+            linear_merge(weights_paths, weights, out=model.state_dict())
+        else:
+            load_state(model, linear_merge(weights_paths, weights))
+        for name in missing:
+            es = load_eval_set(eval_sets[name])
+            result = score_model(model, es, settings.score.batch_size, device).to_dict()
+            write_json(score_path(settings, mix_key, es.digest), result)
+            scores[name] = result
     return scores, len(missing)
 
 
