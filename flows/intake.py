@@ -187,7 +187,7 @@ def intake(
 
         def score_many(mixes, sets):
             """Cached scores are read here; only mixtures missing one become tasks."""
-            out, futures = {}, {}
+            out, pending = {}, {}
             for m in mixes:
                 ms = [metas[u] for u in m]
                 key = pipeline.mixture_key([x["key"] for x in ms], pipeline.mixture_weights(ms, s.rank.weighting))
@@ -195,9 +195,10 @@ def intake(
                 if len(cached) == len(sets):
                     out[m] = (m, cached, 0)
                 else:
-                    futures[m] = score_mixture.submit(" + ".join(m), ms, seed, sets, cfg)
-            for m, f in futures.items():
-                out[m] = (m, f.result()["scores"], f.result()["computed"])
+                    pending[m] = score_mixture.submit(" + ".join(m), ms, seed, sets, cfg)
+            for m, f in pending.items():
+                result = f.result()
+                out[m] = (m, result["scores"], result["computed"])
             return [out[m] for m in mixes]
 
         mixtures = enumerate_mixtures(sorted(metas), s.rank.k_max, s.rank.mixtures)
