@@ -201,7 +201,7 @@ def bench_intake(work: Path) -> dict:
 
     r = intake_bench.run(work)
     record(f"intake: add 1 partition to n={r['n']} / rebuild n+1", r["ratio"], f"<= {r['target']:.3f}", r["ratio"] <= r["target"],
-           f"{r['t_add']:.0f} vs {r['t_full']:.0f} s; scored {r['added']['rescored']} of {r['added']['mixtures']} mixtures")
+           f"{r['t_add']:.1f} (mean of {len(r['t_adds'])}) vs {r['t_full']:.0f} s; scored {r['added']['rescored']} of {r['added']['mixtures']} mixtures")
     print(f"  intake phases (s): add {r['added']['seconds']}; rebuild {r['full']['seconds']}", flush=True)
     trainings = r["added"]["trained"]
     record("intake: trainings on add", trainings, "= 1 (new units)", trainings == 1,

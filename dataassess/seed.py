@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
 EOS = "<|endoftext|>"
 SEED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# from_pretrained is not thread-safe: its meta-device init is process-wide (transformers#41782)
+_load_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Seed:
     source: str
 
     def load_model(self) -> torch.nn.Module:
-        return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+        with _load_lock:
+            return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
 
     def load_tokenizer(self):
         return AutoTokenizer.from_pretrained(self.path)

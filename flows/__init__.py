@@ -10,3 +10,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _no_heartbeats_when_embedded() -> None:
+    """Prefect emits a flow-run heartbeat every 180 s by default, for a server that watches
+    for crashed runs, and its heartbeat thread (1 s sleeps) holds each flow run up to 1 s at
+    its end. An ephemeral API lives only as long as this process, so no one can read them:
+    off unless PREFECT_API_URL names a server or PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        return
+    import prefect.context
+
+    root = prefect.context.GLOBAL_SETTINGS_CONTEXT  # process-wide; set at `import prefect`
+    settings = root.settings.copy_with_update(updates={"flows.heartbeat_frequency": None})
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(profile=root.profile, settings=settings)
+
+
+_no_heartbeats_when_embedded()

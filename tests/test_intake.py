@@ -197,3 +197,17 @@ def test_screened_intake_scores_slices_then_the_best_on_the_full_sets(settings, 
     assert len(full) == info["rungs"][-1]["scored"] >= 3 and ranking[: len(full)] == full
     again = run(corpus, s, pool="s")
     assert again["rescored"] == 0 and [r["units"] for r in latest_ranking(s)["ranking"]] == [r["units"] for r in ranking]
+
+
+HEARTBEAT = "import flows; from prefect.settings import get_current_settings; print(get_current_settings().flows.heartbeat_frequency)"
+
+
+def test_heartbeats_are_off_only_for_the_in_process_ephemeral_api():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    def heartbeat(**extra):
+        out = subprocess.run([sys.executable, "-c", HEARTBEAT], env={**env, **extra}, capture_output=True, text=True, check=True)
+        return out.stdout.split()[-1]
+
+    assert heartbeat() == "None"  # ephemeral: no one can read them, and each run would wait up to 1 s
+    assert heartbeat(PREFECT_API_URL="http://127.0.0.1:4200/api") != "None"
+    assert heartbeat(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60") == "60"

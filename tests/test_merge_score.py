@@ -205,6 +205,36 @@ def test_head_on_scored_positions_equals_full_forward(seed, monkeypatch):
     assert fast.tokens == full.tokens
     assert fast.nll == pytest.approx(full.nll, rel=1e-5)
 
+def test_scoring_spread_over_threads_equals_one_thread(seed):
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    docs = [Document(d["text"][:4000], "d") for d in demo_docs("jargon", 6)]
+    es = build_eval_set("d", docs, tok, ctx=128, stride=64, max_tokens=100_000)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # batches spread over two single-threaded workers
+        spread = score_model(model, es, batch_size=2, device=resolve_device("cpu"))
+        torch.set_num_threads(1)
+        serial = score_model(model, es, batch_size=2, device=resolve_device("cpu"))
+        assert spread.nll == pytest.approx(serial.nll, rel=1e-6) and spread.tokens == serial.tokens
+        torch.set_num_threads(2)
+        score_model(model, es, batch_size=2, device=resolve_device("cpu"))
+        assert torch.get_num_threads() == 2  # the workers' single thread does not leak out
+        from concurrent.futures import ThreadPoolExecutor
+        assert ThreadPoolExecutor(1).submit(torch.get_num_threads).result() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_seed_models_load_from_several_threads_at_once(seed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda _: seed.load_model(), range(4)))
+    reference = seed.load_model().state_dict()
+    for m in models:
+        assert all(torch.equal(v, reference[k]) for k, v in m.state_dict().items())
+
+
 PEAK = """
 import sys
 from dataassess.merge import linear_merge
