@@ -158,6 +158,11 @@ def _batches(eval_set: EvalSet, batch_size: int) -> list[tuple[torch.Tensor, tor
 _pools: dict[int, ThreadPoolExecutor] = {}  # by size
 
 
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # per thread (see dataassess/__init__.py); the creating thread may not have it
+
+
 def _map_batches(fn, batches: list, device: torch.device) -> list:
     """fn over every batch, in order. On CPU the batches are spread over one single-threaded
     worker per torch thread: a small model's many small ops scale poorly with intra-op
@@ -166,7 +171,7 @@ def _map_batches(fn, batches: list, device: torch.device) -> list:
     if device.type != "cpu" or threads < 2 or len(batches) < 2:
         return [fn(b) for b in batches]
     if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="score", initializer=torch.set_num_threads, initargs=(1,))
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="score", initializer=_worker_init)
     try:
         return list(_pools[threads].map(fn, batches))
     finally:
