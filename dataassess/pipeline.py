@@ -26,7 +26,7 @@ from .corpus import CorpusError, Document, discover, eval_sets_from_folder
 from .merge import linear_merge
 from .merge.io import SafetensorsReader
 from .rank import enumerate_mixtures, macro, rank
-from .score import EvalSet, build_eval_set, score_model
+from .score import EvalSet, build_eval_set, score_sets
 from .screen import Rung, eval_slice, screening_cost, successive_halving
 from .seed import Seed, prepare_seed
 from .store import digest_json, read_json, write_json
@@ -225,12 +225,19 @@ def score_mixture(
             linear_merge(weights_paths, weights, out=model.state_dict())
         else:
             load_state(model, linear_merge(weights_paths, weights))
-        for name in missing:
-            es = load_eval_set(eval_sets[name])
-            result = score_model(model, es, settings.score.batch_size, device).to_dict()
-            write_json(score_path(settings, mix_key, es.digest), result)
-            scores[name] = result
+        scores.update(_score_and_save(model, mix_key, eval_sets, missing, settings, device))
     return scores, len(missing)
+
+
+def _score_and_save(model: torch.nn.Module, key: str, eval_sets: dict[str, str], names: Sequence[str], settings: Settings,
+                    device: torch.device) -> dict[str, dict]:
+    """Scores on the named sets, in one pass over shared batches, each saved under (key, set digest)."""
+    sets = [load_eval_set(eval_sets[n]) for n in names]
+    out = {}
+    for name, es, score in zip(names, sets, score_sets(model, sets, settings.score.batch_size, device)):
+        out[name] = score.to_dict()
+        write_json(score_path(settings, key, es.digest), out[name])
+    return out
 
 
 def materialize_mixture(metas: Sequence[dict], settings: Settings) -> tuple[str, str]:
@@ -250,11 +257,7 @@ def score_seed(seed: Seed, eval_sets: dict[str, str], settings: Settings) -> dic
     missing = [n for n in eval_sets if n not in scores]
     if missing:
         device = resolve_device(settings.device)
-        model = seed.load_model().to(device)
-        for name in missing:
-            es = load_eval_set(eval_sets[name])
-            scores[name] = score_model(model, es, settings.score.batch_size, device).to_dict()
-            write_json(score_path(settings, key, es.digest), scores[name])
+        scores.update(_score_and_save(seed.load_model().to(device), key, eval_sets, missing, settings, device))
     return {n: s["perplexity"] for n, s in sorted(scores.items())}
 
 

@@ -211,3 +211,4 @@ def test_heartbeats_are_off_only_for_the_in_process_ephemeral_api():
     assert heartbeat() == "None"  # ephemeral: no one can read them, and each run would wait up to 1 s
     assert heartbeat(PREFECT_API_URL="http://127.0.0.1:4200/api") != "None"
     assert heartbeat(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60") == "60"
+    assert heartbeat(PREFECT_RUNNER_HEARTBEAT_FREQUENCY="90") == "90"  # Prefect's legacy name

@@ -216,6 +216,9 @@ def test_scoring_spread_over_threads_equals_one_thread(seed):
         torch.set_num_threads(1)
         serial = score_model(model, es, batch_size=2, device=resolve_device("cpu"))
         assert spread.nll == pytest.approx(serial.nll, rel=1e-6) and spread.tokens == serial.tokens
+        one_batch = score_model(model, es, batch_size=1000, device=resolve_device("cpu"))
+        torch.set_num_threads(2)  # one batch: its rows are split over the workers
+        assert score_model(model, es, batch_size=1000, device=resolve_device("cpu")).nll == pytest.approx(one_batch.nll, rel=1e-6)
         torch.set_num_threads(2)
         score_model(model, es, batch_size=2, device=resolve_device("cpu"))
         assert torch.get_num_threads() == 2  # the workers' single thread does not leak out
@@ -223,6 +226,19 @@ def test_scoring_spread_over_threads_equals_one_thread(seed):
         assert ThreadPoolExecutor(1).submit(torch.get_num_threads).result() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_sets_scored_in_shared_batches_equal_each_alone(seed):
+    from dataassess.score import score_sets
+
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    sets = [build_eval_set(name, [Document(d["text"][:2500], name) for d in demo_docs(name, 3)], tok, ctx=128, stride=64, max_tokens=900)
+            for name in ("jargon", "satire", "drama-comedy")]
+    together = score_sets(model, sets, batch_size=4, device=resolve_device("cpu"))  # batches mix the sets' windows
+    for es, score in zip(sets, together):
+        alone = score_model(model, es, batch_size=4, device=resolve_device("cpu"))
+        assert (score.tokens, score.bytes) == (alone.tokens, alone.bytes) == (es.tokens, es.bytes)
+        assert score.nll == pytest.approx(alone.nll, rel=1e-5)
 
 
 def test_seed_models_load_from_several_threads_at_once(seed):
