@@ -202,7 +202,7 @@ def score_sets(model: torch.nn.Module, eval_sets: Sequence[EvalSet], batch_size:
     per_batch = _map_batches(batch_nll, batches, device)
     scores = []
     for i, es in enumerate(eval_sets):
-        nll = sum(b[i] for b in per_batch)  # in batch order: the same sum whatever the split
+        nll = sum(b[i] for b in per_batch)  # in batch order, whichever worker scored each batch
         counted = sum(int((targets[owner == i] != -100).sum()) for _, _, targets, owner in batches)
         if counted != es.tokens:
             raise AssertionError(f"scored {counted} tokens of '{es.name}', expected {es.tokens}")
