@@ -41,6 +41,16 @@ def store_lock(store: Path):
         yield
 
 
+@contextmanager
+def phase(timings: dict[str, float], name: str):
+    """Record the wall seconds of a block under `name`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - start, 2)
+
+
 def _settings(cfg: dict) -> Settings:
     return Settings.model_validate(cfg)
 
@@ -151,39 +161,36 @@ def intake(
     pool = pool or pool_name(corpus_root)
     logger = get_run_logger()
     Path(s.store).mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
     with store_lock(s.store):
-        timings, mark = {}, time.perf_counter()
-        found = discover(corpus_root, cfg, eval_sets, pool, refresh_eval, progress)
-        seed = found["seed"]
-        client = connect(s.store)
-        seed_version = reg_models.register_seed(client, s.store, pool, _seed(seed)).version
-        timings["discover"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        with phase(timings, "discover"):
+            found = discover(corpus_root, cfg, eval_sets, pool, refresh_eval, progress)
+            seed = found["seed"]
+            client = connect(s.store)
+            seed_version = reg_models.register_seed(client, s.store, pool, _seed(seed)).version
 
         units = found["units"]
-        done_before = {u["name"] for u in units if pipeline.trained_meta(s, pipeline.unit_model_key(Unit(**u), _seed(seed), s))}
-        futures = {u["name"]: train_unit.submit(u, seed, cfg, progress) for u in units if u["name"] not in done_before}
-        metas = {}
-        for u in units:
-            if u["name"] in done_before:
-                metas[u["name"]] = pipeline.trained_meta(s, pipeline.unit_model_key(Unit(**u), _seed(seed), s))
-                continue
-            meta = futures[u["name"]].result()
-            if not Path(meta["weights"]).exists():  # a cached result whose files were deleted: retrain
-                meta = train_unit.with_options(refresh_cache=True)(u, seed, cfg, progress)
-            metas[u["name"]] = meta
-        timings["train"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        registered = []
-        for u in units:  # new models as tasks; known ones checked inline (one registry query each)
-            if u["name"] in done_before:
-                mv, new = reg_models.register_unit(client, s.store, pool, metas[u["name"]], _seed(seed), seed_version)
-                registered.append({"unit": u["name"], "version": mv.version, "new": new})
-            else:
-                registered.append(register_unit(metas[u["name"]], seed, cfg, pool, seed_version))
-        versions = {r["unit"]: r["version"] for r in registered}
-        timings["register"] = time.perf_counter() - mark
-        mark = time.perf_counter()
+        with phase(timings, "train"):
+            metas = {u["name"]: m for u in units if (m := pipeline.trained_meta(s, pipeline.unit_model_key(Unit(**u), _seed(seed), s)))}
+            done_before = set(metas)
+            futures = {u["name"]: train_unit.submit(u, seed, cfg, progress) for u in units if u["name"] not in done_before}
+            for u in units:
+                if u["name"] in done_before:
+                    continue
+                meta = futures[u["name"]].result()
+                if not Path(meta["weights"]).exists():  # a cached result whose files were deleted: retrain
+                    meta = train_unit.with_options(refresh_cache=True)(u, seed, cfg, progress)
+                metas[u["name"]] = meta
+            metas = {u["name"]: metas[u["name"]] for u in units}  # in unit order, as discovered
+        with phase(timings, "register"):
+            registered = []
+            for u in units:  # new models as tasks; known ones checked inline (one registry query each)
+                if u["name"] in done_before:
+                    mv, new = reg_models.register_unit(client, s.store, pool, metas[u["name"]], _seed(seed), seed_version)
+                    registered.append({"unit": u["name"], "version": mv.version, "new": new})
+                else:
+                    registered.append(register_unit(metas[u["name"]], seed, cfg, pool, seed_version))
+            versions = {r["unit"]: r["version"] for r in registered}
 
         def score_many(mixes, sets):
             """Cached scores are read here; only mixtures missing one become tasks."""
@@ -201,9 +208,9 @@ def intake(
                 out[m] = (m, result["scores"], result["computed"])
             return [out[m] for m in mixes]
 
-        mixtures = enumerate_mixtures(sorted(metas), s.rank.k_max, s.rank.mixtures)
-        ranking, counts = pipeline.screen_and_rank(mixtures, score_many, found["eval_sets"], s)
-        timings["score"] = time.perf_counter() - mark
+        with phase(timings, "score"):
+            mixtures = enumerate_mixtures(sorted(metas), s.rank.k_max, s.rank.mixtures)
+            ranking, counts = pipeline.screen_and_rank(mixtures, score_many, found["eval_sets"], s)
         trained = sorted(set(metas) - done_before)
         summary = {
             "trained": len(trained), "skipped": len(done_before), "quarantined": len(found["rejected"]),
@@ -211,9 +218,7 @@ def intake(
             "rescored": counts["scored"], "reused": counts["reused"],
             **({"screening": counts["screening"]} if "screening" in counts else {}),
         }
-        mark = time.perf_counter()
-        published = publish(ranking, found, metas, versions, cfg, pool, corpus_root, summary)
-        timings["publish"] = time.perf_counter() - mark
+        with phase(timings, "publish"):
+            published = publish(ranking, found, metas, versions, cfg, pool, corpus_root, summary)
     logger.info("intake %s: %s", pool, summary)
-    seconds = {k: round(v, 2) for k, v in timings.items()}
-    return {**summary, "trained_units": trained, "quarantined_partitions": found["rejected"], **published, "pool": pool, "seconds": seconds}
+    return {**summary, "trained_units": trained, "quarantined_partitions": found["rejected"], **published, "pool": pool, "seconds": timings}
