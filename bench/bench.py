@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from dataassess.config import Settings
 
-from dataassess.merge import linear_merge, revolving_door, running_merges
+from dataassess.merge import LinearMerge, linear_merge, revolving_door, running_merges
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS: list[dict] = []
@@ -105,33 +105,38 @@ def bench_merge(name: str, cfg: GPT2Config, ks=(2, 4, 8, 16)) -> list[Path]:
     model_bytes = os.path.getsize(paths[0])
     reps = 2 if model_bytes > 100e6 else 20
     into = {n: t.clone() for n, t in linear_merge(paths[:1]).items()}  # a model's state dict, reused
-    for k in ks:
-        sub = paths[:k]
-        bw = copy_bandwidth()  # measured next to each figure: this machine's bandwidth drifts
-        t_into = best_of(lambda: linear_merge(sub, out=into), reps)
-        t_fresh = best_of(lambda: linear_merge(sub), reps)
-        ratio = k * model_bytes / t_into / bw
-        record(f"merge {name} k={k}: bandwidth / copy", ratio, ">= 0.5", ratio >= 0.5,
-               f"{k * model_bytes / t_into / 1e9:.2f} vs {bw / 1e9:.2f} GB/s, into a model's state dict")
-        fresh = k * model_bytes / t_fresh / bw
-        record(f"merge {name} k={k}: bandwidth / copy, new tensors", fresh, "info", None,
-               "allocating the output: first-touch page faults of a fresh buffer included")
-        if k * model_bytes * 2 > NAIVE_MAX_BYTES:  # the naive way holds k models plus their stack
-            record(f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB")
-            naive_ok = False
-        else:
-            t_naive = best_of(lambda: naive_merge(sub), reps)
-            t_naive_load = best_of(lambda: load_into(into, naive_merge(sub)), reps)
-            record(f"merge {name} k={k}: naive time / ours", t_naive_load / t_into, ">= 3", t_naive_load / t_into >= 3,
-                   "into a model to score: naive loads, stacks, averages, then copies in")
-            record(f"merge {name} k={k}: naive time / ours, new tensors", t_naive / t_fresh, "info", None,
-                   "both return fresh tensors")
-            naive_ok = True
-        if name != "tiny":
-            peak = peak_rss_bytes("ours", sub)
-            naive = f"naive {peak_rss_bytes('naive', sub) / model_bytes:.1f}x" if naive_ok else ""
-            record(f"merge {name} k={k}: peak RSS / model", peak / model_bytes, "<= 2.5", peak / model_bytes <= 2.5, naive)
+    with LinearMerge() as method:  # held open, as the Scorer holds it: threads and buffers reused
+        for k in ks:
+            bench_merge_k(name, method, paths[:k], into, model_bytes, reps)
     return paths
+
+
+def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int) -> None:
+    k = len(sub)
+    bw = copy_bandwidth()  # measured next to each figure: this machine's bandwidth drifts
+    t_into = best_of(lambda: method.merge(sub, out=into), reps)
+    t_fresh = best_of(lambda: method.merge(sub), reps)
+    ratio = k * model_bytes / t_into / bw
+    record(f"merge {name} k={k}: bandwidth / copy", ratio, ">= 0.5", ratio >= 0.5,
+           f"{k * model_bytes / t_into / 1e9:.2f} vs {bw / 1e9:.2f} GB/s, into a model's state dict")
+    fresh = k * model_bytes / t_fresh / bw
+    record(f"merge {name} k={k}: bandwidth / copy, new tensors", fresh, "info", None,
+           "allocating the output: first-touch page faults of a fresh buffer included")
+    if k * model_bytes * 2 > NAIVE_MAX_BYTES:  # the naive way holds k models plus their stack
+        record(f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB")
+        naive_ok = False
+    else:
+        t_naive = best_of(lambda: naive_merge(sub), reps)
+        t_naive_load = best_of(lambda: load_into(into, naive_merge(sub)), reps)
+        record(f"merge {name} k={k}: naive time / ours", t_naive_load / t_into, ">= 3", t_naive_load / t_into >= 3,
+               "into a model to score: naive loads, stacks, averages, then copies in")
+        record(f"merge {name} k={k}: naive time / ours, new tensors", t_naive / t_fresh, "info", None,
+               "both return fresh tensors")
+        naive_ok = True
+    if name != "tiny":
+        peak = peak_rss_bytes("ours", sub)
+        naive = f"naive {peak_rss_bytes('naive', sub) / model_bytes:.1f}x" if naive_ok else ""
+        record(f"merge {name} k={k}: peak RSS / model", peak / model_bytes, "<= 2.5", peak / model_bytes <= 2.5, naive)
 
 
 def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps: int = 6) -> None:
@@ -139,13 +144,14 @@ def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps
     paths = paths[:n]
     into = {n_: t.clone() for n_, t in linear_merge(paths[:1]).items()}
     per = {}
+    method = LinearMerge()
     for k in ks:
         order = revolving_door(len(paths), k)[: steps + 1]
         start = time.perf_counter()
         for subset in order[1:]:
-            linear_merge([paths[i] for i in subset], out=into)
+            method.merge([paths[i] for i in subset], out=into)
         t_direct = (time.perf_counter() - start) / steps
-        merges = running_merges(paths, k, refresh=10_000, out=into)
+        merges = running_merges(paths, k, refresh=10_000, out=into, linear=method)
         next(merges)  # the first subset is summed from scratch
         start = time.perf_counter()
         for _ in range(steps):
@@ -155,6 +161,7 @@ def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps
         per[k] = t_running
         record(f"running merge {name} k={k}: from-scratch time / running", t_direct / t_running, "info", None,
                f"{t_direct * 1e3:.1f} vs {t_running * 1e3:.1f} ms per mixture")
+    method.close()
     flat = per[max(ks)] / per[min(ks)]
     record(f"running merge {name}: cost at k={max(ks)} / at k={min(ks)}", flat, "<= 1.25", flat <= 1.25,
            "O(model) per mixture whatever k (from scratch grows with k)")
@@ -163,7 +170,8 @@ def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps
 def bench_scoring(work: Path | None = None) -> None:
     from dataassess.config import Settings
     from dataassess.corpus import eval_sets_from_folder
-    from dataassess.score import build_eval_set, score_model
+    from dataassess.evalsets import build_eval_set
+    from dataassess.scoring import Scorer
     from dataassess.seed import train_tokenizer, tiny_config
 
     docs = eval_sets_from_folder(ROOT / "dataassess" / "data" / "demo" / "eval")
@@ -182,7 +190,8 @@ def bench_scoring(work: Path | None = None) -> None:
             for b in batches:
                 model(input_ids=b, labels=b)
 
-    t_ours = best_of(lambda: score_model(model, es, 16, dev), 2)
+    with Scorer(16, dev) as scorer:  # held open, as a run holds it: threads, buffers and batches reused
+        t_ours = best_of(lambda: scorer.score(model, [es]), 2)
     t_plain = best_of(plain, 2)
     positions_ours = sum(len(w) for w, _ in es.windows)
     ratio = (positions_ours / t_ours) / (plain_tokens / t_plain)
@@ -190,16 +199,37 @@ def bench_scoring(work: Path | None = None) -> None:
            f"{positions_ours / t_ours:,.0f} vs {plain_tokens / t_plain:,.0f} tok/s")
 
 
-def fresh_settings(parent: Path, **rank) -> Settings:
-    """Settings over an empty store: nothing cached, so every score is computed."""
-    return Settings(store=Path(tempfile.mkdtemp(dir=parent, prefix="scores-")), rank=rank)
+def scoring_store(parent: Path, models: Path) -> Path:
+    """An empty store (no cached scores: every score is computed) that shares `models`' store's
+    seed, unit models and evaluation sets."""
+    store = Path(tempfile.mkdtemp(dir=parent, prefix="scores-"))
+    for name in ("seeds", "models", "evalsets"):
+        (models / name).mkdir(parents=True, exist_ok=True)
+        (store / name).symlink_to((models / name).resolve())
+    return store
+
+
+def rank_timed(store: Path, models: dict, eval_sets: dict, **rank) -> tuple[float, list, dict]:
+    """Wall time of scoring and ranking every mixture of `models`, as pipeline.run does it."""
+    from dataassess import pipeline
+    from dataassess.seed import prepare_seed
+    from dataassess.steps import Steps
+
+    s = Settings(store=store, rank=rank)
+    start = time.perf_counter()
+    with Steps(s, prepare_seed(s, progress=False)) as steps:
+        ranking, counts = pipeline.score_and_rank(steps, models, eval_sets, pipeline.serial_map(progress=False))
+    return time.perf_counter() - start, ranking, counts
 
 
 def bench_intake(work: Path) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     import intake_bench
 
-    r = intake_bench.run(work)
+    from flows.runtime import embedded_prefect
+
+    with embedded_prefect():
+        r = intake_bench.run(work)
     record(f"intake: add 1 partition to n={r['n']} / rebuild n+1", r["ratio"], f"<= {r['target']:.3f}", r["ratio"] <= r["target"],
            f"{r['t_add']:.1f} (mean of {len(r['t_adds'])}) vs {r['t_full']:.0f} s; scored {r['added']['rescored']} of {r['added']['mixtures']} mixtures")
     print(f"  intake phases (s): add {r['added']['seconds']}; rebuild {r['full']['seconds']}", flush=True)
@@ -214,30 +244,27 @@ BENCH_STORE = ROOT / "bench" / ".store"  # kept between runs: seed and demo unit
 
 
 def demo_pool():
-    """The demo corpus's pool and trained unit models (cached in bench/.store)."""
+    """The demo corpus's inputs and trained unit models (cached in bench/.store)."""
     from dataassess import pipeline
+    from dataassess.steps import Steps
 
     s = Settings(store=BENCH_STORE)
-    pool = pipeline.prepare_pool(DEMO / "corpus", s, DEMO / "eval", progress=False)
-    return pool, {u.name: pipeline.train_unit(u, pool.seed, s, progress=False) for u in pool.units}
+    inputs = pipeline.prepare(DEMO / "corpus", s, DEMO / "eval", progress=False)
+    with Steps(s, inputs.seed) as steps:
+        models, _ = pipeline.train_units(steps, inputs.units, pipeline.serial_map(progress=False))
+    return inputs, models
 
 
 def bench_screening(work: Path, k_max: int = 3, top: int = 5) -> None:
-    from dataassess import pipeline
-
-    pool, metas = demo_pool()
-    runs = {}
-    for screen in (False, True):
-        st = fresh_settings(work, k_max=k_max, screen=screen)
-        start = time.perf_counter()
-        ranking, counts = pipeline.rank_mixtures(pool, metas, st, progress=False)
-        runs[screen] = (time.perf_counter() - start, ranking, counts)
+    inputs, models = demo_pool()
+    runs = {screen: rank_timed(scoring_store(work, BENCH_STORE), models, inputs.eval_sets, k_max=k_max, screen=screen)
+            for screen in (False, True)}
     (t_all, exact, _), (t_screen, screened, counts) = runs[False], runs[True]
     n_mix = counts["mixtures"]
-    record(f"screening n={len(metas)} k<={k_max} ({n_mix} mixtures): time / exhaustive", t_screen / t_all, "<= 0.2",
+    record(f"screening n={len(models)} k<={k_max} ({n_mix} mixtures): time / exhaustive", t_screen / t_all, "<= 0.2",
            t_screen / t_all <= 0.2, f"evaluation tokens {counts['screening']['cost']:.3f} of exhaustive; rungs "
            + ", ".join(f"{g['scored']}@{g['fraction']:g}" for g in counts["screening"]["rungs"]))
-    want, got = [x["units"] for x in exact[:top]], [x["units"] for x in screened[:top]]
+    want, got = [x.units for x in exact[:top]], [x.units for x in screened[:top]]
     overlap = len({tuple(u) for u in want} & {tuple(u) for u in got}) / top
     record(f"screening: top-{top} shared with exhaustive", overlap, "= 1, same order", got == want,
            "same order" if got == want else f"exhaustive {want}, screened {got}")
@@ -245,31 +272,32 @@ def bench_screening(work: Path, k_max: int = 3, top: int = 5) -> None:
 
 def bench_scale(work: Path, ns=(4, 8, 12, 16), k_maxes=(2, 3), fraction: float = 1 / 16) -> None:
     """Ranking refresh time against the number of mixtures, on perturbed copies of the seed."""
-    from dataclasses import replace
-
-    from dataassess import pipeline
+    from dataassess.evalsets import EvalSets
+    from dataassess.store import Store
+    from dataassess.types import UnitModel
     from dataassess.weights import save_weights
 
-    pool, _ = demo_pool()
+    inputs, _ = demo_pool()
     folder = Path(tempfile.mkdtemp(dir=work, prefix="scale-"))
-    metas = {}
+    fakes = Store(folder)
+    models = {}
     for i in range(max(ns)):
-        model = pool.seed.load_model()
+        model = inputs.seed.load_model()
         g = torch.Generator().manual_seed(i)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 1e-3)
-        path = folder / f"u{i:02d}.safetensors"
-        save_weights(model, path)
-        metas[f"u{i:02d}"] = {"unit": f"u{i:02d}", "key": f"scale-{i}", "weights": str(path), "source_tokens": 1}
-    sliced = replace(pool, eval_sets=pipeline.slice_eval_sets(Settings(store=folder), pool.eval_sets, fraction))
+        key = f"scale-{i}"
+        save_weights(model, fakes.weights(key))
+        models[f"u{i:02d}"] = UnitModel(key, f"u{i:02d}", "scale", "", inputs.seed.digest, "", 0, 1, 1.0, 0, 0.0, 0.0, "")
+    (folder / "seeds").symlink_to((BENCH_STORE / "seeds").resolve())
+    (folder / "evalsets").symlink_to((BENCH_STORE / "evalsets").resolve())
+    sliced = EvalSets(fakes).sliced(inputs.eval_sets, fraction)
     points = []
     for k_max in k_maxes:
         for n in ns:
-            st = fresh_settings(folder, k_max=k_max)
-            start = time.perf_counter()
-            _, counts = pipeline.rank_mixtures(sliced, {u: metas[u] for u in sorted(metas)[:n]}, st, progress=False)
-            points.append((k_max, n, counts["scored"], time.perf_counter() - start))
+            elapsed, _, counts = rank_timed(scoring_store(work, folder), {u: models[u] for u in sorted(models)[:n]}, sliced, k_max=k_max)
+            points.append((k_max, n, counts["scored"], elapsed))
             print(f"  scale: n={n:>2} k_max={k_max}: {counts['scored']:>4} mixtures in {points[-1][3]:6.1f} s, "
                   f"{points[-1][3] / counts['scored'] * 1e3:.0f} ms each", flush=True)
     per = [t / m for _, _, m, t in points]
@@ -324,20 +352,17 @@ def bench_mergekit(paths: list[Path], cfg: GPT2Config, k: int = 4) -> None:
 
 
 def log_mlflow(path: Path) -> None:
-    """One run in the `benchmarks` experiment of the store's MLflow, with the figures and the JSON.
-    Called in a fresh process: the intake section leaves MLflow clients of deleted stores behind."""
+    """One run in the `benchmarks` experiment of the store's MLflow, with the figures and the JSON."""
     sys.path.insert(0, str(ROOT))
-    import mlflow
-
-    from registry.tracking import connect, experiment_id
+    from registry.tracking import connect, log_values, open_run
 
     results = json.loads(path.read_text())["results"]
     store = Path(os.environ.get("DATAASSESS_STORE", ".dataassess"))
     client = connect(store)
-    with mlflow.start_run(experiment_id=experiment_id(client, "benchmarks", store), run_name=path.stem) as run:
-        mlflow.log_metrics({metric_name(r["name"]): r["ratio"] for r in results if r["ratio"] == r["ratio"]})
-        mlflow.log_artifact(str(path))
-    print(f"logged to MLflow: experiment 'benchmarks', run {run.info.run_id} (make ui)")
+    with open_run(client, "benchmarks", store, path.stem, {}) as run_id:
+        log_values(client, run_id, metrics={metric_name(r["name"]): r["ratio"] for r in results})
+        client.log_artifact(run_id, str(path))
+    print(f"logged to MLflow: experiment 'benchmarks', run {run_id} (make ui)")
 
 
 def metric_name(figure: str) -> str:
@@ -359,11 +384,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
-    ap.add_argument("--log", type=Path, help=argparse.SUPPRESS)  # log a results file to MLflow, then exit
     args = ap.parse_args()
-    if args.log:
-        log_mlflow(args.log)
-        return
     only = set(args.only or SECTIONS)
     started = time.perf_counter()
     print(f"{'figure':<58} {'ratio':>9}  {'target':<17} detail", flush=True)
@@ -392,7 +413,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     out.write_text(json.dumps({"created": stamp, "threads": torch.get_num_threads(), "wall_s": wall, "results": RESULTS}, indent=2))
     print(f"wrote {out} ({wall / 60:.1f} min)")
-    subprocess.run([sys.executable, __file__, "--log", str(out)], check=True)
+    log_mlflow(out)
 
 
 if __name__ == "__main__":

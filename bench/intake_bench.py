@@ -25,11 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataassess import pipeline  # noqa: E402
 from dataassess.config import Settings  # noqa: E402
+from dataassess.pipeline import latest_ranking  # noqa: E402
 from dataassess.seed import prepare_seed  # noqa: E402
-from dataassess.store import read_json, write_json  # noqa: E402
+from dataassess.store import Store, read_json  # noqa: E402
+from dataassess.steps import mixture_of  # noqa: E402
+from dataassess.types import UnitModel  # noqa: E402
 from flows.intake import intake  # noqa: E402
+from flows.runtime import embedded_prefect  # noqa: E402
 
 DEMO = ROOT / "dataassess" / "data" / "demo"
 NEW = "satire"
@@ -55,25 +58,22 @@ def timed_intake(corpus: Path, s: Settings) -> tuple[float, dict]:
 
 def seed_pool(rebuilt: Settings, pool: Settings, old_partitions: set[str]) -> None:
     """Copy the rebuild's models of old units and scores of old-only mixtures into `pool`'s store."""
-    metas = {}
-    for meta_path in (rebuilt.store / "models").glob("*/meta.json"):
-        meta = read_json(meta_path)
-        if meta["partition"] in old_partitions:
-            folder = pool.store / "models" / meta_path.parent.name
-            shutil.copytree(meta_path.parent, folder)
-            write_json(folder / "meta.json", {**meta, "weights": str(folder / "model.safetensors")})
-            metas[meta["unit"]] = meta
-    eval_digests = [p.stem for p in (rebuilt.store / "evalsets").glob("*.json")]
+    src, dst = Store(rebuilt.store), Store(pool.store)
+    models = {}
+    for meta_path in (src.root / "models").glob("*/meta.json"):
+        model = UnitModel.from_json(read_json(meta_path))
+        if model.partition in old_partitions:
+            shutil.copytree(src.model_dir(model.key), dst.model_dir(model.key))  # metadata holds keys, not paths
+            models[model.unit] = model
+    eval_digests = latest_ranking(rebuilt)["eval_sets"].values()
+    score_config = rebuilt.score.digest()
     for k in range(1, rebuilt.rank.k_max + 1):
-        for names in combinations(sorted(metas), k):
-            ms = [metas[n] for n in names]
-            key = pipeline.mixture_key([m["key"] for m in ms], pipeline.mixture_weights(ms, rebuilt.rank.weighting))
+        for names in combinations(sorted(models), k):
+            key = mixture_of(names, models, rebuilt.rank.weighting).key
             for digest in eval_digests:
-                src = pipeline.score_path(rebuilt, key, digest)
-                if src.exists():
-                    dst = pipeline.score_path(pool, key, digest)
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(src, dst)
+                if src.score(key, digest, score_config).exists():
+                    dst.score(key, digest, score_config).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src.score(key, digest, score_config), dst.score(key, digest, score_config))
 
 
 def run(work: Path, repeats: int = 3) -> dict:
@@ -109,7 +109,8 @@ def run(work: Path, repeats: int = 3) -> dict:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-intake-", dir=ROOT / "bench"))
     try:
-        r = run(work)
+        with embedded_prefect():
+            r = run(work)
         ok = "PASS" if r["ratio"] <= r["target"] else "FAIL"
         print(f"intake: add 1 partition to n={r['n']} / rebuild n+1      {r['ratio']:.3f}  target <= {r['target']:.3f}  {ok}")
         print(f"  add: {r['t_add']:.1f} s (mean of {r['t_adds']}), trained {r['added']['trained']} unit(s) {r['added']['trained_units']}, "

@@ -4,17 +4,26 @@ Nested fields use `__` in env names, e.g. DATAASSESS_TRAIN__LR=1e-4.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .store import digest_json
 
-class TinySeedConfig(BaseModel):
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors; digest() keys what it changes in the store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def digest(self) -> str:
+        return digest_json(self.model_dump(mode="json"))[:16]
+
+
+class TinySeedConfig(Section):
     """The built-in `tiny` seed: a small model and a byte-level BPE trained here."""
 
     arch: Literal["gpt2", "llama"] = "gpt2"
@@ -29,19 +38,19 @@ class TinySeedConfig(BaseModel):
     text: str | None = None  # seed text file/dir; None = the bundled FOLDOC cut
 
 
-class CorpusConfig(BaseModel):
+class CorpusConfig(Section):
     heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     eval_max_tokens: int = 8192  # per evaluation set
     eval_group: Literal["domain", "partition"] = "domain"  # held-out docs grouped by `domain` field or partition
     partition_field: str = "domain"  # when the corpus is one dataset (file or hub id) instead of a folder
-    min_tokens: int = 2048  # a partition with fewer training tokens is rejected
+    min_tokens: int = 2048  # a partition with fewer training tokens is quarantined
 
 
-class UnitConfig(BaseModel):
+class UnitConfig(Section):
     tokens: int = 65_536  # every unit holds exactly this many training tokens
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Section):
     lr: float = 3e-4
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -52,25 +61,19 @@ class TrainConfig(BaseModel):
     micro_batch: int = 16  # sequences per forward pass
     seed: int = 0
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
-
-class ScoreConfig(BaseModel):
+class ScoreConfig(Section):
     batch_size: int = 16
     stride: int | None = None  # rolling-window stride; None = half the context
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
 
-
-class RankConfig(BaseModel):
+class RankConfig(Section):
     k_max: int = 2
     mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
     by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)
     weighting: Literal["uniform", "tokens"] = "uniform"
     # staged screening (successive halving): score all mixtures on 1/25 of each evaluation set,
-    # keep the best 1/eta (at least screen_keep) for 5x more, then the survivors on the full sets;
+    # keep the best 1/eta (at least screen_keep) for an eta-times larger slice, then the survivors on the full sets;
     # three rungs cost about 3/25 + screen_keep/mixtures of scoring everything in full
     screen: bool = False
     screen_eta: int = Field(5, ge=2)

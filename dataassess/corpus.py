@@ -18,8 +18,6 @@ import datasets
 from .store import digest_json, sha256_bytes
 
 log = logging.getLogger(__name__)
-datasets.disable_progress_bars()
-datasets.logging.set_verbosity_error()
 
 SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet", ".txt", ".md")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -180,7 +178,6 @@ def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | 
             if not docs:
                 raise CorpusError(name, "empty partition: no non-blank documents", source)
         except CorpusError as e:
-            log.warning("quarantined: %s", e)
             bad.append(e)
             continue
         digest = digest_json([r["text"] for r in rows])
@@ -189,7 +186,7 @@ def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | 
 
 
 def discover(source: str | Path, partition_field: str = "domain", cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
-    """All valid partitions under `source`, and the errors of the rejected ones."""
+    """All valid partitions under `source`, and the errors of the quarantined ones."""
     root = Path(source)
     if not root.is_dir():
         if not root.exists() and (str(source).startswith((".", "/")) or root.suffix):
@@ -201,7 +198,6 @@ def discover(source: str | Path, partition_field: str = "domain", cache_dir: str
         try:
             good.append(load_partition_folder(folder, cache_dir))
         except CorpusError as e:
-            log.warning("quarantined: %s", e)
             bad.append(e)
     stray = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
     if stray:

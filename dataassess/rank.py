@@ -5,6 +5,8 @@ import itertools
 import math
 from typing import Iterable, Sequence
 
+from .types import RankedMixture
+
 
 def enumerate_mixtures(units: Sequence[str], k_max: int, explicit: Iterable[Sequence[str]] | None = None) -> list[tuple[str, ...]]:
     """All subsets of 1..k_max units (sorted), or the explicit list, validated."""
@@ -28,37 +30,35 @@ def macro(scores: dict[str, float]) -> float:
     return math.exp(sum(math.log(v) for v in scores.values()) / len(scores))
 
 
-def rank(rows: list[dict], by: str = "macro") -> list[dict]:
-    """Rows {"units", "scores"} sorted best (lowest perplexity) first, with "macro", "rank" and
-    "rank_in_size" (the rank among mixtures with as many units) added."""
-    if rows and by != "macro" and by not in rows[0]["scores"]:
-        raise ValueError(f"cannot rank by '{by}': evaluation sets are {sorted(rows[0]['scores'])} or 'macro'")
+def rank(rows: list[RankedMixture], by: str = "macro") -> list[RankedMixture]:
+    """Rows sorted best (lowest perplexity) first, with macro, rank and rank_in_size set."""
+    if rows and by != "macro" and by not in rows[0].scores:
+        raise ValueError(f"cannot rank by '{by}': evaluation sets are {sorted(rows[0].scores)} or 'macro'")
     for row in rows:
-        row["macro"] = macro(row["scores"])
-    key = (lambda r: r["macro"]) if by == "macro" else (lambda r: r["scores"][by])
+        row.macro = macro(row.scores)
+    key = (lambda r: r.macro) if by == "macro" else (lambda r: r.scores[by])
     # rows screened out on a slice of the evaluation sets rank below every fully scored row
-    ranked = sorted(rows, key=lambda r: (-r.get("evaluated_fraction", 1.0), key(r), r["units"]))
+    ranked = sorted(rows, key=lambda r: (-r.evaluated_fraction, key(r), r.units))
     seen_per_size: dict[int, int] = {}
     for i, row in enumerate(ranked, 1):
-        row["rank"] = i
+        row.rank = i
         # the proxy is most reliable among mixtures of one size (docs/fidelity.md)
-        size = len(row["units"])
-        seen_per_size[size] = seen_per_size.get(size, 0) + 1
-        row["rank_in_size"] = seen_per_size[size]
+        seen_per_size[row.k] = seen_per_size.get(row.k, 0) + 1
+        row.rank_in_size = seen_per_size[row.k]
     return ranked
 
 
-def format_table(ranking: list[dict], top: int | None = None, by: str = "macro") -> str:
+def format_table(ranking: Sequence[RankedMixture], top: int | None = None, by: str = "macro") -> str:
     if not ranking:
         return "(empty ranking)"
-    sets = sorted(ranking[0]["scores"])
-    width = max(len(" + ".join(r["units"])) for r in ranking[:top]) if ranking else 10
+    sets = sorted(ranking[0].scores)
+    width = max(len(" + ".join(r.units)) for r in ranking[:top])
     head = f"{'rank':>4}  {'mixture':<{width}}  " + "  ".join(f"{s[:12]:>12}" for s in sets) + f"  {'macro':>9}"
     lines = [f"perplexity (lower is better), ranked by {by}", head, "-" * len(head)]
     for r in ranking[:top]:
-        cells = "  ".join(f"{r['scores'][s]:>12.2f}" for s in sets)
-        screened = f"  (screened out on {r['evaluated_fraction']:g} of each set)" if "evaluated_fraction" in r else ""
-        lines.append(f"{r['rank']:>4}  {' + '.join(r['units']):<{width}}  {cells}  {r['macro']:>9.2f}{screened}")
+        cells = "  ".join(f"{r.scores[s]:>12.2f}" for s in sets)
+        screened = f"  (screened out on {r.evaluated_fraction:g} of each set)" if r.evaluated_fraction < 1 else ""
+        lines.append(f"{r.rank:>4}  {' + '.join(r.units):<{width}}  {cells}  {r.macro:>9.2f}{screened}")
     if top and len(ranking) > top:
         lines.append(f"... {len(ranking) - top} more (dataassess ranking --json for all)")
     return "\n".join(lines)

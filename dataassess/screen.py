@@ -2,8 +2,8 @@
 evaluation set, keep the best 1/eta, score those on an eta-times larger slice, and so on
 until the survivors are scored on the full sets.
 
-Slices are evaluation sets of their own (whole windows, with their own digest), so
-their scores are cached like any other. Only survivors of the last rung carry full-set
+Slices are evaluation sets of their own (evalsets.eval_slice: whole windows, with their own
+digest), so their scores are cached like any other. Only survivors of the last rung carry full-set
 scores; every other mixture is ranked below them by the largest slice it reached.
 """
 from __future__ import annotations
@@ -12,30 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence, TypeVar
 
-from .score import EvalSet
-from .store import digest_json
-
 M = TypeVar("M", bound=Hashable)
-
-
-def eval_slice(es: EvalSet, fraction: float) -> EvalSet:
-    """About `fraction` of an evaluation set's scored tokens: whole windows, picked spread over
-    the set (golden-ratio order over window positions) until the share is reached; the full set at 1."""
-    if fraction >= 1.0:
-        return es
-    n = len(es.windows)
-    order = sorted(range(n), key=lambda i: (i * 0.6180339887498949) % 1.0)
-    picked, tokens = [], 0
-    for i in order:
-        if tokens >= fraction * es.tokens:
-            break
-        picked.append(i)
-        tokens += len(es.windows[i][0]) - es.windows[i][1]
-    windows = [es.windows[i] for i in sorted(picked)]
-    return EvalSet(
-        es.name, digest_json([es.digest, "slice", fraction])[:24], windows, tokens,
-        max(1, round(es.bytes * tokens / es.tokens)), es.documents,
-    )
 
 
 def rung_fractions(eta: int, min_fraction: float) -> list[float]:

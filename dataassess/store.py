@@ -1,4 +1,20 @@
-"""Content digests and atomic writes: nothing is half-written."""
+"""The store: one folder that owns every path and key. Nothing is half-written.
+
+Outputs are keyed by the digests of their inputs and written atomically (temp file,
+then rename). Metadata holds keys, never paths, so a store can be moved or shared.
+
+    seeds/<source key>/              the seed as an HF folder (config, safetensors, tokenizer)
+    streams/<key>.safetensors        a partition's training tokens
+    units/<digest>/                  a unit's tokens and its JSON
+    models/<key>/                    a unit model: model.safetensors, then meta.json (written last)
+    truth/<key>/                     a fidelity ground truth, same layout
+    mixtures/<key>/model.safetensors a merged mixture (the champion's, for the registry)
+    evalsets/<digest>.json           an evaluation set's token windows
+    scores/<key>/score.json          one model's score on one evaluation set
+    pools/<pool>/eval_sets.json      the evaluation sets pinned at a pool's first run
+    rankings/<stamp>.json, latest.json
+    fidelity/latest.json
+"""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +40,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def digest_json(obj) -> str:
+    """The one content digest of JSON-able data: sorted keys, compact separators."""
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+
+def short_key(obj) -> str:
+    """A store key: the first 24 hex digits of the digest."""
+    return digest_json(obj)[:24]
 
 
 @contextmanager
@@ -64,3 +86,89 @@ def write_json(path: Path, obj) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+class Store:
+    """Every path under one root, derived from keys."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Store) and self.root.resolve() == other.root.resolve()
+
+    def __hash__(self) -> int:
+        return hash(str(self.root.resolve()))
+
+    # inputs
+    def seed_dir(self, source_key: str) -> Path:
+        return self.root / "seeds" / source_key
+
+    def stream(self, key: str) -> Path:
+        return self.root / "streams" / f"{key}.safetensors"
+
+    def unit_dir(self, digest: str) -> Path:
+        return self.root / "units" / digest[:24]
+
+    def unit_tokens(self, digest: str) -> Path:
+        return self.unit_dir(digest) / "tokens.safetensors"
+
+    def hf_cache(self) -> Path:
+        return self.root / "hf-datasets"
+
+    # trained models: weights first, metadata last (its presence means "done")
+    def model_dir(self, key: str, kind: str = "models") -> Path:
+        return self.root / kind / key
+
+    def weights(self, key: str, kind: str = "models") -> Path:
+        return self.model_dir(key, kind) / "model.safetensors"
+
+    def meta(self, key: str, kind: str = "models") -> Path:
+        return self.model_dir(key, kind) / "meta.json"
+
+    def finished(self, key: str, kind: str = "models") -> dict | None:
+        """A finished model's metadata, or None (never trained, killed mid-way, or weights gone)."""
+        meta = self.meta(key, kind)
+        if not meta.exists() or not self.weights(key, kind).exists():
+            return None
+        return read_json(meta)
+
+    def mixture_weights(self, key: str) -> Path:
+        return self.root / "mixtures" / key / "model.safetensors"
+
+    # evaluation
+    def eval_set(self, digest: str) -> Path:
+        return self.root / "evalsets" / f"{digest}.json"
+
+    def score(self, model_key: str, eval_digest: str, score_config: str) -> Path:
+        return self.root / "scores" / short_key([model_key, eval_digest, score_config]) / "score.json"
+
+    def pinned_eval_sets(self, pool: str) -> Path:
+        return self.root / "pools" / pool / "eval_sets.json"
+
+    # outputs
+    def rankings(self) -> Path:
+        return self.root / "rankings"
+
+    def fidelity(self) -> Path:
+        return self.root / "fidelity" / "latest.json"
+
+    # services beside the data
+    def lock(self) -> Path:
+        return self.root / ".intake.lock"
+
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    def prefect_api_file(self) -> Path:
+        """Where a running `dataassess serve` records its Prefect API, for add-partition."""
+        return self.root / "prefect-api-url"

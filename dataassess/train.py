@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +28,26 @@ def resolve_device(name: str = "auto") -> torch.device:
 def autocast(device: torch.device):
     """bf16 autocast on GPUs; full precision on CPU."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def flushes_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
+@contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Within the block: `threads` torch CPU threads (None: as they are) and denormals flushed
+    on this thread; both restored after, so callers' settings are left alone."""
+    before, flushing = torch.get_num_threads(), flushes_denormals()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        torch.set_flush_denormal(flushing)
 
 
 @dataclass
@@ -54,8 +75,10 @@ def train_lm(
     lr_at: Callable[[int, int], float] | None = None,
     desc: str = "train",
     progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `total_tokens` drawn from shuffled `sequences` (N x L)."""
+    """Train `model` in place on `total_tokens` drawn from shuffled `sequences` (N x L).
+    on_step(step, loss) is called after each optimizer step."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     seq_len = sequences.shape[1]
@@ -88,6 +111,8 @@ def train_lm(
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        if on_step is not None:
+            on_step(step, step_loss)
     tail = losses[-max(1, steps // 10):]
     return TrainResult(steps, steps * seqs_per_step * seq_len, sum(tail) / len(tail), time.perf_counter() - start, losses)
 

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from dataassess.config import Settings, load_settings
 from dataassess.corpus import CorpusError
+
+Corpus = Annotated[Path, typer.Argument(help="Corpus folder (one subfolder per partition), dataset file or hub id.")]
+PoolName = Annotated[Optional[str], typer.Option("--pool", help="Pool name: pins its evaluation sets, names its models in MLflow (default: the corpus folder's name).")]
+RefreshEval = Annotated[bool, typer.Option("--refresh-eval", help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture).")]
+EvalSets = Annotated[Optional[Path], typer.Option("--eval-sets", help="One subfolder per evaluation set (default: held-out documents, pinned per pool).")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 DATA = Path(__file__).resolve().parents[1] / "dataassess" / "data"
@@ -45,18 +49,22 @@ def main(
 ):
     """Rank training-data mixtures by merging per-unit models (Na et al. 2024)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "datasets", "httpx"):
+    for noisy in ("transformers", "datasets", "httpx", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     try:
         _state["settings"] = load_settings(config, **({"store": store} if store else {}))
     except Exception as e:
         typer.secho(f"error: invalid configuration: {e}", err=True, fg="red")
         raise typer.Exit(2) from None
+    from flows.runtime import configure_environment
+
+    configure_environment(_state["settings"].store)  # before Prefect is imported
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 @app.command()
@@ -78,59 +86,60 @@ def seed():
 
 @app.command()
 @friendly
-def units(corpus: Path = typer.Argument(..., help="Corpus folder (one subfolder per partition), dataset file or hub id.")):
+def units(corpus: Corpus):
     """Validate the corpus and cut it into equal-token units."""
-    from dataassess.pipeline import prepare_pool
+    from dataassess.pipeline import prepare
 
-    pool = prepare_pool(str(corpus), settings())
+    inputs = prepare(str(corpus), settings())
     typer.echo(f"{'unit':<32} {'tokens':>8} {'distinct':>9} {'repeat':>7}  digest")
-    for u in pool.units:
+    for u in inputs.units:
         typer.echo(f"{u.name:<32} {u.tokens:>8} {u.source_tokens:>9} {u.repeat:>7.2f}  {u.digest[:12]}")
-    typer.echo(f"evaluation sets: {', '.join(pool.eval_sets)}")
-    _report_rejected([str(e) for e in pool.rejected])
+    typer.echo(f"evaluation sets: {', '.join(inputs.eval_sets)}")
+    _report_quarantined(inputs.quarantined)
 
 
 @app.command()
 @friendly
-def train(corpus: Path = typer.Argument(...), eval_sets: Optional[Path] = typer.Option(None, "--eval-sets")):
+def train(corpus: Corpus, eval_sets: EvalSets = None):
     """Train a model for every unit that has none yet."""
-    from tqdm.auto import tqdm
+    from dataassess.pipeline import prepare, serial_map, train_units
+    from dataassess.steps import Steps
 
-    from dataassess.pipeline import prepare_pool, train_unit
-
-    pool = prepare_pool(str(corpus), settings(), eval_sets)
-    for unit in tqdm(pool.units, desc="train units"):
-        meta = train_unit(unit, pool.seed, settings())
-        typer.echo(f"{unit.name}: final loss {meta['final_loss']:.3f} -> {meta['weights']}")
-    _report_rejected([str(e) for e in pool.rejected])
+    inputs = prepare(str(corpus), settings(), eval_sets)
+    with Steps(settings(), inputs.seed, progress=True) as steps:
+        models, _ = train_units(steps, inputs.units, serial_map())
+    for m in models.values():
+        typer.echo(f"{m.unit}: final loss {m.final_loss:.3f} -> {steps.store.weights(m.key)}")
+    _report_quarantined(inputs.quarantined)
 
 
 @app.command()
 @friendly
 def score(
-    corpus: Path = typer.Argument(...),
+    corpus: Corpus,
     mixture: str = typer.Option(..., "--mixture", "-m", help="Comma-separated unit names, e.g. satire.u0,jargon.u0"),
-    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets"),
+    eval_sets: EvalSets = None,
 ):
     """Score one mixture: merge its unit models and measure perplexity on every evaluation set."""
-    from dataassess.pipeline import prepare_pool, rank_mixtures, train_unit
+    from dataassess.pipeline import prepare, score_and_rank, serial_map, train_units
+    from dataassess.steps import Steps
 
-    pool = prepare_pool(str(corpus), settings(), eval_sets)
-    by_name = {u.name: u for u in pool.units}
+    inputs = prepare(str(corpus), settings(), eval_sets)
+    by_name = {u.name: u for u in inputs.units}
     names = [n.strip() for n in mixture.split(",") if n.strip()]
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f"unknown units {unknown}; known: {sorted(by_name)}")
-    trained = {n: train_unit(by_name[n], pool.seed, settings()) for n in names}
-    ranking, _ = rank_mixtures(pool, trained, settings(), mixtures=[names])
-    typer.echo(json.dumps(ranking[0], indent=2))
+    with Steps(settings(), inputs.seed, progress=True) as steps:
+        models, _ = train_units(steps, [by_name[n] for n in names], serial_map())
+        ranking, _ = score_and_rank(steps, models, inputs.eval_sets, serial_map(), mixtures=[names])
+    typer.echo(json.dumps(ranking[0].to_json(), indent=2))
 
 
 @app.command()
 @friendly
 def rank(
-    corpus: Path = typer.Argument(...),
-    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets", help="One subfolder per evaluation set (default: held-out documents)."),
+    corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, refresh_eval: RefreshEval = False,
     k_max: Optional[int] = typer.Option(None, "--k-max", help="Largest mixture size."),
     by: Optional[str] = typer.Option(None, "--by", help="An evaluation-set name, or 'macro'."),
     top: int = typer.Option(25, "--top"),
@@ -140,7 +149,7 @@ def rank(
 
     s = settings()
     s.rank = s.rank.model_copy(update={k: v for k, v in {"k_max": k_max, "by": by}.items() if v is not None})
-    result = pipeline.run(str(corpus), s, eval_sets)
+    result = pipeline.run(str(corpus), s, eval_sets, pool, refresh_eval)
     _print_run(result, top)
 
 
@@ -153,6 +162,7 @@ def ranking(
     """Show the latest ranking."""
     from dataassess.pipeline import latest_ranking
     from dataassess.rank import format_table
+    from dataassess.types import RankedMixture
 
     snap = latest_ranking(settings())
     if snap is None:
@@ -160,16 +170,19 @@ def ranking(
     if as_json:
         typer.echo(json.dumps(snap["ranking"][:top] if top else snap["ranking"], indent=2))
     else:
-        typer.echo(format_table(snap["ranking"], top, snap.get("ranked_by", "macro")))
+        typer.echo(format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap.get("ranked_by", "macro")))
 
 
 @app.command()
 @friendly
 def demo():
     """The bundled demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
-    from flows.demo import run_demo
+    from flows.runtime import embedded_prefect
 
-    waves = run_demo(settings(), echo=typer.echo)
+    with embedded_prefect():
+        from flows.demo import run_demo
+
+        waves = run_demo(settings(), echo=typer.echo)
     for wave, summary in enumerate(waves, 1):
         typer.echo(f"wave {wave}: " + _summary_line(summary))
     _print_latest(top=25)
@@ -178,18 +191,16 @@ def demo():
 
 @app.command()
 @friendly
-def intake(
-    corpus: Path = typer.Argument(..., help="Corpus root: one subfolder per partition."),
-    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets", help="One subfolder per evaluation set (default: held-out documents)."),
-    pool: Optional[str] = typer.Option(None, "--pool", help="Name in the MLflow registry (default: the corpus folder's name)."),
-    refresh_eval: bool = typer.Option(False, "--refresh-eval", help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture)."),
-):
+def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, refresh_eval: RefreshEval = False):
     """One Prefect intake: train new or changed units, register them, re-score, publish a ranking."""
-    from flows.intake import intake as intake_flow
+    from flows.runtime import embedded_prefect
 
-    summary = intake_flow(str(corpus), settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, pool, True, refresh_eval)
+    with embedded_prefect():
+        from flows.intake import intake as intake_flow
+
+        summary = intake_flow(str(corpus), settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, pool, True, refresh_eval)
     typer.echo(_summary_line(summary))
-    _report_rejected(summary["quarantined_partitions"])
+    _report_quarantined(summary["quarantined_partitions"])
     _print_latest(top=25)
     _print_ui_hint()
 
@@ -197,11 +208,14 @@ def intake(
 @app.command()
 @friendly
 def serve(
-    corpus: Path = typer.Argument(..., help="Corpus root to watch."),
+    corpus: Corpus,
     interval: float = typer.Option(300, "--interval", help="Seconds between scheduled intakes."),
-    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets"),
+    eval_sets: EvalSets = None,
 ):
     """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
+    from flows.runtime import ensure_prefect_home
+
+    ensure_prefect_home()
     from flows.serve import prefect_server
     from flows.serve import serve as serve_flow
 
@@ -221,6 +235,9 @@ def add_partition(
     import shutil
 
     from dataassess.corpus import check_name, load_partition_folder
+    from flows.runtime import ensure_prefect_home
+
+    ensure_prefect_home()
     from flows.serve import announce_partition
 
     target = corpus / (name or path.name)
@@ -241,7 +258,7 @@ def add_partition(
 @friendly
 def fidelity(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus root (one subfolder per partition)."),
-    eval_sets: Optional[Path] = typer.Option(None, "--eval-sets", help="One subfolder per evaluation set (default: held-out documents)."),
+    eval_sets: EvalSets = None,
     n: int = typer.Option(20, "--n", help="Mixtures to sample (stratified by size)."),
     k_max: int = typer.Option(3, "--k-max", help="Largest mixture size sampled."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
@@ -251,17 +268,15 @@ def fidelity(
     from datetime import datetime, timezone
 
     from dataassess.fidelity import run_fidelity
-    from dataassess.pipeline import prepare_pool
-    from dataassess.store import write_json
+    from dataassess.pipeline import pool_name
+    from dataassess.store import Store, write_json
 
     s = settings()
-    pool = prepare_pool(str(corpus), s, eval_sets)
-    _report_rejected([str(e) for e in pool.rejected])
-    result = run_fidelity(pool, s, n, k_max)
+    result = run_fidelity(str(corpus), s, eval_sets, n, k_max)
+    _report_quarantined(result.quarantined)
     report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": str(corpus)})
-    write_json(Path(s.store) / "fidelity" / "latest.json", {"report": report, "rows": result.rows})
+    write_json(Store(s.store).fidelity(), {"report": report, "rows": result.rows})
     if log_mlflow:
-        from flows.intake import pool_name
         from registry.fidelity import log_fidelity
         from registry.tracking import connect
 
@@ -273,7 +288,7 @@ def fidelity(
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
         typer.echo(f"{name:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['kendall']):>8} {_f(f['decision_accuracy']):>9} "
                    f"{_f(f['baseline_pearson']):>8} {_f(f['baseline_decision_accuracy']):>9}")
-    typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {Path(s.store) / 'fidelity' / 'latest.json'}")
+    typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {Store(s.store).fidelity()}")
 
 
 def _f(v) -> str:
@@ -309,12 +324,13 @@ def _screening_note(counts: dict) -> str:
 def _print_latest(top: int) -> None:
     from dataassess.pipeline import latest_ranking
     from dataassess.rank import format_table
+    from dataassess.types import RankedMixture
 
     snap = latest_ranking(settings())
-    typer.echo("\n" + format_table(snap["ranking"], top, snap["ranked_by"]))
+    typer.echo("\n" + format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap["ranked_by"]))
     moved = [r for r in snap["ranking"] if r.get("rank_change")]
-    new = [r for r in snap["ranking"] if "rank_change" in r and r["rank_change"] is None]
-    if moved or new:
+    new = [r for r in snap["ranking"] if r.get("rank_change", 0) is None]
+    if snap.get("previous") and (moved or new):
         typer.echo(f"since the previous snapshot: {len(new)} new mixtures, {len(moved)} moved")
         for r in sorted(moved, key=lambda r: -abs(r["rank_change"]))[:5]:
             typer.echo(f"  {' + '.join(r['units'])}: {r['rank_change']:+d} -> #{r['rank']}")
@@ -336,14 +352,15 @@ def _print_run(result, top: int) -> None:
     typer.echo(f"\nseed perplexity (reference): {seed}")
     typer.echo(
         f"units trained {len(result.trained)}, reused {len(result.reused)}; mixtures {result.counts['mixtures']} "
-        f"(scored {result.counts['scored']}, reused {result.counts['reused']}){_screening_note(result.counts)}; {result.wall_s:.0f} s"
+        f"(scored {result.counts['scored']}, reused {result.counts['reused']}){_screening_note(result.counts)}; "
+        f"{sum(result.timings.values()):.0f} s"
     )
-    _report_rejected(result.rejected)
+    _report_quarantined(result.inputs.quarantined)
     typer.echo(f"snapshot: {result.snapshot}")
 
 
-def _report_rejected(rejected: list[str]) -> None:
-    for msg in rejected:
+def _report_quarantined(quarantined: list[str]) -> None:
+    for msg in quarantined:
         typer.secho(f"quarantined: {msg}", err=True, fg="yellow")
 
 

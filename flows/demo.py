@@ -46,5 +46,4 @@ def registered_units(settings: Settings, pool: str) -> set[tuple[str, str]]:
     """(registered model, version) of every unit model of the pool, read back from MLflow."""
     from registry.tracking import connect
 
-    client = connect(settings.store)
-    return {(v.name, v.version) for v in client.search_model_versions(f"name LIKE '{pool}.%'")}
+    return {(v.name, v.version) for v in connect(settings.store).search_model_versions(f"name LIKE '{pool}.%'")}

@@ -14,8 +14,10 @@ from pathlib import Path
 from prefect.events import DeploymentEventTrigger, emit_event
 
 from dataassess.config import Settings
+from dataassess.pipeline import pool_name
+from dataassess.store import Store
 
-from .intake import intake, pool_name
+from .intake import intake
 
 EVENT = "dataassess.partition.created"
 
@@ -55,12 +57,12 @@ def prefect_server(store: Path, timeout_s: float = 120):
     try:
         wait_until_healthy(f"{url}/health", proc, timeout_s, "the local Prefect server")
         os.environ["PREFECT_API_URL"] = url
-        api_file(store).parent.mkdir(parents=True, exist_ok=True)
-        api_file(store).write_text(url)
+        Store(store).root.mkdir(parents=True, exist_ok=True)
+        Store(store).prefect_api_file().write_text(url)
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        api_file(store).unlink(missing_ok=True)
+        Store(store).prefect_api_file().unlink(missing_ok=True)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
@@ -79,17 +81,13 @@ def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: st
     intake.serve(name=f"intake-{pool_name(corpus_root)}", interval=interval_s, parameters=params, triggers=[trigger], limit=1)
 
 
-def api_file(store: Path) -> Path:
-    """Where a running `dataassess serve` records its Prefect API, for add-partition."""
-    return Path(store) / "prefect-api-url"
-
-
 def announce_partition(store: Path, corpus_root: str, partition: str, digest: str) -> bool:
     """Emit the event that triggers the served deployment; False when nothing serves this store."""
     if not os.environ.get("PREFECT_API_URL"):
-        if not api_file(store).exists():
+        recorded = Store(store).prefect_api_file()
+        if not recorded.exists():
             return False
-        os.environ["PREFECT_API_URL"] = api_file(store).read_text().strip()
+        os.environ["PREFECT_API_URL"] = recorded.read_text().strip()
     emit_event(
         event=EVENT, resource={"prefect.resource.id": corpus_resource(corpus_root), "dataassess.partition": partition},
         payload={"corpus_root": str(Path(corpus_root).resolve()), "partition": partition, "digest": digest},

@@ -1,29 +1,27 @@
-"""Where MLflow lives: $MLFLOW_TRACKING_URI, else an embedded sqlite store beside the data store."""
+"""Where MLflow lives: $MLFLOW_TRACKING_URI, else an embedded sqlite store beside the data store.
+
+Everything goes through an MlflowClient: no global tracking URI, no active run.
+"""
 from __future__ import annotations
 
 import os
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-# bounded retries: a dead server fails in seconds, not minutes
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
-import logging  # noqa: E402
-import warnings  # noqa: E402
-
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-
-# MLflow's hints about pandas schemas and dataset sources do not apply to what we log.
-warnings.filterwarnings("ignore", message=".*(Inferred schema contains integer|can be interpreted in multiple ways|Add type hints).*")
-logging.getLogger("mlflow").setLevel(logging.WARNING)
+from dataassess.store import Store
 
 UNITS_EXPERIMENT = "dataassess-units"
 RANKINGS_EXPERIMENT = "dataassess-rankings"
+# The one retry layer: MLflow's own HTTP retries, bounded so a dead server fails in seconds.
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow's hints about pandas schemas and dataset sources do not apply to what we log.
+QUIET = ".*(Inferred schema contains integer|can be interpreted in multiple ways|Add type hints).*"
 
 
 class RegistryUnavailable(RuntimeError):
@@ -31,37 +29,31 @@ class RegistryUnavailable(RuntimeError):
 
 
 def embedded_uri(store: Path) -> str:
-    return f"sqlite:///{(Path(store) / 'mlflow.db').resolve()}"
-
-
-def artifact_root(store: Path) -> str:
-    return (Path(store) / "mlartifacts").resolve().as_uri()
+    return f"sqlite:///{Store(store).mlflow_db().resolve()}"
 
 
 def tracking_uri(store: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(store)
 
 
-def connect(store: Path, attempts: int = 3, wait_s: float = 1.0) -> MlflowClient:
-    """A client for the configured tracking store, checked reachable with bounded retries."""
+def connect(store: Path) -> MlflowClient:
+    """A client for the configured tracking store, checked reachable (MLflow retries, bounded by HTTP_RETRIES
+    unless those variables are set)."""
     uri = tracking_uri(store)
+    for name, value in HTTP_RETRIES.items():
+        os.environ.setdefault(name, value)
     if uri.startswith("sqlite:"):
         Path(store).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            client.search_experiments(max_results=1)
-            return client
-        except Exception as e:  # connection errors surface as several exception types
-            last = e
-            time.sleep(wait_s * (attempt + 1))
-    raise RegistryUnavailable(
-        f"MLflow tracking server {uri} is unreachable after {attempts} tries: {type(last).__name__}: {str(last)[:200]}. "
-        "Nothing was registered; start the server or unset MLFLOW_TRACKING_URI to use the embedded store."
-    )
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # connection errors surface as several exception types
+        tries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) + 1
+        raise RegistryUnavailable(
+            f"MLflow tracking server {uri} is unreachable after {tries} tries: {type(e).__name__}: {str(e)[:200]}. "
+            "Nothing was registered; start the server or unset MLFLOW_TRACKING_URI to use the embedded store."
+        ) from None
+    return client
 
 
 def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
@@ -69,4 +61,28 @@ def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
     if exp is not None:
         return exp.experiment_id
     local = client.tracking_uri.startswith("sqlite:")
-    return client.create_experiment(name, artifact_location=f"{artifact_root(store)}/{name}" if local else None)
+    root = Store(store).mlflow_artifacts().resolve().as_uri()
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None)
+
+
+@contextmanager
+def open_run(client: MlflowClient, experiment: str, store: Path, name: str, tags: dict[str, str]) -> Iterator[str]:
+    """A run in `experiment`, ended FINISHED (or FAILED on error); yields its id."""
+    run = client.create_run(experiment_id(client, experiment, store), run_name=name, tags=tags)
+    status = "FAILED"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=QUIET)
+            yield run.info.run_id
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status)
+
+
+def log_values(client: MlflowClient, run_id: str, params: dict | None = None, metrics: dict | None = None) -> None:
+    """Params and finite metrics, in batches of MLflow's size limits."""
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v == v]
+    ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    for i in range(0, max(len(ms), len(ps)), 100):
+        client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100])

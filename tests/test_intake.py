@@ -12,8 +12,10 @@ import pytest
 from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
-from dataassess.pipeline import latest_ranking, load_eval_set
-from dataassess.score import score_model
+from dataassess.evalsets import EvalSets
+from dataassess.pipeline import latest_ranking
+from dataassess.scoring import score_model
+from dataassess.store import Store
 from dataassess.train import resolve_device
 from flows.intake import intake
 from registry.tracking import RANKINGS_EXPERIMENT, embedded_uri
@@ -94,13 +96,10 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     champion = mlflow.pyfunc.load_model("models:/c-champion@champion")
     model = champion.unwrap_python_model().model
     best = snapshot["ranking"][0]
-    for name, path in snapshot_eval_paths(settings, snapshot).items():
-        score = score_model(model, load_eval_set(path), settings.score.batch_size, resolve_device("cpu"))
+    evalsets = EvalSets(Store(settings.store))
+    for name, digest in snapshot["eval_sets"].items():
+        score = score_model(model, evalsets.load(digest), settings.score.batch_size, resolve_device("cpu"))
         assert score.perplexity == pytest.approx(best["scores"][name], rel=1e-5)
-
-
-def snapshot_eval_paths(settings, snapshot):
-    return {n: settings.store / "evalsets" / f"{d}.json" for n, d in snapshot["eval_sets"].items()}
 
 
 def test_bad_partitions_are_quarantined_and_the_rest_proceed(settings, corpus):
@@ -140,29 +139,46 @@ def test_two_concurrent_intakes_leave_one_version_per_unit(settings, corpus):
     assert len(names) == len(set(names)) == max(r["trained"] for r in results)
 
 
+KILL_IN_SECOND_TRAINING = """
+import json, os, signal, sys
+import dataassess.steps as steps
+from flows.intake import intake
+
+trainings, train_lm = [], steps.train_lm
+
+def train_then_die(*args, **kwargs):  # the second training is killed after its third optimizer step
+    trainings.append(1)
+    if len(trainings) == 2:
+        kwargs["on_step"] = lambda step, loss: step == 2 and os.kill(os.getpid(), signal.SIGKILL)
+    return train_lm(*args, **kwargs)
+
+steps.train_lm = train_then_die
+intake(sys.argv[1], json.loads(sys.argv[2]), pool="k")
+"""
+
+
 def test_resume_after_intake_is_killed_mid_training(settings, corpus, tmp_path):
-    s = settings.model_copy(update={"units": settings.units.model_copy(update={"tokens": 32768})})
-    code = (
-        "import json,sys; from flows.intake import intake; "
-        "intake(sys.argv[1], json.loads(sys.argv[2]), pool='k')"
-    )
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(corpus), s.model_dump_json()], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    models = s.store / "models"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(models.glob("*/meta.json")):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # one unit done, the next mid-training
-    proc.wait()
-    assert list(models.glob("*/meta.json")), "the kill should land after the first unit"
-    done_before = len(list(models.glob("*/meta.json")))
-    summary = run(corpus, s, pool="k")
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", KILL_IN_SECOND_TRAINING, str(corpus), settings.model_dump_json()],
+                                env=env, stdout=out, stderr=out, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=300)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # what it started (Prefect's temporary server) goes too
+            except ProcessLookupError:
+                pass
+    assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    models = settings.store / "models"
+    assert len(list(models.glob("*/meta.json"))) == 1, "killed during the second training: one model finished"
+    summary = run(corpus, settings, pool="k")
+    assert summary["skipped"] == 1 and summary["trained"] >= 1  # nothing finished was trained again
     assert summary["trained"] + summary["skipped"] == len(list(models.glob("*/meta.json")))
-    assert summary["skipped"] >= done_before - 1  # nothing finished was trained again
-    names = [v.name for v in unit_versions(s)]
+    names = [v.name for v in unit_versions(settings)]
     assert len(names) == len(set(names)) == len(list(models.glob("*/meta.json")))
-    assert not list(s.store.rglob("*.tmp"))
+    assert not list(settings.store.rglob("*.tmp"))
 
 
 def test_prefect_yaml_declares_the_intake_on_a_schedule_and_the_partition_event():
@@ -199,16 +215,77 @@ def test_screened_intake_scores_slices_then_the_best_on_the_full_sets(settings, 
     assert again["rescored"] == 0 and [r["units"] for r in latest_ranking(s)["ranking"]] == [r["units"] for r in ranking]
 
 
-HEARTBEAT = "import flows; from prefect.settings import get_current_settings; print(get_current_settings().flows.heartbeat_frequency)"
+HEARTBEAT = """
+from flows.runtime import embedded_prefect
+from prefect.settings import get_current_settings
+with embedded_prefect():
+    inside = get_current_settings().flows.heartbeat_frequency
+print(inside, get_current_settings().flows.heartbeat_frequency)
+"""
 
 
 def test_heartbeats_are_off_only_for_the_in_process_ephemeral_api():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
     def heartbeat(**extra):
         out = subprocess.run([sys.executable, "-c", HEARTBEAT], env={**env, **extra}, capture_output=True, text=True, check=True)
-        return out.stdout.split()[-1]
+        return out.stdout.split()[-2:]
 
-    assert heartbeat() == "None"  # ephemeral: no one can read them, and each run would wait up to 1 s
-    assert heartbeat(PREFECT_API_URL="http://127.0.0.1:4200/api") != "None"
-    assert heartbeat(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60") == "60"
-    assert heartbeat(PREFECT_RUNNER_HEARTBEAT_FREQUENCY="90") == "90"  # Prefect's legacy name
+    inside, after = heartbeat()
+    assert inside == "None" and after != "None"  # ephemeral: no one can read them; the setting is restored after
+    assert heartbeat(PREFECT_API_URL="http://127.0.0.1:4200/api")[0] != "None"
+    assert heartbeat(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60")[0] == "60"
+    assert heartbeat(PREFECT_RUNNER_HEARTBEAT_FREQUENCY="90")[0] == "90"  # Prefect's legacy name
+
+
+def test_cli_rank_and_intake_score_one_corpus_against_the_same_sets(settings, corpus):
+    from dataassess import pipeline
+
+    ranked = pipeline.run(corpus, settings, progress=False)  # what `dataassess rank` runs
+    summary = run(corpus, settings)
+    assert summary["trained"] == 0 and summary["rescored"] == 0  # same pool, same pinned sets, same cache
+    assert latest_ranking(settings)["eval_sets"] == ranked.inputs.eval_sets
+
+
+def test_the_champion_pyfunc_predicts_perplexity(settings, corpus):
+    from dataassess.corpus import Document
+    from dataassess.evalsets import build_eval_set
+
+    run(corpus, settings, pool="p")
+    mlflow.set_tracking_uri(embedded_uri(settings.store))
+    champion = mlflow.pyfunc.load_model("models:/p-champion@champion")
+    model = champion.unwrap_python_model().model
+    texts = [d["text"][:300] for d in demo_docs("satire", 2)]
+    predicted = champion.predict(texts)
+    tokenizer = champion.unwrap_python_model().tokenizer
+    for text, ppl in zip(texts, predicted):
+        es = build_eval_set("t", [Document(text, "t")], tokenizer, ctx=128, stride=None, max_tokens=10_000)
+        assert len(es.windows) == 1, "one window: the comparison is exact"
+        assert ppl == pytest.approx(score_model(model, es, 4, "cpu").perplexity, rel=1e-5)
+
+
+def test_serve_runs_the_intake_on_its_schedule(settings, corpus, tmp_path):
+    from tests.conftest import write_toml
+
+    toml = write_toml(settings, tmp_path / "c.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1")
+    cli = [sys.executable, "-c", "from flows.cli import app; app()"]
+    log = tmp_path / "serve.log"
+    latest = settings.store / "rankings" / "latest.json"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*cli, "--config", str(toml), "serve", str(corpus), "--interval", "5"], env=env,
+                                stdout=out, stderr=out, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not latest.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(1)
+            assert latest.exists(), log.read_text()[-3000:]
+            assert json.loads(latest.read_text())["pool"] == "corpus"
+        finally:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: serve stops the Prefect server it started
+            try:
+                proc.wait(timeout=60)
+            finally:
+                os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert not (settings.store / "prefect-api-url").exists(), "the Prefect server was stopped and forgotten"

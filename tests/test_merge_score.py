@@ -5,10 +5,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dataassess.corpus import Document
-from dataassess.merge import linear_merge, macro_merge, revolving_door, running_merges
-from dataassess.score import build_eval_set, rolling_windows, score_model
+from dataassess.evalsets import build_eval_set, rolling_windows
+from dataassess.merge import GroupMerge, LinearMerge, linear_merge, revolving_door, running_merges
+from dataassess.scoring import score_model
 from dataassess.train import resolve_device
-from dataassess.weights import load_state, save_state, save_weights
+from dataassess.weights import save_state, save_weights
 from tests.conftest import demo_docs
 
 
@@ -43,7 +44,8 @@ def test_merged_weights_equal_the_naive_average(seed, tmp_path):
 
 def test_tied_embeddings_survive_a_merge(seed, tmp_path):
     paths = perturbed_models(seed, tmp_path, 2)
-    model = load_state(seed.load_model(), linear_merge(paths))
+    model = seed.load_model()
+    linear_merge(paths, out=model.state_dict())
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
     a, b = load_file(str(paths[0])), load_file(str(paths[1]))
     key = next(k for k in ("lm_head.weight", "transformer.wte.weight") if k in a)
@@ -52,14 +54,11 @@ def test_tied_embeddings_survive_a_merge(seed, tmp_path):
 
 
 
-def test_merge_into_model_parameters_across_small_blocks(seed, tmp_path, monkeypatch):
-    import dataassess.merge.linear as linear_mod
-
+def test_merge_into_model_parameters_across_small_blocks(seed, tmp_path):
     paths = perturbed_models(seed, tmp_path, 3)
     expected = linear_merge(paths, [1, 2, 3])
-    monkeypatch.setattr(linear_mod, "BLOCK", 1000)  # blocks straddle tensor boundaries
     model = seed.load_model()
-    out = linear_merge(paths, [1, 2, 3], out=model.state_dict())
+    out = linear_merge(paths, [1, 2, 3], out=model.state_dict(), block=1000)  # blocks straddle tensor boundaries
     for key, t in expected.items():
         assert torch.allclose(out[key], t, atol=1e-6), key
         assert torch.allclose(model.state_dict()[key], t, atol=1e-6), key
@@ -80,18 +79,15 @@ def test_bf16_models_merge_in_float32_and_cast_back(tmp_path):
 
 
 
-def test_merge_into_mixed_targets_with_empty_tensors(tmp_path, monkeypatch):
-    import dataassess.merge.linear as linear_mod
-
+def test_merge_into_mixed_targets_with_empty_tensors(tmp_path):
     g = torch.Generator().manual_seed(1)
     states = [{"a": torch.randn(300, 7, generator=g), "empty": torch.zeros(0), "b": torch.randn(5, generator=g)} for _ in range(2)]
     paths = []
     for i, st in enumerate(states):
         paths.append(tmp_path / f"{i}.safetensors")
         save_file(st, str(paths[-1]))
-    monkeypatch.setattr(linear_mod, "BLOCK", 100)
     out = {"a": torch.empty(300, 7, dtype=torch.bfloat16), "empty": torch.zeros(0), "b": torch.empty(5)}
-    linear_merge(paths, out=out)
+    linear_merge(paths, out=out, block=100)
     assert torch.allclose(out["a"].float(), (states[0]["a"] + states[1]["a"]) / 2, rtol=2 ** -7, atol=1e-3)
     assert torch.allclose(out["b"], (states[0]["b"] + states[1]["b"]) / 2, atol=1e-6)
 
@@ -106,19 +102,15 @@ def test_revolving_door_visits_every_subset_once_by_single_swaps():
 
 
 @pytest.mark.parametrize("refresh", [1000, 3])
-def test_running_merges_equal_merging_each_subset(seed, tmp_path, monkeypatch, refresh):
-    import dataassess.merge.linear as linear_mod
-    import dataassess.merge.running as running_mod
-
+def test_running_merges_equal_merging_each_subset(seed, tmp_path, refresh):
     paths = perturbed_models(seed, tmp_path, 5)
-    monkeypatch.setattr(linear_mod, "BLOCK", 50_000)
-    monkeypatch.setattr(running_mod, "BLOCK", 50_000)
     seen = 0
-    for subset, merged in running_merges(paths, 3, refresh=refresh):
-        direct = linear_merge([paths[i] for i in subset])
-        for key, t in direct.items():
-            assert torch.allclose(merged[key], t, atol=1e-5), (subset, key)
-        seen += 1
+    with LinearMerge(block=50_000) as linear:
+        for subset, merged in running_merges(paths, 3, refresh=refresh, linear=linear):
+            direct = linear_merge([paths[i] for i in subset])
+            for key, t in direct.items():
+                assert torch.allclose(merged[key], t, atol=1e-5), (subset, key)
+            seen += 1
     assert seen == 10
 
 def test_non_float_tensors_are_copied_and_checked(tmp_path):
@@ -132,9 +124,10 @@ def test_non_float_tensors_are_copied_and_checked(tmp_path):
         linear_merge([a, c])
 
 
-def test_macro_merge_is_the_average_of_group_averages(seed, tmp_path):
+def test_group_merge_is_the_average_of_group_averages(seed, tmp_path):
     p = perturbed_models(seed, tmp_path, 3)
-    macro = macro_merge([[p[0], p[1]], [p[2]]])
+    with GroupMerge() as method:
+        macro = method.merge([[p[0], p[1]], [p[2]]])
     ab = tmp_path / "ab.safetensors"
     save_state(linear_merge([p[0], p[1]]), ab)
     of_merged = linear_merge([ab, p[2]])  # an average of an already-merged model
@@ -193,15 +186,12 @@ def test_long_documents_match_a_manual_rolling_window_loss(seed):
 
 
 
-def test_head_on_scored_positions_equals_full_forward(seed, monkeypatch):
-    import dataassess.score as score_mod
-
+def test_head_on_scored_positions_equals_full_forward(seed):
     model, tok = seed.load_model(), seed.load_tokenizer()
     docs = [Document(d["text"][:3000], "d") for d in demo_docs("drama-comedy", 3)]
     es = build_eval_set("d", docs, tok, ctx=128, stride=64, max_tokens=100_000)
     fast = score_model(model, es, batch_size=5, device=resolve_device("cpu"))
-    monkeypatch.setattr(score_mod, "HEAD_ONLY_TYPES", set())
-    full = score_model(model, es, batch_size=5, device=resolve_device("cpu"))
+    full = score_model(model, es, batch_size=5, device=resolve_device("cpu"), head_only=False)
     assert fast.tokens == full.tokens
     assert fast.nll == pytest.approx(full.nll, rel=1e-5)
 
@@ -229,7 +219,7 @@ def test_scoring_spread_over_threads_equals_one_thread(seed):
 
 
 def test_sets_scored_in_shared_batches_equal_each_alone(seed):
-    from dataassess.score import score_sets
+    from dataassess.scoring import score_sets
 
     model, tok = seed.load_model(), seed.load_tokenizer()
     sets = [build_eval_set(name, [Document(d["text"][:2500], name) for d in demo_docs(name, 3)], tok, ctx=128, stride=64, max_tokens=900)

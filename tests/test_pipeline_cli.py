@@ -17,18 +17,18 @@ def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus
     n_units = len(first.trained)
     assert n_units >= 4 and not first.reused
     assert len(first.ranking) == n_units + n_units * (n_units - 1) // 2  # k_max = 2
-    assert [r["rank"] for r in first.ranking] == list(range(1, len(first.ranking) + 1))
-    macros = [r["macro"] for r in first.ranking]
+    assert [r.rank for r in first.ranking] == list(range(1, len(first.ranking) + 1))
+    macros = [r.macro for r in first.ranking]
     assert macros == sorted(macros)
-    assert set(first.ranking[0]["scores"]) == set(first.seed_scores)
+    assert set(first.ranking[0].scores) == set(first.seed_scores)
     for size in (1, 2):
-        same = [r for r in first.ranking if len(r["units"]) == size]
-        assert [r["rank_in_size"] for r in same] == list(range(1, len(same) + 1))
+        same = [r for r in first.ranking if len(r.units) == size]
+        assert [r.rank_in_size for r in same] == list(range(1, len(same) + 1))
     second = pipeline.run(corpus, settings, progress=False)
     assert second.trained == [] and len(second.reused) == n_units
     assert second.counts["scored"] == 0 and second.counts["reused"] == len(first.ranking)
-    assert [r["units"] for r in second.ranking] == [r["units"] for r in first.ranking]
-    assert all(r["rank_change"] == 0 for r in second.ranking)
+    assert [r.units for r in second.ranking] == [r.units for r in first.ranking]
+    assert all(r.rank_change == 0 for r in second.ranking)
 
 
 def test_cli_ranking_json_matches_the_latest_snapshot(settings, corpus):
@@ -116,5 +116,5 @@ def test_real_pretrained_135m_model_smoke(tmp_path):
                        train={"seq_len": 128, "batch_tokens": 512, "micro_batch": 4}, rank={"k_max": 2})
     result = pipeline.run(corpus, s, eval_sets_dir=evals, progress=False)
     assert len(result.trained) >= 2 and result.ranking
-    assert all(1 < v < 1e4 for r in result.ranking for v in r["scores"].values())
+    assert all(1 < v < 1e4 for r in result.ranking for v in r.scores.values())
     assert type(prepare_seed(s, progress=False).load_model()).__name__ == "LlamaForCausalLM"

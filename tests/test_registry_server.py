@@ -9,7 +9,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from dataassess.pipeline import prepare_pool, train_unit
+from dataassess.pipeline import prepare
+from dataassess.steps import Steps
 from flows.serve import wait_until_healthy
 from registry import models
 from registry.tracking import RegistryUnavailable, connect
@@ -50,13 +51,14 @@ def mlflow_server(tmp_path):
 
 def test_register_against_a_real_mlflow_server(mlflow_server, settings, corpus, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    pool = prepare_pool(corpus, settings, progress=False)
-    meta = train_unit(pool.units[0], pool.seed, settings, progress=False)
+    pool = prepare(corpus, settings, progress=False)
+    unit_model = Steps(settings, pool.seed).train(pool.units[0])
+    weights = settings.store / "models" / unit_model.key / "model.safetensors"
     client = connect(settings.store)
     seed_v = models.register_seed(client, settings.store, "srv", pool.seed)
-    mv, new = models.register_unit(client, settings.store, "srv", meta, pool.seed, seed_v.version)
+    mv, new = models.register_unit(client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version)
     assert new and mv.tags["dataassess.unit_digest"] == pool.units[0].digest
-    again, new_again = models.register_unit(client, settings.store, "srv", meta, pool.seed, seed_v.version)
+    again, new_again = models.register_unit(client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version)
     assert not new_again and again.version == mv.version
     remote = MlflowClient(mlflow_server, mlflow_server)
     assert remote.get_model_version_by_alias(mv.name, "current").version == mv.version
@@ -66,7 +68,8 @@ def test_register_against_a_real_mlflow_server(mlflow_server, settings, corpus, 
 def test_unreachable_server_fails_clearly_and_registers_nothing(settings, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     start = time.time()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     with pytest.raises(RegistryUnavailable, match="unreachable after 2 tries"):
-        connect(settings.store, attempts=2, wait_s=0.1)
+        connect(settings.store)
     assert time.time() - start < 60, "retries are bounded"
     assert not (settings.store / "mlflow.db").exists()

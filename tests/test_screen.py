@@ -4,8 +4,8 @@ import pytest
 
 from dataassess import pipeline
 from dataassess.corpus import Document
-from dataassess.score import build_eval_set
-from dataassess.screen import eval_slice, rung_fractions, screening_cost, successive_halving
+from dataassess.evalsets import build_eval_set, eval_slice
+from dataassess.screen import rung_fractions, screening_cost, successive_halving
 from tests.conftest import demo_docs
 
 
@@ -55,14 +55,15 @@ def test_successive_halving_keeps_the_best_and_ranks_dropped_ones_below():
 def test_screened_ranking_puts_full_scores_on_top(settings, corpus):
     k3 = settings.rank.model_copy(update={"k_max": 3})
     full = pipeline.run(corpus, settings.model_copy(update={"rank": k3}), progress=False)
-    exact = {tuple(r["units"]): r["scores"] for r in full.ranking}
+    exact = {tuple(r.units): r.scores for r in full.ranking}
     screen = k3.model_copy(update={"screen": True, "screen_eta": 2, "screen_min_fraction": 0.25, "screen_keep": 4})
     screened = pipeline.run(corpus, settings.model_copy(update={"rank": screen}), progress=False)
-    assert len(screened.ranking) == len(full.ranking) >= 14
-    tops = [r for r in screened.ranking if "evaluated_fraction" not in r]
-    assert len(tops) >= 4 and screened.ranking[: len(tops)] == tops
+    rows = [r.to_json() for r in screened.ranking]
+    assert len(rows) == len(full.ranking) >= 14
+    tops = [r for r in rows if "evaluated_fraction" not in r]
+    assert len(tops) >= 4 and rows[: len(tops)] == tops
     for row in tops:  # survivors carry the exact full-set scores (reused from the exhaustive run)
         assert row["scores"] == exact[tuple(row["units"])]
-    assert {r["evaluated_fraction"] for r in screened.ranking[len(tops):]} <= {0.25, 0.5}
+    assert {r["evaluated_fraction"] for r in rows[len(tops):]} <= {0.25, 0.5}
     info = screened.counts["screening"]
     assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and info["cost"] < 1

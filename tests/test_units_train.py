@@ -2,8 +2,10 @@ import torch
 from safetensors import safe_open
 
 from dataassess.corpus import discover
-from dataassess.pipeline import prepare_pool, train_unit, trained_meta, unit_model_key
-from dataassess.units import resample
+from dataassess.pipeline import prepare
+from dataassess.steps import Steps, finished_unit_model, unit_model_key
+from dataassess.store import Store
+from dataassess.units import resample, unit_tokens
 
 
 def test_resample_gives_exact_length():
@@ -13,27 +15,27 @@ def test_resample_gives_exact_length():
 
 
 def test_split_and_upsampled_units_hold_equal_token_counts(settings, corpus):
-    pool = prepare_pool(corpus, settings, progress=False)
+    pool = prepare(corpus, settings, progress=False)
     by_part = {}
     for u in pool.units:
         by_part.setdefault(u.partition, []).append(u)
         assert u.tokens == settings.units.tokens
-        assert u.load_tokens().numel() == settings.units.tokens
+        assert unit_tokens(Store(settings.store), u).numel() == settings.units.tokens
         assert abs(u.repeat - u.tokens / u.source_tokens) < 1e-3
     assert len(by_part["scripture"]) > 1, "the large partition is split"
     assert by_part["satire"][0].repeat > 1, "the small partition is upsampled"
     # distinct slices of a split partition are different text
     parts = by_part["scripture"]
-    assert not torch.equal(parts[0].load_tokens(), parts[1].load_tokens())
+    assert not torch.equal(unit_tokens(Store(settings.store), parts[0]), unit_tokens(Store(settings.store), parts[1]))
     # deterministic: cutting again gives the same digests and tokens
-    again = prepare_pool(corpus, settings, progress=False)
+    again = prepare(corpus, settings, progress=False)
     assert [u.digest for u in again.units] == [u.digest for u in pool.units]
 
 
 def test_heldout_documents_are_never_trained_on(settings, corpus):
-    pool = prepare_pool(corpus, settings, progress=False)
+    pool = prepare(corpus, settings, progress=False)
     tok = pool.seed.load_tokenizer()
-    trained_text = "".join(tok.decode(u.load_tokens().tolist()) for u in pool.units)
+    trained_text = "".join(tok.decode(unit_tokens(Store(settings.store), u).tolist()) for u in pool.units)
     partitions, _ = discover(corpus)
     held = [d for p in partitions for d in p.split(settings.corpus.heldout_fraction)[1]]
     assert held, "the fixture corpus must hold some documents out"
@@ -45,43 +47,45 @@ def test_heldout_documents_are_never_trained_on(settings, corpus):
 
 
 def test_unit_training_writes_safetensors_and_metadata_once(settings, corpus):
-    pool = prepare_pool(corpus, settings, progress=False)
+    pool = prepare(corpus, settings, progress=False)
     unit = pool.units[0]
-    meta = train_unit(unit, pool.seed, settings, progress=False)
-    for key in ("unit_digest", "seed_digest", "train_config_hash", "tokens", "final_loss", "wall_s"):
-        assert key in meta
-    assert meta["tokens"] == settings.units.tokens
-    with safe_open(meta["weights"], framework="pt") as f:
-        assert f.metadata()["unit_digest"] == unit.digest
+    steps = Steps(settings, pool.seed)
+    model = steps.train(unit)
+    assert (model.unit_digest, model.seed_digest, model.train_config_hash) == (unit.digest, pool.seed.digest, settings.train.digest())
+    assert model.tokens == settings.units.tokens and model.final_loss > 0 and model.wall_s > 0
+    weights = settings.store / "models" / model.key / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        assert f.metadata()["key"] == model.key and f.metadata()["seed_digest"] == pool.seed.digest
         names = set(f.keys())
     assert len(names & {"transformer.wte.weight", "lm_head.weight"}) == 1  # tied, stored once
     # the weights moved away from the seed, and a second call trains nothing
     seed_w = pool.seed.load_model().state_dict()["transformer.h.0.mlp.c_fc.weight"]
-    with safe_open(meta["weights"], framework="pt") as f:
+    with safe_open(str(weights), framework="pt") as f:
         assert not torch.allclose(f.get_tensor("transformer.h.0.mlp.c_fc.weight"), seed_w)
-    mtime = (settings.store / "models" / meta["key"] / "model.safetensors").stat().st_mtime_ns
-    assert train_unit(unit, pool.seed, settings, progress=False) == meta
-    assert (settings.store / "models" / meta["key"] / "model.safetensors").stat().st_mtime_ns == mtime
-    assert trained_meta(settings, unit_model_key(unit, pool.seed, settings)) == meta
+    mtime = weights.stat().st_mtime_ns
+    assert steps.train(unit) == model
+    assert weights.stat().st_mtime_ns == mtime
+    assert finished_unit_model(Store(settings.store), unit_model_key(unit, pool.seed, settings)) == model
+    assert str(settings.store) not in (settings.store / "models" / model.key / "meta.json").read_text()  # keys, never paths
 
 
 def test_training_is_deterministic_for_a_fixed_seed(settings, corpus, tmp_path):
-    pool = prepare_pool(corpus, settings, progress=False)
-    a = train_unit(pool.units[0], pool.seed, settings, progress=False)
+    pool = prepare(corpus, settings, progress=False)
+    a = Steps(settings, pool.seed).train(pool.units[0])
     other = settings.model_copy(update={"store": tmp_path / "other"})
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "seeds").symlink_to(settings.store / "seeds")
-    pool2 = prepare_pool(corpus, other, progress=False)
-    b = train_unit(pool2.units[0], pool2.seed, other, progress=False)
-    assert a["final_loss"] == b["final_loss"]
+    pool2 = prepare(corpus, other, progress=False)
+    b = Steps(other, pool2.seed).train(pool2.units[0])
+    assert a.final_loss == b.final_loss
 
 
 def test_a_partition_below_the_minimum_token_count_is_quarantined(settings, corpus):
     from tests.conftest import write_jsonl
 
     write_jsonl(corpus / "tiny" / "a.jsonl", [{"text": "Just a few words here."}] * 3)
-    pool = prepare_pool(corpus, settings, progress=False)
+    pool = prepare(corpus, settings, progress=False)
     assert "tiny" not in {u.partition for u in pool.units}
     assert {u.partition for u in pool.units} == {"scripture", "satire", "jargon", "drama"}
-    err = next(e for e in pool.rejected if e.partition == "tiny")
-    assert "too small" in str(err) and str(settings.corpus.min_tokens) in str(err) and str(corpus / "tiny") in str(err)
+    err = next(e for e in pool.quarantined if "partition 'tiny'" in e)
+    assert "too small" in err and str(settings.corpus.min_tokens) in err and str(corpus / "tiny") in err

@@ -1,6 +1,7 @@
-"""Merge methods, one per file."""
-from .linear import linear_merge
-from .macro import macro_merge, macro_weights
+"""Merge methods, one per file, behind one interface (base.MergeMethod)."""
+from .base import MergeMethod
+from .group import GroupMerge, group_weights
+from .linear import LinearMerge, linear_merge
 from .running import revolving_door, running_merges
 
-__all__ = ["linear_merge", "macro_merge", "macro_weights", "revolving_door", "running_merges"]
+__all__ = ["MergeMethod", "GroupMerge", "LinearMerge", "group_weights", "linear_merge", "revolving_door", "running_merges"]

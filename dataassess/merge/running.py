@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .io import open_all
-from .linear import BLOCK, flat_layout, flat_weighted_sum, read_flat
+from .linear import LinearMerge, flat_layout, read_flat
 
 
 def revolving_door(n: int, k: int) -> list[tuple[int, ...]]:
@@ -29,13 +29,26 @@ def revolving_door(n: int, k: int) -> list[tuple[int, ...]]:
 
 def running_merges(
     paths: Sequence[Path | str], k: int, refresh: int = 32, out: dict[str, torch.Tensor] | None = None,
+    linear: LinearMerge | None = None,
 ) -> Iterator[tuple[tuple[int, ...], dict[str, torch.Tensor]]]:
     """Yield (subset, merged state) for every k-subset of `paths` in revolving-door order.
 
     The yielded state is rewritten in place at the next step (or written into `out`):
     use or copy it before advancing. Needs every tensor of one float dtype (flat layout).
+    `linear` sums the refreshes and sets the block size (default: a LinearMerge of its own).
     """
     subsets = revolving_door(len(paths), k)
+    own = linear is None
+    linear = linear or LinearMerge()
+    step_size = linear.block
+    try:
+        yield from _running(paths, k, refresh, out, linear, step_size, subsets)
+    finally:
+        if own:
+            linear.close()
+
+
+def _running(paths, k, refresh, out, linear: LinearMerge, step_size: int, subsets):
     with open_all(paths) as readers:
         layout = flat_layout(readers)
         if layout is None:
@@ -44,16 +57,16 @@ def running_merges(
         running = torch.empty(total, dtype=torch.float32)
         merged = layout.views(torch.empty(total, dtype=layout.dtype)) if out is None else out
         targets = layout.segments(merged)
-        buf_a, buf_b = (torch.empty(min(BLOCK, total) * layout.itemsize, dtype=torch.uint8) for _ in range(2))
+        buf_a, buf_b = (torch.empty(min(step_size, total) * layout.itemsize, dtype=torch.uint8) for _ in range(2))
         previous: tuple[int, ...] | None = None
         for step, subset in enumerate(subsets):
             if previous is None or step % refresh == 0:  # the plain sum, from scratch
-                flat_weighted_sum([readers[i] for i in subset], layout, [1.0] * k, [(0, total, running)], direct=True)
+                linear.flat_weighted_sum([readers[i] for i in subset], layout, [1.0] * k, [(0, total, running)], direct=True)
             else:
                 (add,) = set(subset) - set(previous)
                 (sub,) = set(previous) - set(subset)
-                for start in range(0, total, BLOCK):
-                    count = min(BLOCK, total - start)
+                for start in range(0, total, step_size):
+                    count = min(step_size, total - start)
                     block = running[start:start + count]
                     block.add_(read_flat(readers[add], layout, start, count, buf_a))
                     block.sub_(read_flat(readers[sub], layout, start, count, buf_b))
@@ -64,3 +77,4 @@ def running_merges(
                     target.copy_(running[start:start + count] / k)
             previous = subset
             yield subset, merged
+

@@ -1,0 +1,107 @@
+"""Evaluation sets: token windows built from held-out documents, slices for screening,
+saved in the store by digest and pinned per pool."""
+from __future__ import annotations
+
+from typing import Mapping
+
+from .corpus import Document
+from .store import Store, digest_json, read_json, write_json
+from .types import EvalSet
+
+
+def rolling_windows(ids: list[int], ctx: int, stride: int) -> list[tuple[list[int], int]]:
+    """Windows of at most `ctx` ids; each scores only targets no earlier window scored.
+
+    ids[0] is the BOS/EOS context token and is never a target. A window
+    (w, s) scores targets w[s:], each predicted from everything before it.
+    """
+    if len(ids) <= ctx:
+        return [(ids, 1)]
+    windows, scored_until = [], 1
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + ctx, len(ids))
+        windows.append((ids[begin:end], scored_until - begin))
+        scored_until = end
+        if end == len(ids):
+            break
+    return windows
+
+
+def build_eval_set(name: str, docs: list[Document], tokenizer, ctx: int, stride: int | None, max_tokens: int) -> EvalSet:
+    """Documents in digest order until `max_tokens`; the last may be cut to fit."""
+    stride = min(stride or ctx // 2, ctx - 1)
+    bos = tokenizer.eos_token_id
+    windows, n_tokens, n_bytes, n_docs = [], 0, 0, 0
+    for doc in sorted(docs, key=lambda d: d.digest):
+        if n_tokens >= max_tokens:
+            break
+        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        text_bytes = len(doc.text.encode("utf-8"))
+        if n_tokens + len(ids) > max_tokens:
+            ids = ids[: max_tokens - n_tokens]
+            text_bytes = len(tokenizer.decode(ids).encode("utf-8"))
+        if not ids:
+            continue
+        windows.extend(rolling_windows([bos] + ids, ctx, stride))
+        n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + text_bytes, n_docs + 1
+    if not n_tokens:
+        raise ValueError(f"evaluation set '{name}' has no tokens")
+    return EvalSet(name, digest_json([ctx, stride, windows])[:24], windows, n_tokens, n_bytes, n_docs)
+
+
+def eval_slice(es: EvalSet, fraction: float) -> EvalSet:
+    """About `fraction` of an evaluation set's scored tokens: whole windows, picked spread over
+    the set (golden-ratio order over window positions) until the share is reached; the full set at 1."""
+    if fraction >= 1.0:
+        return es
+    n = len(es.windows)
+    order = sorted(range(n), key=lambda i: (i * 0.6180339887498949) % 1.0)
+    picked, tokens = [], 0
+    for i in order:
+        if tokens >= fraction * es.tokens:
+            break
+        picked.append(i)
+        tokens += len(es.windows[i][0]) - es.windows[i][1]
+    windows = [es.windows[i] for i in sorted(picked)]
+    return EvalSet(
+        es.name, digest_json([es.digest, "slice", fraction])[:24], windows, tokens,
+        max(1, round(es.bytes * tokens / es.tokens)), es.documents,
+    )
+
+
+class EvalSets:
+    """The store's evaluation sets, read once per instance (files are named by content and never rewritten)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._loaded: dict[str, EvalSet] = {}
+
+    def save(self, es: EvalSet) -> str:
+        path = self.store.eval_set(es.digest)
+        if not path.exists():
+            write_json(path, es.to_json())
+        self._loaded[es.digest] = es
+        return es.digest
+
+    def load(self, digest: str) -> EvalSet:
+        if digest not in self._loaded:
+            self._loaded[digest] = EvalSet.from_json(read_json(self.store.eval_set(digest)))
+        return self._loaded[digest]
+
+    def sliced(self, sets: Mapping[str, str], fraction: float) -> dict[str, str]:
+        """Stored slices (whole windows, about `fraction` of the tokens) of the named sets."""
+        return {n: self.save(eval_slice(self.load(d), fraction)) for n, d in sets.items()}
+
+    def tokens(self, sets: Mapping[str, str]) -> int:
+        return sum(self.load(d).tokens for d in sets.values())
+
+    def pin(self, pool: str, found: dict[str, str], refresh: bool) -> dict[str, str]:
+        """A pool's held-out evaluation sets are fixed at its first run, so later runs re-score only
+        mixtures with new units; `refresh` re-pins them to the current held-out data."""
+        pin = self.store.pinned_eval_sets(pool)
+        if pin.exists() and not refresh:
+            pinned = read_json(pin)
+            if all(self.store.eval_set(d).exists() for d in pinned.values()):
+                return pinned
+        write_json(pin, found)
+        return found

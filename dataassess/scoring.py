@@ -1,0 +1,220 @@
+"""Token-level perplexity and bits-per-byte over rolling windows, by one Scorer that owns its
+worker threads, LM-head buffers, batches and (for merged models) a model of the seed's shape."""
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .merge import LinearMerge
+from .seed import Seed
+from .train import autocast
+from .types import EvalSet, Score
+
+# Architectures whose logits are exactly lm_head(last hidden state): no soft-capping or
+# scaling after the head. Others go through the full forward.
+HEAD_ONLY_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3", "smollm3", "olmo", "olmo2"}
+HEAD_BLOCK = 1 << 21  # logits per LM-head call (8 MB in float32): rows = HEAD_BLOCK // vocab
+
+Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]  # ids, mask or None, targets, set index per row
+
+
+def build_batches(eval_sets: Sequence[EvalSet], batch_size: int) -> list[Batch]:
+    """Batches over the windows of all `eval_sets`, longest first, so that small sets (screening
+    slices) and each set's last windows share batches."""
+    windows = sorted(((w, start, i) for i, es in enumerate(eval_sets) for w, start in es.windows), key=lambda x: -len(x[0]))
+    batches = []
+    for b in range(0, len(windows), batch_size):
+        batch = windows[b:b + batch_size]
+        width = len(batch[0][0])
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        targets = torch.full((len(batch), width), -100, dtype=torch.long)  # targets[:, j] = ids[:, j + 1]
+        for row, (w, start, _) in enumerate(batch):
+            ids[row, : len(w)] = torch.tensor(w)
+            mask[row, : len(w)] = 1
+            targets[row, start - 1: len(w) - 1] = ids[row, start: len(w)]
+        padded = len(batch[-1][0]) < width  # rows are sorted longest first
+        owner = torch.tensor([i for _, _, i in batch])
+        batches.append((ids, mask if padded else None, targets, owner))  # without padding, no mask: the causal fast path
+    return batches
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # this thread only: a softmax over a large vocabulary makes many denormals
+
+
+class Scorer:
+    """Scores models on evaluation sets. One caller at a time; use as a context manager.
+
+    On CPU the batches are spread over `threads` single-threaded workers (a small model's many
+    small ops scale poorly with intra-op threads); results do not depend on the split.
+    head_only: run the LM head on scored positions only (None: for plain-head architectures).
+    """
+
+    def __init__(self, batch_size: int, device: torch.device | str = "cpu", threads: int | None = None,
+                 seed: Seed | None = None, head_only: bool | None = None):
+        self.batch_size, self.device, self.threads = batch_size, torch.device(device), threads
+        self.seed, self.head_only = seed, head_only
+        self._reset()
+
+    def _reset(self) -> None:
+        self._batches: dict[tuple, list[Batch]] = {}  # by (eval-set digests): content hashes
+        self._local = threading.local()  # per worker: the LM-head block
+        self._executor: ThreadPoolExecutor | None = None
+        self._models: dict[str, torch.nn.Module] = {}  # the seed's shape, on CPU and on the device
+        self._merger: LinearMerge | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:  # for remote workers: the settings, not the threads or buffers
+        return {k: getattr(self, k) for k in ("batch_size", "device", "threads", "seed", "head_only")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+        if self._merger is not None:
+            self._merger.close()
+        self._reset()
+
+    # ---- any model ------------------------------------------------------------------
+
+    def score(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet]) -> list[Score]:
+        """The model's score on each of `eval_sets`, in one pass over shared batches."""
+        model.eval()
+        batches = self._batches_for(eval_sets)
+        workers = self._workers()
+        if self.device.type == "cpu" and len(batches) < workers:  # few windows (screening slices): split the rows
+            batches = [tuple(None if x is None else x[rows] for x in b) for b in batches
+                       for rows in torch.arange(len(b[0])).tensor_split(workers) if len(rows)]
+        head_only = self.head_only if self.head_only is not None else getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
+
+        def batch_nll(batch) -> list[float]:
+            ids, mask, targets, owner = batch
+            with torch.inference_mode(), autocast(self.device):  # both are per thread
+                rows = self._row_nll(model, ids.to(self.device), None if mask is None else mask.to(self.device),
+                                     targets.to(self.device), head_only)
+            return torch.zeros(len(eval_sets), dtype=torch.float64).index_add_(0, owner, rows.double().cpu()).tolist()
+
+        per_batch = self._map(batch_nll, batches)
+        scores = []
+        for i, es in enumerate(eval_sets):
+            nll = sum(b[i] for b in per_batch)  # in batch order, whichever worker scored each batch
+            counted = sum(int((targets[owner == i] != -100).sum()) for _, _, targets, owner in batches)
+            if counted != es.tokens:
+                raise AssertionError(f"scored {counted} tokens of '{es.name}', expected {es.tokens}")
+            scores.append(Score(nll, es.tokens, es.bytes))
+        return scores
+
+    def _batches_for(self, eval_sets: Sequence[EvalSet]) -> list[Batch]:
+        key = tuple(es.digest for es in eval_sets)
+        if key not in self._batches:
+            if len(self._batches) >= 64:
+                self._batches.pop(next(iter(self._batches)))
+            self._batches[key] = build_batches(eval_sets, self.batch_size)
+        return self._batches[key]
+
+    def _workers(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+    def _map(self, fn, batches: list) -> list:
+        if self.device.type != "cpu":
+            return [fn(b) for b in batches]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._workers(), thread_name_prefix="score", initializer=_worker_init)
+        threads = torch.get_num_threads()
+        try:
+            return list(self._executor.map(fn, batches))
+        finally:
+            torch.set_num_threads(threads)  # a worker's set_num_threads(1) also lowers the default for new threads
+
+    def _row_nll(self, model, ids: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor, head_only: bool) -> torch.Tensor:
+        """Summed NLL of each row's `targets` (-100 = not scored), each predicted from its prefix.
+
+        With head_only the head runs only on scored positions, in blocks: with rolling windows
+        half the positions are context, and the full logits tensor is never built.
+        """
+        if head_only:
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            keep = targets != -100
+            nll = self._head_nll(hidden[keep], targets[keep], model.get_output_embeddings())
+            return torch.zeros(len(ids), dtype=torch.float32, device=nll.device).index_add_(0, keep.nonzero()[:, 0], nll)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
+        return nll.view(targets.shape).sum(1)
+
+    def _head_nll(self, h: torch.Tensor, t: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+        """NLL per position = logsumexp(logits) - target logit, over row blocks of the head's output."""
+        weight = getattr(head, "weight", None)
+        rows = max(16, HEAD_BLOCK // (weight.shape[0] if weight is not None else HEAD_BLOCK))
+        out = torch.empty(len(t), dtype=torch.float32, device=h.device)
+        if weight is None or getattr(head, "bias", None) is not None or weight.dtype != torch.float32 \
+                or h.dtype != torch.float32 or h.device.type != "cpu":
+            for i in range(0, len(t), rows):
+                logits = head(h[i:i + rows]).float()
+                out[i:i + rows] = torch.logsumexp(logits, -1) - logits.gather(1, t[i:i + rows, None]).squeeze(1)
+            return out
+        # float32 on CPU: one reused block per worker, updated in place (no fresh logits tensors)
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.shape != (rows, weight.shape[0]):
+            buf = self._local.buf = torch.empty(rows, weight.shape[0])
+        for i in range(0, len(t), rows):
+            block = buf[: len(h[i:i + rows])]
+            torch.mm(h[i:i + rows], weight.t(), out=block)
+            target = block.gather(1, t[i:i + rows, None]).squeeze(1)
+            top = block.amax(1, keepdim=True)
+            out[i:i + rows] = block.sub_(top).exp_().sum(1).log_().add_(top.squeeze(1)).sub_(target)
+        return out
+
+    # ---- merged models of the seed's shape -------------------------------------------
+
+    def score_merge(self, paths: Sequence[str | Path], weights: Sequence[float] | None, eval_sets: Sequence[EvalSet]) -> list[Score]:
+        """Merge the models straight into the parameters of a seed-shaped model and score it."""
+        if self.seed is None:
+            raise ValueError("a Scorer without a seed cannot score merged models")
+        with self._lock:
+            cpu = self._model("cpu")
+            if self._merger is None:
+                self._merger = LinearMerge()
+            self._merger.merge(paths, weights, out=cpu.state_dict())
+            model = cpu
+            if self.device.type != "cpu":
+                model = self._model(str(self.device))
+                model.load_state_dict(cpu.state_dict())
+            return self.score(model, eval_sets)
+
+    def score_file(self, path: str | Path, eval_sets: Sequence[EvalSet]) -> list[Score]:
+        return self.score_merge([path], None, eval_sets)
+
+    def _model(self, device: str) -> torch.nn.Module:
+        if device not in self._models:
+            base = self._models.get("cpu") or self.seed.load_model()
+            self._models[device] = base if device == "cpu" else copy.deepcopy(base).to(device)
+        return self._models[device]
+
+
+def score_sets(model: torch.nn.Module, eval_sets: Sequence[EvalSet], batch_size: int, device: torch.device | str,
+               threads: int | None = None, head_only: bool | None = None) -> list[Score]:
+    """One-off scoring; hold a Scorer open to reuse its threads, buffers and batches."""
+    with Scorer(batch_size, device, threads, head_only=head_only) as scorer:
+        return scorer.score(model, eval_sets)
+
+
+def score_model(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device | str,
+                threads: int | None = None, head_only: bool | None = None) -> Score:
+    return score_sets(model, [eval_set], batch_size, device, threads, head_only)[0]

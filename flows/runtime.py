@@ -1,0 +1,49 @@
+"""Prefect and MLflow set up for one command of this process: offline, embedded, quiet."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dataassess.store import Store
+
+OFFLINE = {
+    "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def configure_environment(store: Path) -> None:
+    """Defaults for this process, before Prefect is imported; any of them can be set from outside.
+    Prefect's home is the store's, so a store carries its flow-run history."""
+    for name, value in OFFLINE.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("PREFECT_HOME", str(Store(store).prefect_home().resolve()))
+
+
+def ensure_prefect_home() -> None:
+    """Create Prefect's home before Prefect is imported (its import warns when it cannot)."""
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def embedded_prefect() -> Iterator[None]:
+    """Within the block, flow runs on Prefect's in-process ephemeral API send no heartbeats.
+
+    Prefect emits a flow-run heartbeat every 180 s by default, for a server that watches for
+    crashed runs, and its heartbeat thread (1 s sleeps) holds each flow run up to 1 s at its
+    end. An ephemeral API lives only as long as this process, so no one can read them: off
+    unless an API URL names a server or PREFECT_FLOWS_HEARTBEAT_FREQUENCY (or its legacy
+    name) is set.
+    """
+    ensure_prefect_home()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    chosen = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    if get_current_settings().api.url or os.environ.get("PREFECT_API_URL") or any(os.environ.get(n) for n in chosen):
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -1,0 +1,135 @@
+"""pipeline.run's options and cache paths, each checked against a value computed another way."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from dataassess import pipeline
+from dataassess.evalsets import EvalSets
+from dataassess.merge import linear_merge
+from dataassess.scoring import score_model
+from dataassess.store import Store
+from flows.cli import app
+from tests.conftest import demo_docs, write_jsonl, write_toml
+
+
+def with_rank(settings, **rank):
+    return settings.model_copy(update={"rank": settings.rank.model_copy(update=rank)})
+
+
+def test_held_out_eval_sets_are_pinned_per_pool_until_refreshed(settings, corpus):
+    first = pipeline.run(corpus, settings, progress=False)
+    write_jsonl(corpus / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
+    second = pipeline.run(corpus, settings, progress=False)
+    assert second.inputs.eval_sets == first.inputs.eval_sets  # the new partition's held-out documents wait
+    assert "wisdom" not in second.inputs.eval_sets
+    refreshed = pipeline.run(corpus, settings, refresh_eval=True, progress=False)
+    assert "wisdom" in refreshed.inputs.eval_sets
+    assert refreshed.counts["scored"] == refreshed.counts["mixtures"]  # new sets: every mixture re-scored
+    other_pool = pipeline.run(corpus, settings, pool="other", progress=False)
+    assert other_pool.inputs.eval_sets == refreshed.inputs.eval_sets  # a new pool pins what is there now
+
+
+def test_token_weighting_scores_the_merge_weighted_by_distinct_tokens(settings, corpus):
+    s = with_rank(settings, weighting="tokens", mixtures=[["satire.u0", "scripture.u0"]])
+    result = pipeline.run(corpus, s, progress=False)
+    models = result.models
+    a, b = models["satire.u0"], models["scripture.u0"]
+    assert a.source_tokens != b.source_tokens, "the fixture's partitions differ in size"
+    # by hand: the weighted average of the two state dicts, loaded into the seed's model
+    sa, sb = (load_file(str(settings.store / "models" / m.key / "model.safetensors")) for m in (a, b))
+    wa, wb = a.source_tokens / (a.source_tokens + b.source_tokens), b.source_tokens / (a.source_tokens + b.source_tokens)
+    model = result.inputs.seed.load_model()
+    model.load_state_dict({k: wa * sa[k] + wb * sb[k] for k in sa}, strict=False)
+    model.tie_weights()
+    evalsets = EvalSets(Store(settings.store))
+    (row,) = result.ranking
+    for name, digest in result.inputs.eval_sets.items():
+        expected = score_model(model, evalsets.load(digest), 16, "cpu").perplexity
+        assert row.scores[name] == pytest.approx(expected, rel=1e-4)
+    uniform = pipeline.run(corpus, with_rank(s, weighting="uniform"), progress=False).ranking[0]
+    assert uniform.scores != row.scores
+
+
+def test_ranking_by_one_eval_set_and_explicit_mixtures(settings, corpus):
+    result = pipeline.run(corpus, settings, progress=False)
+    name = sorted(result.inputs.eval_sets)[0]
+    by_set = pipeline.run(corpus, with_rank(settings, by=name), progress=False)
+    assert [r.scores[name] for r in by_set.ranking] == sorted(r.scores[name] for r in result.ranking)
+    assert by_set.counts["scored"] == 0  # re-sorted from the cache
+    chosen = [["jargon.u0", "satire.u0"], ["drama.u0"]]
+    explicit = pipeline.run(corpus, with_rank(settings, mixtures=chosen), progress=False)
+    assert sorted(r.units for r in explicit.ranking) == sorted(chosen)
+
+
+def test_a_bad_rank_by_fails_before_any_training(settings, corpus):
+    with pytest.raises(ValueError, match="cannot rank by 'nope'"):
+        pipeline.run(corpus, with_rank(settings, by="nope"), progress=False)
+    assert not (settings.store / "models").exists()
+
+
+def test_rank_change_is_the_places_moved_since_the_previous_snapshot(settings, corpus):
+    k1 = with_rank(settings, k_max=1)
+    before = {tuple(r.units): r.rank for r in pipeline.run(corpus, k1, progress=False).ranking}
+    after = pipeline.run(corpus, settings, progress=False).ranking  # pairs join the singles
+    for row in after:
+        old = before.get(tuple(row.units))
+        assert row.rank_change == (None if old is None else old - row.rank)
+    assert any(r.rank_change for r in after if r.rank_change is not None), "pairs outrank some singles"
+    snapshot = pipeline.latest_ranking(settings)
+    assert snapshot["previous"] is not None and [r["rank_change"] for r in snapshot["ranking"]] == [r.rank_change for r in after]
+
+
+def test_lost_weights_or_metadata_retrain_that_unit_once(settings, corpus):
+    first = pipeline.run(corpus, with_rank(settings, k_max=1), progress=False)
+    store = Store(settings.store)
+    gone_weights, gone_meta = first.models["jargon.u0"], first.models["satire.u0"]
+    store.weights(gone_weights.key).unlink()
+    store.meta(gone_meta.key).unlink()
+    second = pipeline.run(corpus, with_rank(settings, k_max=1), progress=False)
+    assert sorted(second.trained) == ["jargon.u0", "satire.u0"]
+    for unit in ("jargon.u0", "satire.u0"):  # the same model again: training is deterministic
+        assert (second.models[unit].key, second.models[unit].final_loss) == (first.models[unit].key, first.models[unit].final_loss)
+    assert pipeline.run(corpus, with_rank(settings, k_max=1), progress=False).trained == []
+
+
+def test_a_truncated_weights_file_is_an_error_not_a_model(tmp_path):
+    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for i, p in enumerate(paths):
+        save_file({"w": torch.full((1000,), float(i))}, str(p))
+    with open(paths[1], "r+b") as f:
+        f.truncate(paths[1].stat().st_size - 100)
+    with pytest.raises(ValueError, match="truncated"):
+        linear_merge(paths)
+
+
+def test_add_partition_validates_then_copies(settings, corpus, tmp_path):
+    toml = write_toml(settings, tmp_path / "c.toml")
+    incoming = tmp_path / "incoming" / "wisdom"
+    write_jsonl(incoming / "a.jsonl", demo_docs("scripture-wisdom", 5))
+    runner = CliRunner()
+    res = runner.invoke(app, ["--config", str(toml), "add-partition", str(incoming), "--corpus", str(corpus)])
+    assert res.exit_code == 0, res.output
+    assert "no `dataassess serve` runs for this store" in res.output
+    assert (corpus / "wisdom" / "a.jsonl").read_bytes() == (incoming / "a.jsonl").read_bytes()
+    res = runner.invoke(app, ["--config", str(toml), "add-partition", str(incoming), "--corpus", str(corpus)])
+    assert res.exit_code == 2 and "already exists" in res.output
+    bad = tmp_path / "incoming" / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_bytes(b"\x00\x01binary")
+    res = runner.invoke(app, ["--config", str(toml), "add-partition", str(bad), "--corpus", str(corpus)])
+    assert res.exit_code == 2 and "binary" in res.output and not (corpus / "bad").exists()
+
+
+def test_cli_rank_and_score_agree_with_the_pipeline(settings, corpus, tmp_path):
+    toml = write_toml(settings, tmp_path / "c.toml")
+    runner = CliRunner()
+    res = runner.invoke(app, ["--config", str(toml), "rank", str(corpus), "--k-max", "1"])
+    assert res.exit_code == 0, res.output
+    snapshot = pipeline.latest_ranking(settings)
+    res = runner.invoke(app, ["--config", str(toml), "score", str(corpus), "-m", "jargon.u0"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout[res.stdout.index("{"):])
+    assert row["scores"] == next(r["scores"] for r in snapshot["ranking"] if r["units"] == ["jargon.u0"])
