@@ -44,8 +44,11 @@ serve: setup
 serve-smoke: setup
 	bash scripts/serve_smoke.sh
 
+# both budgets on the demo corpus, as pool "demo": the union calibration is the demo's
+FIDELITY_ARGS = --corpus dataassess/data/demo/corpus --eval-sets dataassess/data/demo/eval --pool demo $(if $(N),--n $(N))
 fidelity: setup
-	$(DA) fidelity --corpus dataassess/data/demo/corpus --eval-sets dataassess/data/demo/eval $(if $(N),--n $(N))
+	$(DA) fidelity $(FIDELITY_ARGS) --budget fixed
+	$(DA) fidelity $(FIDELITY_ARGS) --budget union
 
 fidelity-study: setup
 	bash scripts/fidelity_study.sh
@@ -72,6 +75,7 @@ ui: setup
 	  --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db --default-artifact-root $(abspath $(STORE))/mlartifacts --workers 1
 
 test: setup
+	@mkdir -p "$(PREFECT_HOME)"
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: setup

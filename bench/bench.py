@@ -386,6 +386,9 @@ def main() -> None:
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
     args = ap.parse_args()
     only = set(args.only or SECTIONS)
+    from flows.runtime import configure_process
+
+    configure_process(BENCH_STORE)  # as a command runs: offline, quiet, before Prefect is imported
     started = time.perf_counter()
     print(f"{'figure':<58} {'ratio':>9}  {'target':<17} detail", flush=True)
     big = GPT2Config()

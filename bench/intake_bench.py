@@ -25,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flows.runtime import configure_process  # noqa: E402
+
+configure_process(ROOT / "bench" / ".store")  # as a command runs: offline, quiet, before Prefect is imported
 from dataassess.config import Settings  # noqa: E402
 from dataassess.pipeline import latest_ranking  # noqa: E402
 from dataassess.seed import prepare_seed  # noqa: E402

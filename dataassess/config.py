@@ -68,6 +68,11 @@ class ScoreConfig(Section):
 
 
 class RankConfig(Section):
+    # what a score answers: "fixed" = every mixture trained on the same token budget (the uniform
+    # average is its first-order proxy); "union" = trained on all of its units (k x the tokens),
+    # predicted by a calibration fitted by `dataassess fidelity --budget union`
+    budget: Literal["fixed", "union"] = "fixed"
+    budget_tokens: int | None = Field(None, gt=0)  # the fixed budget B; None = units.tokens
     k_max: int = 2
     mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
     by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)

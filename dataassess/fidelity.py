@@ -1,9 +1,15 @@
 """Fidelity: do merged-model proxies rank mixtures as models really trained on them do?
 
-Ground truth is the paper's: the seed continue-pretrained on the shuffled
-concatenation of a mixture's units, with k x the unit token budget and the same
-hyperparameters. Proxies are parameter averages of the unit models. The study runs
-the pipeline's own steps (prepare, train_units, Steps.score) and adds the ground truths.
+Two ground truths, one per budget (rank.budget), each the seed continue-pretrained with
+the same hyperparameters:
+- fixed: on B tokens drawn from the shuffled union of the mixture's units (B = rank.budget_tokens,
+  default the unit budget); the uniform parameter average is its first-order proxy;
+- union (the paper's): on the whole union, k x the unit budget; the proxy is calibrated
+  (calibration.py) and its figures are leave-one-out.
+When the truth would be trained exactly as a unit model was (one unit, its own budget, the
+same data order), the truth is that unit model. The noise ceiling: a second truth with
+another data-order seed for a stratified subset; truth against truth is the best any proxy
+can reach. The study runs the pipeline's own steps (prepare, train_units, Steps.score).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 from scipy import stats
 
 from . import pipeline
+from .calibration import Calibration, fit_set
 from .config import Settings
 from .merge import group_weights
 from .rank import macro
@@ -28,11 +35,11 @@ from .types import Mixture, Unit, UnitModel
 from .units import unit_tokens
 
 
-def sample_mixtures(units: Sequence[str], n: int, k_max: int, rng_seed: int = 0) -> list[tuple[str, ...]]:
-    """Up to n mixtures of 2..k_max units, stratified by size k (round-robin over k)."""
+def sample_mixtures(units: Sequence[str], n: int, k_max: int, rng_seed: int = 0, k_min: int = 1) -> list[tuple[str, ...]]:
+    """Up to n mixtures of k_min..k_max units, stratified by size k (round-robin over k)."""
     rng = random.Random(rng_seed)
     pools = {}
-    for k in range(2, min(k_max, len(units)) + 1):
+    for k in range(k_min, min(k_max, len(units)) + 1):
         combos = list(itertools.combinations(sorted(units), k))
         rng.shuffle(combos)
         pools[k] = combos
@@ -51,20 +58,53 @@ def union_sequences(store: Store, units: Sequence[Unit], seq_len: int) -> torch.
     return torch.cat([to_sequences(unit_tokens(store, u), seq_len) for u in units])
 
 
-def truth_key(units: Sequence[Unit], steps: Steps) -> str:
-    return short_key({"truth": sorted(u.digest for u in units), "seed": steps.seed.digest, "train": steps.settings.train.digest()})
+def budget_sequences(store: Store, units: Sequence[Unit], seq_len: int, tokens: int, data_seed: int) -> torch.Tensor:
+    """tokens // seq_len sequences drawn without replacement from the shuffled union (cycling
+    through fresh shuffles if the budget exceeds the union)."""
+    union = union_sequences(store, units, seq_len)
+    gen = torch.Generator().manual_seed(data_seed)
+    need = tokens // seq_len
+    order = torch.cat([torch.randperm(len(union), generator=gen) for _ in range(-(-need // len(union)))])
+    return union[order[:need]]
 
 
-def train_truth(steps: Steps, units: Sequence[Unit]) -> dict:
-    """Ground truth for a mixture, cached by (unit digests, seed, train config)."""
-    key = truth_key(units, steps)
+@dataclass(frozen=True)
+class Truth:
+    """How a mixture's ground truth is trained."""
+
+    budget: str  # "fixed" or "union"
+    tokens: int  # B for "fixed"; ignored for "union" (k x the unit budget)
+    data_seed: int
+
+    def is_unit_model(self, units: Sequence[Unit], settings: Settings) -> bool:
+        same_budget = self.budget == "union" or self.tokens == units[0].tokens
+        return len(units) == 1 and same_budget and self.data_seed == settings.train.seed
+
+
+def truth_key(units: Sequence[Unit], steps: Steps, truth: Truth) -> str:
+    return short_key({"truth": sorted(u.digest for u in units), "seed": steps.seed.digest, "train": steps.settings.train.digest(),
+                      "budget": truth.budget, "tokens": truth.tokens if truth.budget == "fixed" else None, "data_seed": truth.data_seed})
+
+
+def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth) -> dict:
+    """Ground truth for a mixture, cached by (unit digests, seed, train config, budget, data seed).
+    Returns its metadata; `kind` says where its weights are ("models": it is a unit model)."""
+    if truth.is_unit_model(units, steps.settings):
+        return {"kind": "models", "key": steps.train(units[0]).key, "units": [units[0].name], "tokens": units[0].tokens}
+    key = truth_key(units, steps, truth)
     if (done := steps.store.finished(key, "truth")) is not None:
         return done
-    seqs = union_sequences(steps.store, units, steps.settings.train.seq_len)
-    total = sum(u.tokens for u in units)
-    result = train_seed_copy(steps.store, "truth", key, seqs, total, steps.seed, steps.settings,
+    settings = steps.settings.model_copy(update={"train": steps.settings.train.model_copy(update={"seed": truth.data_seed})})
+    seq_len = settings.train.seq_len
+    if truth.budget == "union":
+        seqs, total = union_sequences(steps.store, units, seq_len), sum(u.tokens for u in units)
+    else:
+        seqs = budget_sequences(steps.store, units, seq_len, truth.tokens, truth.data_seed)
+        total = seqs.numel()
+    result = train_seed_copy(steps.store, "truth", key, seqs, total, steps.seed, settings,
                              "truth " + "+".join(u.name for u in units), steps.progress)
-    meta = {"key": key, "units": [u.name for u in units], "unit_digests": [u.digest for u in units], "tokens": result.tokens,
+    meta = {"kind": "truth", "key": key, "units": [u.name for u in units], "unit_digests": [u.digest for u in units],
+            "budget": truth.budget, "data_seed": truth.data_seed, "tokens": result.tokens,
             "final_loss": result.final_loss, "wall_s": result.wall_s}
     write_json(steps.store.meta(key, "truth"), meta)
     return meta
@@ -138,48 +178,85 @@ def figures(proxy: Sequence[float], truth: Sequence[float], baseline: Sequence[f
 
 @dataclass
 class FidelityResult:
-    report: dict  # {"eval_sets": {name: figures}, "macro": figures, "by_k": {...}, "variants": {...}, "settings": {...}}
-    rows: list[dict]  # per mixture: units, proxy, truth, baseline scores
+    report: dict  # {"budget", "eval_sets": {name: figures}, "macro": figures, "by_k": {...}, "variants": {...}, "settings": {...}}
+    rows: list[dict]  # per mixture: units, k, proxy, truth, baseline (and calibrated, truth_replicate) scores
     quarantined: list[str]
+    calibration: Calibration | None = None  # union only: fitted on every row
 
 
-def run_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 20, k_max: int = 3,
-                 map_fn: pipeline.MapFn | None = None, progress: bool = True, n_boot: int = 1000) -> FidelityResult:
-    """Train what is missing (unit models, ground truths), score, compare."""
+def stratified(mixtures: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
+    """n of the mixtures, round-robin over sizes (mixtures keep their sampled order within a size)."""
+    by_k: dict[int, list[tuple[str, ...]]] = {}
+    for m in mixtures:
+        by_k.setdefault(len(m), []).append(m)
+    out: list[tuple[str, ...]] = []
+    while len(out) < min(n, len(mixtures)):
+        for k in sorted(by_k):
+            if by_k[k] and len(out) < n:
+                out.append(by_k[k].pop(0))
+    return out
+
+
+def run_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 24, k_max: int = 3, budget: str | None = None,
+                 ceiling: int = 8, map_fn: pipeline.MapFn | None = None, progress: bool = True, n_boot: int = 1000,
+                 pool: str | None = None) -> FidelityResult:
+    """Train what is missing (unit models, ground truths and their replicates), score, compare."""
     map_fn = map_fn or pipeline.serial_map(progress)
-    inputs = pipeline.prepare(corpus, settings, eval_sets_dir, progress=progress)
+    budget = budget or settings.rank.budget
+    tokens = settings.rank.budget_tokens or settings.units.tokens
+    main, replicate = Truth(budget, tokens, settings.train.seed), Truth(budget, tokens, settings.train.seed + 1)
+    inputs = pipeline.prepare(corpus, settings, eval_sets_dir, pool, progress=progress)
     with Steps(settings, inputs.seed, progress) as steps:
         models, _ = pipeline.train_units(steps, inputs.units, map_fn)
         mixtures = sample_mixtures(list(models), n, k_max, settings.train.seed)
         if len(mixtures) < 3:
-            raise ValueError(f"need at least 3 mixtures of 2+ units to measure fidelity; the pool has {len(models)} units")
+            raise ValueError(f"need at least 3 mixtures to measure fidelity; the pool has {len(models)} units")
         by_name = {u.name: u for u in inputs.units}
-        truths = map_fn("ground truth", lambda mix: train_truth(steps, [by_name[u] for u in mix]), mixtures, " + ".join)
-        rows = [_row(steps, inputs.eval_sets, models, mix, truth) for mix, truth in zip(mixtures, truths)]
+        jobs = [(mix, main) for mix in mixtures] + [(mix, replicate) for mix in stratified(mixtures, ceiling)]
+        trained = map_fn("ground truth", lambda job: train_truth(steps, [by_name[u] for u in job[0]], job[1]), jobs,
+                         lambda job: " + ".join(job[0]) + (" (replicate)" if job[1] is replicate else ""))
+        truths = dict(zip(((mix, t.data_seed) for mix, t in jobs), trained))
+        rows = [_row(steps, inputs.eval_sets, models, mix, truths[mix, main.data_seed], truths.get((mix, replicate.data_seed)))
+                for mix in mixtures]
         summary = _settings_summary(steps, len(inputs.units), n, k_max)
     sets = sorted(inputs.eval_sets)
-    report = {"settings": summary, **_figures_of(rows, sets, n_boot)}
-    report["by_k"] = {str(k): _figures_of(group, sets, n_boot) for k, group in _groups_by_k(rows).items() if len(group) >= 3}
+    calibration = None
+    if budget == "union":
+        calibration = _calibrate(rows, sets, inputs, settings)
+    report = {"budget": budget, **({"budget_tokens": tokens} if budget == "fixed" else {}), "settings": summary,
+              **_figures_of(rows, sets, n_boot, budget)}
+    report["by_k"] = {str(k): _figures_of(group, sets, n_boot, budget) for k, group in _groups_by_k(rows).items() if len(group) >= 3}
     report["variants"] = {"uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"),
                           "uniform_vs_group_merge": _variant(rows, "proxy", "proxy_group_merge")}
-    return FidelityResult(report, rows, inputs.quarantined)
+    if calibration is not None:
+        report["calibration"] = calibration.to_json()
+    return FidelityResult(report, rows, inputs.quarantined, calibration)
 
 
 def _perplexities(steps: Steps, mixture: Mixture, eval_sets) -> dict[str, float]:
     return {n: s["perplexity"] for n, s in sorted(steps.score(mixture, eval_sets).items())}
 
 
-def _row(steps: Steps, eval_sets: dict[str, str], models: dict[str, UnitModel], mix: tuple[str, ...], truth: dict) -> dict:
-    """One sampled mixture: its proxies (uniform, token-weighted, group merge), truth and the naive baseline."""
+def _truth_perplexities(steps: Steps, eval_sets, models: dict[str, UnitModel], truth: dict) -> dict[str, float]:
+    if truth["kind"] == "models":  # the unit model itself: its scores are the single-unit proxy's
+        return _perplexities(steps, mixture_of(truth["units"], models, "uniform"), eval_sets)
+    scores = steps.score_weights(f"truth:{truth['key']}", [steps.store.weights(truth["key"], "truth")], None, eval_sets)
+    return {n: s["perplexity"] for n, s in sorted(scores.items())}
+
+
+def _row(steps: Steps, eval_sets: dict[str, str], models: dict[str, UnitModel], mix: tuple[str, ...], truth: dict,
+         replicate: dict | None) -> dict:
+    """One sampled mixture: its proxies (uniform, token-weighted, group merge), truths and the naive baseline."""
     singles = [_perplexities(steps, mixture_of([u], models, "uniform"), eval_sets) for u in mix]
-    truth_scores = steps.score_weights(f"truth:{truth['key']}", [steps.store.weights(truth["key"], "truth")], None, eval_sets)
     row = {
         "units": list(mix), "k": len(mix),
         "proxy": _perplexities(steps, mixture_of(mix, models, "uniform"), eval_sets),
         "proxy_tokens": _perplexities(steps, mixture_of(mix, models, "tokens"), eval_sets),
-        "truth": {n: s["perplexity"] for n, s in sorted(truth_scores.items())},
+        "truth": _truth_perplexities(steps, eval_sets, models, truth), "truth_kind": truth["kind"],
         "baseline": {s: float(np.mean([single[s] for single in singles])) for s in eval_sets},
     }
+    if replicate is not None:
+        row["truth_replicate"] = _truth_perplexities(steps, eval_sets, models, replicate)
     partitions: dict[str, list[str]] = {}
     for u in mix:
         partitions.setdefault(models[u].partition, []).append(u)
@@ -191,12 +268,40 @@ def _row(steps: Steps, eval_sets: dict[str, str], models: dict[str, UnitModel], 
     return row
 
 
-def _figures_of(rows: list[dict], sets: list[str], n_boot: int) -> dict:
-    def column(key, name=None):
-        return [macro(r[key]) if name is None else r[key][name] for r in rows]
+def _calibrate(rows: list[dict], sets: list[str], inputs: pipeline.Inputs, settings: Settings) -> Calibration:
+    """Fit the union calibration per set; each row gets its leave-one-out prediction ("calibrated")."""
+    fitted = {}
+    for s in sets:
+        fitted[s], loo = fit_set([r["proxy"][s] for r in rows], [r["truth"][s] for r in rows], [r["k"] for r in rows])
+        for r, p in zip(rows, loo):
+            r.setdefault("calibrated", {})[s] = float(p)
+    return Calibration(dict(inputs.eval_sets), fitted, inputs.seed.digest, settings.train.digest())
 
-    per_set = {s: figures(column("proxy", s), column("truth", s), column("baseline", s), n_boot) for s in sets}
-    return {"eval_sets": per_set, "macro": figures(column("proxy"), column("truth"), column("baseline"), n_boot)}
+
+def _figures_of(rows: list[dict], sets: list[str], n_boot: int, budget: str = "fixed") -> dict:
+    """Per set and macro: the published score's figures (calibrated under "union", with the raw
+    average's in "raw"), the naive baseline's, and the noise ceiling from the replicates."""
+    def column(key, name=None, among=rows):
+        return [macro(r[key]) if name is None else r[key][name] for r in among]
+
+    replicated = [r for r in rows if "truth_replicate" in r]
+    score = "calibrated" if budget == "union" else "proxy"
+    out: dict = {"eval_sets": {}}
+    for name in [*sets, None]:
+        figs = figures(column(score, name), column("truth", name), column("baseline", name), n_boot)
+        if budget == "union":
+            figs["raw"] = figures(column("proxy", name), column("truth", name), column("baseline", name), n_boot)
+        truth, again = column("truth", name, replicated), column("truth_replicate", name, replicated)
+        figs["ceiling_n_mixtures"] = len(replicated)
+        figs["ceiling_spearman"] = correlations(truth, again)["spearman"]
+        figs["ceiling_decision_accuracy"] = decision_accuracy(truth, again)
+        for key in ("spearman", "decision_accuracy"):
+            figs[f"{key}_share_of_ceiling"] = figs[key] / figs[f"ceiling_{key}"] if figs[f"ceiling_{key}"] else float("nan")
+        if name is None:
+            out["macro"] = figs
+        else:
+            out["eval_sets"][name] = figs
+    return out
 
 
 def _groups_by_k(rows: list[dict]) -> dict[int, list[dict]]:
@@ -208,7 +313,7 @@ def _groups_by_k(rows: list[dict]) -> dict[int, list[dict]]:
 
 def _variant(rows: list[dict], a: str, b: str) -> dict:
     """Macro Spearman with truth for two proxy variants, on the mixtures where both exist."""
-    rows = [r for r in rows if b in r]
+    rows = [r for r in rows if b in r and r["k"] > 1]
     if len(rows) < 3:
         return {"n_mixtures": len(rows), "note": "too few mixtures where the variants differ"}
     truth = [macro(r["truth"]) for r in rows]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
 from tqdm.auto import tqdm
 
+from .calibration import Calibration
 from .config import Settings
 from .corpus import CorpusError, Document, discover, eval_sets_from_folder
 from .evalsets import EvalSets, build_eval_set
@@ -184,6 +186,46 @@ def score_and_rank(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Map
     return rank(rows, r.by), counts
 
 
+# ---- what the scores answer -------------------------------------------------------
+
+def apply_budget(settings: Settings, inputs: Inputs, ranking: list[RankedMixture]) -> tuple[list[RankedMixture], dict]:
+    """The ranking under rank.budget, and a label saying what its scores are.
+
+    fixed: the uniform average's perplexities, the first-order proxy of training each mixture on B tokens.
+    union: with the pool's calibration, its predictions (and intervals) of training on all the units;
+    without one, sizes are not compared: mixtures are ranked within each size only.
+    """
+    r = settings.rank
+    if r.budget == "fixed":
+        tokens = r.budget_tokens or settings.units.tokens
+        return ranking, {"mode": "fixed", "tokens": tokens, "score": f"uniform parameter average: proxy of training on {tokens} tokens"}
+    calibration = load_calibration(settings, inputs)
+    if calibration is None:
+        return rank(ranking, r.by, within_size=True), {
+            "mode": "union", "calibrated": False,
+            "score": "uniform parameter average, ranked within each size only: no union calibration for this pool and "
+                     "these evaluation sets (run `dataassess fidelity --budget union`)"}
+    for row in ranking:
+        row.proxy_scores, row.scores, row.intervals = dict(row.scores), {}, {}
+        for name, proxy in row.proxy_scores.items():
+            ppl, lo, hi = calibration.sets[name].predict(proxy, row.k)
+            row.scores[name], row.intervals[name] = ppl, [lo, hi]
+            row.bits_per_byte[name] *= math.log(ppl) / math.log(proxy)  # same tokens and bytes: bpb scales with log ppl
+    return rank(ranking, r.by), {"mode": "union", "calibrated": True,
+                                 "score": "calibrated prediction of training on the whole union, with 95% intervals"}
+
+
+def load_calibration(settings: Settings, inputs: Inputs) -> Calibration | None:
+    """The pool's union calibration, if one was fitted for this seed, train config and these evaluation sets."""
+    path = Store(settings.store).calibration(inputs.pool)
+    if not path.exists():
+        return None
+    calibration = Calibration.from_json(read_json(path))
+    same = (calibration.eval_sets == inputs.eval_sets and calibration.seed_digest == inputs.seed.digest
+            and calibration.train_config == settings.train.digest())
+    return calibration if same else None
+
+
 # ---- snapshot -------------------------------------------------------------------------
 
 def save_ranking(settings: Settings, ranking: list[RankedMixture], info: dict) -> Path:
@@ -232,19 +274,18 @@ def run(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None
     timings: dict[str, float] = {}
     with phase(timings, "discover"):
         inputs = prepare(corpus, settings, eval_sets_dir, pool, refresh_eval, progress)
-    for msg in inputs.quarantined:
-        log.warning("quarantined: %s", msg)
     with Steps(settings, inputs.seed, progress) as steps:
         with phase(timings, "train"):
             models, trained = train_units(steps, inputs.units, map_fn)
         with phase(timings, "score"):
             ranking, counts = score_and_rank(steps, models, inputs.eval_sets, map_fn)
             seed_scores = steps.score_seed(inputs.eval_sets)
+    ranking, budget = apply_budget(settings, inputs, ranking)
     info = {
         "pool": inputs.pool, "corpus": str(corpus), "seed_digest": inputs.seed.digest, "seed_scores": seed_scores,
         "units": {n: {k: getattr(m, k) for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss")}
                   for n, m in models.items()},
-        "eval_sets": dict(inputs.eval_sets), "quarantined": inputs.quarantined, "counts": counts,
+        "eval_sets": dict(inputs.eval_sets), "quarantined": inputs.quarantined, "counts": counts, "budget": budget,
     }
     snapshot = save_ranking(settings, ranking, info)
     return RunResult(inputs, models, trained, ranking, counts, seed_scores, snapshot, timings)

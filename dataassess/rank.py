@@ -30,21 +30,21 @@ def macro(scores: dict[str, float]) -> float:
     return math.exp(sum(math.log(v) for v in scores.values()) / len(scores))
 
 
-def rank(rows: list[RankedMixture], by: str = "macro") -> list[RankedMixture]:
-    """Rows sorted best (lowest perplexity) first, with macro, rank and rank_in_size set."""
+def rank(rows: list[RankedMixture], by: str = "macro", within_size: bool = False) -> list[RankedMixture]:
+    """Rows sorted best (lowest perplexity) first, with macro, rank and rank_in_size set.
+    within_size: sizes are never compared: rows are grouped by k, and rank is the rank within the size."""
     if rows and by != "macro" and by not in rows[0].scores:
         raise ValueError(f"cannot rank by '{by}': evaluation sets are {sorted(rows[0].scores)} or 'macro'")
     for row in rows:
         row.macro = macro(row.scores)
     key = (lambda r: r.macro) if by == "macro" else (lambda r: r.scores[by])
     # rows screened out on a slice of the evaluation sets rank below every fully scored row
-    ranked = sorted(rows, key=lambda r: (-r.evaluated_fraction, key(r), r.units))
+    ranked = sorted(rows, key=lambda r: (r.k if within_size else 0, -r.evaluated_fraction, key(r), r.units))
     seen_per_size: dict[int, int] = {}
     for i, row in enumerate(ranked, 1):
-        row.rank = i
-        # the proxy is most reliable among mixtures of one size (docs/fidelity.md)
         seen_per_size[row.k] = seen_per_size.get(row.k, 0) + 1
         row.rank_in_size = seen_per_size[row.k]
+        row.rank = row.rank_in_size if within_size else i
     return ranked
 
 

@@ -12,6 +12,7 @@ then rename). Metadata holds keys, never paths, so a store can be moved or share
     evalsets/<digest>.json           an evaluation set's token windows
     scores/<key>/score.json          one model's score on one evaluation set
     pools/<pool>/eval_sets.json      the evaluation sets pinned at a pool's first run
+    pools/<pool>/calibration.json    the union-budget calibration fitted by fidelity
     rankings/<stamp>.json, latest.json
     fidelity/latest.json
 """
@@ -148,6 +149,9 @@ class Store:
 
     def pinned_eval_sets(self, pool: str) -> Path:
         return self.root / "pools" / pool / "eval_sets.json"
+
+    def calibration(self, pool: str) -> Path:
+        return self.root / "pools" / pool / "calibration.json"
 
     # outputs
     def rankings(self) -> Path:

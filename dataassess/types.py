@@ -126,6 +126,8 @@ class RankedMixture(JsonForm):
     rank_in_size: int = 0  # among mixtures with as many units
     rank_change: int | None = None
     evaluated_fraction: float = 1.0  # < 1: screened out on a slice of each evaluation set
+    proxy_scores: dict[str, float] | None = None  # under a calibration: the raw average's perplexities
+    intervals: dict[str, list[float]] | None = None  # under a calibration: 95% interval per set
 
     @property
     def k(self) -> int:
@@ -133,6 +135,7 @@ class RankedMixture(JsonForm):
 
     def to_json(self) -> dict:
         d = {**asdict(self), "k": self.k}
-        if self.evaluated_fraction == 1.0:
-            del d["evaluated_fraction"]
+        for key, absent in (("evaluated_fraction", 1.0), ("proxy_scores", None), ("intervals", None)):
+            if d[key] == absent:
+                del d[key]
         return d

@@ -56,15 +56,9 @@ def main(
     except Exception as e:
         typer.secho(f"error: invalid configuration: {e}", err=True, fg="red")
         raise typer.Exit(2) from None
-    from flows.runtime import configure_environment
+    from flows.runtime import configure_process
 
-    configure_environment(_state["settings"].store)  # before Prefect is imported
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    configure_process(_state["settings"].store)  # before Prefect is imported
 
 
 @app.command()
@@ -170,6 +164,7 @@ def ranking(
     if as_json:
         typer.echo(json.dumps(snap["ranking"][:top] if top else snap["ranking"], indent=2))
     else:
+        typer.echo(_budget_line(snap))
         typer.echo(format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap.get("ranked_by", "macro")))
 
 
@@ -259,36 +254,48 @@ def add_partition(
 def fidelity(
     corpus: Path = typer.Option(..., "--corpus", help="Corpus root (one subfolder per partition)."),
     eval_sets: EvalSets = None,
-    n: int = typer.Option(20, "--n", help="Mixtures to sample (stratified by size)."),
+    pool: PoolName = None,
+    budget: Optional[str] = typer.Option(None, "--budget", help="fixed (every mixture trained on B tokens) or union "
+                                         "(on all its units; fits the calibration). Default: rank.budget."),
+    n: int = typer.Option(24, "--n", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
     k_max: int = typer.Option(3, "--k-max", help="Largest mixture size sampled."),
+    ceiling: int = typer.Option(8, "--ceiling", help="Mixtures given a second ground truth (another data order): the noise ceiling."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
     log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a fidelity run to MLflow."),
 ):
-    """Train ground truth for sampled mixtures and report how well the merge proxies predict it."""
+    """Train ground truth for sampled mixtures and report how well the ranking's scores predict it."""
     from datetime import datetime, timezone
 
     from dataassess.fidelity import run_fidelity
     from dataassess.pipeline import pool_name
     from dataassess.store import Store, write_json
 
-    s = settings()
-    result = run_fidelity(str(corpus), s, eval_sets, n, k_max)
+    if budget not in (None, "fixed", "union"):
+        raise ValueError(f"--budget must be 'fixed' or 'union', not '{budget}'")
+    s, pool = settings(), pool or pool_name(corpus)
+    result = run_fidelity(str(corpus), s, eval_sets, n, k_max, budget, ceiling, pool=pool)
     _report_quarantined(result.quarantined)
     report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": str(corpus)})
-    write_json(Store(s.store).fidelity(), {"report": report, "rows": result.rows})
+    store = Store(s.store)
+    write_json(store.fidelity(), {"report": report, "rows": result.rows})
+    if result.calibration is not None:
+        write_json(store.calibration(pool), {**result.calibration.to_json(), "measured": report["measured"]})
     if log_mlflow:
         from registry.fidelity import log_fidelity
         from registry.tracking import connect
 
-        log_fidelity(connect(s.store), s.store, report, result.rows, pool_name(str(corpus)))
+        log_fidelity(connect(s.store), s.store, report, result.rows, pool)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    typer.echo(f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'kendall':>8} {'pair acc':>9} {'naive r':>8} {'naive acc':>9}")
+    what = "calibrated (leave-one-out)" if report["budget"] == "union" else "uniform average"
+    typer.echo(f"budget: {report['budget']}; score: {what}; ceiling: truth vs a second truth (another data order)")
+    typer.echo(f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'pair acc':>9} {'naive acc':>9} {'ceil rho':>9} {'ceil acc':>9} {'of ceil':>8}")
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
-        typer.echo(f"{name:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['kendall']):>8} {_f(f['decision_accuracy']):>9} "
-                   f"{_f(f['baseline_pearson']):>8} {_f(f['baseline_decision_accuracy']):>9}")
-    typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {Store(s.store).fidelity()}")
+        typer.echo(f"{name:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['decision_accuracy']):>9} "
+                   f"{_f(f['baseline_decision_accuracy']):>9} {_f(f['ceiling_spearman']):>9} {_f(f['ceiling_decision_accuracy']):>9} "
+                   f"{_f(f['spearman_share_of_ceiling']):>8}")
+    typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {store.fidelity()}")
 
 
 def _f(v) -> str:
@@ -327,7 +334,8 @@ def _print_latest(top: int) -> None:
     from dataassess.types import RankedMixture
 
     snap = latest_ranking(settings())
-    typer.echo("\n" + format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap["ranked_by"]))
+    typer.echo("\n" + _budget_line(snap))
+    typer.echo(format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap["ranked_by"]))
     moved = [r for r in snap["ranking"] if r.get("rank_change")]
     new = [r for r in snap["ranking"] if r.get("rank_change", 0) is None]
     if snap.get("previous") and (moved or new):
@@ -335,6 +343,11 @@ def _print_latest(top: int) -> None:
         for r in sorted(moved, key=lambda r: -abs(r["rank_change"]))[:5]:
             typer.echo(f"  {' + '.join(r['units'])}: {r['rank_change']:+d} -> #{r['rank']}")
     typer.echo(f"\nAll {len(snap['ranking'])} mixtures as JSON: dataassess ranking --json")
+
+
+def _budget_line(snap: dict) -> str:
+    budget = snap.get("budget") or {"mode": "fixed", "score": "uniform parameter average"}
+    return f"budget: {budget['mode']}; scores: {budget['score']}"
 
 
 def _print_ui_hint() -> None:
@@ -345,8 +358,10 @@ def _print_ui_hint() -> None:
 
 
 def _print_run(result, top: int) -> None:
+    from dataassess.pipeline import latest_ranking
     from dataassess.rank import format_table
 
+    typer.echo(_budget_line(latest_ranking(settings())))
     typer.echo(format_table(result.ranking, top))
     seed = "  ".join(f"{k}={v:.2f}" for k, v in result.seed_scores.items())
     typer.echo(f"\nseed perplexity (reference): {seed}")

@@ -78,6 +78,9 @@ def intake(
         }
         with pipeline.phase(result.timings, "publish"):
             published = publish(result, settings, versions, summary)
-    get_run_logger().info("intake %s: %s", result.inputs.pool, summary)
+    logger = get_run_logger()
+    for msg in result.inputs.quarantined:
+        logger.info("quarantined: %s", msg)
+    logger.info("intake %s: %s", result.inputs.pool, summary)
     return {**summary, "trained_units": result.trained, "quarantined_partitions": result.inputs.quarantined, **published,
             "pool": result.inputs.pool, "seconds": result.timings}

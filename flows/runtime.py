@@ -9,17 +9,30 @@ from typing import Iterator
 from dataassess.store import Store
 
 OFFLINE = {
-    "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
 }
 
 
-def configure_environment(store: Path) -> None:
-    """Defaults for this process, before Prefect is imported; any of them can be set from outside.
-    Prefect's home is the store's, so a store carries its flow-run history."""
+def configure_process(store: Path) -> None:
+    """Defaults for a command's process, before Prefect is imported; any of them can be set from
+    outside. Prefect's home is the store's, so a store carries its flow-run history. The
+    libraries' progress bars and info lines are off: commands draw their own progress."""
     for name, value in OFFLINE.items():
         os.environ.setdefault(name, value)
     os.environ.setdefault("PREFECT_HOME", str(Store(store).prefect_home().resolve()))
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def ensure_prefect_home() -> None:

@@ -13,13 +13,15 @@ from dataassess.rank import macro
 from .tracking import log_values, open_run
 
 FIDELITY_EXPERIMENT = "dataassess-fidelity"
-HEADLINE = ("pearson", "spearman", "kendall", "decision_accuracy", "baseline_pearson", "baseline_spearman", "top1_agreement", "top3_agreement")
+HEADLINE = ("pearson", "spearman", "kendall", "decision_accuracy", "baseline_pearson", "baseline_spearman", "baseline_decision_accuracy",
+            "top1_agreement", "top3_agreement", "ceiling_spearman", "ceiling_decision_accuracy", "spearman_share_of_ceiling")
 
 
-def scatter(rows: list[dict], eval_set: str | None) -> Figure:
-    """Proxy against truth perplexity, with the y = x diagonal and a least-squares fit."""
+def scatter(rows: list[dict], eval_set: str | None, score: str = "proxy") -> Figure:
+    """A score (the proxy, or its calibrated prediction) against truth perplexity, coloured by k,
+    with the y = x diagonal and a least-squares fit."""
     pick = (lambda r, k: macro(r[k])) if eval_set is None else (lambda r, k: r[k][eval_set])
-    x, y = np.array([pick(r, "truth") for r in rows]), np.array([pick(r, "proxy") for r in rows])
+    x, y = np.array([pick(r, "truth") for r in rows]), np.array([pick(r, score) for r in rows])
     fig = Figure(figsize=(5, 5), dpi=100)
     ax = fig.subplots()
     ax.scatter(x, y, c=[r["k"] for r in rows], cmap="viridis", s=28)
@@ -28,9 +30,9 @@ def scatter(rows: list[dict], eval_set: str | None) -> Figure:
     if len(x) > 1 and np.std(x) > 0:
         slope, icpt = np.polyfit(x, y, 1)
         ax.plot([lo, hi], [slope * lo + icpt, slope * hi + icpt], color="C3", lw=1, label=f"fit y = {slope:.2f}x + {icpt:.1f}")
-    ax.set_xlabel("truth perplexity (trained on the union)")
-    ax.set_ylabel("proxy perplexity (merged unit models)")
-    ax.set_title(f"fidelity: {eval_set or 'macro'}")
+    ax.set_xlabel("truth perplexity (trained on the mixture)")
+    ax.set_ylabel("calibrated prediction (leave-one-out)" if score == "calibrated" else "proxy perplexity (merged unit models)")
+    ax.set_title(f"{'calibration' if score == 'calibrated' else 'fidelity'}: {eval_set or 'macro'} (colour: k)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -43,12 +45,21 @@ def log_fidelity(client: MlflowClient, store: Path, report: dict, rows: list[dic
             v = figs.get(k)
             if isinstance(v, float) and not math.isnan(v):
                 metrics[f"{name}.{k}"] = v
-    with open_run(client, FIDELITY_EXPERIMENT, store, f"{pool} fidelity", {"dataassess.pool": pool}) as run_id:
-        log_values(client, run_id, {f"settings.{k}": v for k, v in report["settings"].items()}, metrics)
+    params = {f"settings.{k}": v for k, v in report["settings"].items()}
+    params.update(budget=report["budget"], budget_tokens=report.get("budget_tokens", "k x units.tokens"))
+    for name, c in (report.get("calibration") or {}).get("sets", {}).items():
+        params.update({f"calibration.{name}.intercept": c["intercept"], f"calibration.{name}.coef_log_proxy": c["coef"][0],
+                       f"calibration.{name}.coef_log_k": c["coef"][1], f"calibration.{name}.alpha": c["alpha"],
+                       f"calibration.{name}.sigma": c["sigma"]})
+    tags = {"dataassess.pool": pool, "dataassess.budget": report["budget"]}
+    with open_run(client, FIDELITY_EXPERIMENT, store, f"{pool} fidelity ({report['budget']} budget)", tags) as run_id:
+        log_values(client, run_id, params, metrics)
         client.log_dict(run_id, report, "fidelity.json")
         client.log_dict(run_id, {"rows": rows}, "mixtures.json")
         for s in [None, *sorted(report["eval_sets"])]:
             client.log_figure(run_id, scatter(rows, s), f"plots/scatter_{s or 'macro'}.png")
+            if report["budget"] == "union":
+                client.log_figure(run_id, scatter(rows, s, "calibrated"), f"plots/calibration_{s or 'macro'}.png")
     return run_id
 
 
@@ -57,5 +68,6 @@ def snapshot_tags(report: dict | None) -> dict:
     if not report:
         return {"status": "not measured: run `dataassess fidelity`"}
     m = report["macro"]
-    return {"macro_pearson": m["pearson"], "macro_spearman": m["spearman"], "macro_decision_accuracy": m["decision_accuracy"],
+    return {"budget": report.get("budget", "union"), "macro_pearson": m["pearson"], "macro_spearman": m["spearman"],
+            "macro_decision_accuracy": m["decision_accuracy"], "macro_ceiling_spearman": m.get("ceiling_spearman"),
             "n_mixtures": m["n_mixtures"], "measured": report.get("measured", "")}

@@ -26,6 +26,8 @@ def ranking_frame(ranking: list[RankedMixture]) -> pd.DataFrame:
         row["rank_change"] = "new" if r.rank_change is None else f"{r.rank_change:+d}"
         row["units"] = ",".join(r.units)
         row["evaluated_fraction"] = r.evaluated_fraction  # < 1: screened out on a slice
+        for s, (lo, hi) in (r.intervals or {}).items():
+            row[f"ppl {s} 95% interval"] = f"{lo:.2f} - {hi:.2f}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -74,6 +76,7 @@ def log_snapshot(
         T + "best_mixture": " + ".join(ranking[0].units),
         T + "quarantined": ("; ".join(snapshot.get("quarantined", [])) or "none")[:5000],
         T + "seed_digest": snapshot["seed_digest"],
+        T + "budget": snapshot["budget"]["mode"], T + "score": snapshot["budget"]["score"],
     }
     for k, v in (fidelity or {}).items():
         tags[f"{T}fidelity.{k}"] = str(v)
@@ -85,7 +88,8 @@ def log_snapshot(
     metrics.update({f"count.{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
     metrics.update({f"fidelity.{k}": float(v) for k, v in (fidelity or {}).items() if isinstance(v, (int, float))})
     params = {f"unit.{u}": v for u, v in sorted(unit_versions.items())}
-    params.update({"pool": pool, "n_units": len(unit_versions), "n_mixtures": len(ranking), "ranked_by": snapshot["ranked_by"]})
+    params.update({"pool": pool, "n_units": len(unit_versions), "n_mixtures": len(ranking), "ranked_by": snapshot["ranked_by"],
+                   "budget": snapshot["budget"]["mode"], "budget_tokens": snapshot["budget"].get("tokens", "k x units.tokens")})
     with open_run(client, RANKINGS_EXPERIMENT, store, f"{pool} ranking {snapshot['created'][:15]}", tags) as run_id:
         log_values(client, run_id, params, metrics)
         client.log_table(run_id, ranking_frame(ranking), artifact_file="ranking.json")

@@ -13,31 +13,39 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def row(name, r):
+    sets, m, s = list(r["eval_sets"].values()), r["macro"], r["settings"]
+    raw = mean(x.get("raw", {}).get("spearman") for x in sets) if r.get("budget") == "union" else None
+    worst = min((x["spearman"] for x in sets if x["spearman"] is not None), default=None)
+    beats = sum((x["decision_accuracy"] or 0) > (x["baseline_decision_accuracy"] or 0) for x in sets)
+    return (f"| {name} | {r.get('budget', 'union')} | {s['params'] / 1e6:.1f}M | {s['n_units']} | {m['n_mixtures']} | "
+            f"{f(mean(x['spearman'] for x in sets))} (min {f(worst)}) | {f(mean(x['decision_accuracy'] for x in sets))} | "
+            f"{f(mean(x.get('ceiling_spearman') for x in sets))} / {f(mean(x.get('ceiling_decision_accuracy') for x in sets))} | "
+            f"{f(mean(x.get('spearman_share_of_ceiling') for x in sets))} | {f(mean(x['baseline_decision_accuracy'] for x in sets))} | "
+            f"{beats}/{len(sets)} | {f(raw)} | {f(m['spearman'])} / {f(m['decision_accuracy'])} |")
+
+
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "study")
-print("| setting | params | unit tokens | LR | mixtures | Pearson (mean over sets) | Spearman | pair acc. | naive Pearson | naive pair acc. | sets where proxy beats naive (Pearson) | macro Pearson / Spearman / pair acc. | naive macro Pearson |")
+reports = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+print("Mean over evaluation sets, k = 1..3 pooled. Under `union` the score is the calibrated prediction (leave-one-out); "
+      "`raw` is the uncalibrated average's Spearman.\n")
+print("| run | budget | seed | units | mixtures | Spearman (min over sets) | pair acc. | ceiling Spearman / pair acc. | "
+      "Spearman / ceiling | naive pair acc. | sets where proxy beats naive | raw Spearman | macro Spearman / pair acc. |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for path in sorted(out.glob("*.json")):
-    r = json.loads(path.read_text())
-    sets, m, s = r["eval_sets"].values(), r["macro"], r["settings"]
-    beats = sum((x["pearson"] or -9) > (x["baseline_pearson"] or -9) for x in sets)
-    print(f"| {path.stem} | {s['params'] / 1e6:.2f}M | {s['unit_tokens']} | {s['lr']:g} | {m['n_mixtures']} | "
-          f"{f(mean(x['pearson'] for x in sets))} | {f(mean(x['spearman'] for x in sets))} | {f(mean(x['decision_accuracy'] for x in sets))} | "
-          f"{f(mean(x['baseline_pearson'] for x in sets))} | {f(mean(x['baseline_decision_accuracy'] for x in sets))} | {beats}/{len(r['eval_sets'])} | "
-          f"{f(m['pearson'])} / {f(m['spearman'])} / {f(m['decision_accuracy'])} | {f(m['baseline_pearson'])} |")
-for path in sorted(out.glob("*.json")):
-    r = json.loads(path.read_text())
-    print(f"\n**{path.stem}**, per evaluation set (Pearson [95% CI], Spearman, Kendall, pair accuracy, top-1, top-3; naive Pearson):\n")
-    print("| set | Pearson | Spearman | Kendall | pair acc. | top-1 | top-3 | naive Pearson | naive pair acc. |")
+for name, r in reports.items():
+    print(row(name, r))
+for name, r in reports.items():
+    print(f"\n**{name}** ({r.get('budget', 'union')} budget), per evaluation set:\n")
+    print("| set | Pearson | Spearman [95% CI] | Kendall | pair acc. | ceiling Spearman | ceiling pair acc. | naive pair acc. | raw Spearman |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, x in [*r["eval_sets"].items(), ("macro", r["macro"])]:
-        ci = x.get("pearson_ci") or [None, None]
-        print(f"| {name} | {f(x['pearson'])} [{f(ci[0])}, {f(ci[1])}] | {f(x['spearman'])} | {f(x['kendall'])} | {f(x['decision_accuracy'])} | "
-              f"{f(x['top1_agreement'])} | {f(x['top3_agreement'])} | {f(x['baseline_pearson'])} | {f(x['baseline_decision_accuracy'])} |")
+    for s, x in [*r["eval_sets"].items(), ("macro", r["macro"])]:
+        ci = x.get("spearman_ci") or [None, None]
+        print(f"| {s} | {f(x['pearson'])} | {f(x['spearman'])} [{f(ci[0])}, {f(ci[1])}] | {f(x['kendall'])} | {f(x['decision_accuracy'])} | "
+              f"{f(x.get('ceiling_spearman'))} | {f(x.get('ceiling_decision_accuracy'))} | {f(x['baseline_decision_accuracy'])} | "
+              f"{f(x.get('raw', {}).get('spearman'))} |")
     for k, by in r.get("by_k", {}).items():
         sets = by["eval_sets"].values()
-        print(f"\nwithin k={k} ({by['macro']['n_mixtures']} mixtures): mean Pearson {f(mean(x['pearson'] for x in sets))}, "
-              f"Spearman {f(mean(x['spearman'] for x in sets))}, pair acc. {f(mean(x['decision_accuracy'] for x in sets))}; "
-              f"naive Pearson {f(mean(x['baseline_pearson'] for x in sets))}; macro Pearson {f(by['macro']['pearson'])}")
-    v = r.get("variants", {})
-    for key, val in v.items():
+        print(f"\nwithin k={k} ({by['macro']['n_mixtures']} mixtures): mean Spearman {f(mean(x['spearman'] for x in sets))}, "
+              f"pair acc. {f(mean(x['decision_accuracy'] for x in sets))}")
+    for key, val in r.get("variants", {}).items():
         print(f"\n{key}: `{json.dumps(val)}`")

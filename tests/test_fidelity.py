@@ -5,8 +5,13 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from dataassess.fidelity import decision_accuracy, figures, sample_mixtures, top_k_agreement, train_truth, union_sequences
-from dataassess.pipeline import prepare
+import numpy as np
+
+from dataassess import pipeline
+from dataassess.calibration import loo_predictions
+from dataassess.fidelity import (
+    Truth, budget_sequences, decision_accuracy, figures, sample_mixtures, top_k_agreement, train_truth, union_sequences,
+)
 from dataassess.steps import Steps
 from dataassess.store import Store
 from flows.cli import app
@@ -33,16 +38,15 @@ def test_figures_match_a_hand_computed_case():
 
 def test_sampling_is_stratified_by_size_and_has_no_duplicates():
     units = [f"u{i}" for i in range(8)]
-    mixes = sample_mixtures(units, 20, 3)
-    assert len(mixes) == len(set(mixes)) == 20
-    sizes = Counter(len(m) for m in mixes)
-    assert set(sizes) == {2, 3} and abs(sizes[2] - sizes[3]) <= 1
-    assert sample_mixtures(units, 20, 3) == mixes  # deterministic
-    assert len(sample_mixtures(["a", "b", "c"], 20, 2)) == 3  # all that exist
+    mixes = sample_mixtures(units, 24, 3)
+    assert len(mixes) == len(set(mixes)) == 24
+    assert Counter(len(m) for m in mixes) == {1: 8, 2: 8, 3: 8}  # single units count
+    assert sample_mixtures(units, 24, 3) == mixes  # deterministic
+    assert len(sample_mixtures(["a", "b", "c"], 20, 2)) == 6  # all that exist: 3 singles, 3 pairs
 
 
 def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
-    inputs = prepare(corpus, settings, progress=False)
+    inputs = pipeline.prepare(corpus, settings, progress=False)
     store, units, length = Store(settings.store), inputs.units[:2], settings.train.seq_len
     seqs = union_sequences(store, units, length)
     # by hand: every whole window of each unit's stored tokens, each exactly once
@@ -51,21 +55,92 @@ def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
     assert sorted(map(tuple, seqs.tolist())) == sorted(windows)
     assert len(seqs) * length == 2 * settings.units.tokens
     with Steps(settings, inputs.seed) as steps:
-        meta = train_truth(steps, units)
+        union = Truth("union", settings.units.tokens, settings.train.seed)
+        meta = train_truth(steps, units, union)
         assert meta["tokens"] == 2 * settings.units.tokens  # k x the unit budget: one pass over the union
         assert meta["unit_digests"] == [u.digest for u in units]
-        assert train_truth(steps, list(reversed(units)))["key"] == meta["key"]  # cached
+        assert train_truth(steps, list(reversed(units)), union)["key"] == meta["key"]  # cached
 
 
-def test_fidelity_cli_prints_the_figures_as_json(settings, corpus):
+def test_fixed_budget_truth_trains_on_exactly_b_tokens_of_the_mixtures_units(settings, corpus):
+    inputs = pipeline.prepare(corpus, settings, progress=False)
+    store, units, length = Store(settings.store), inputs.units[:2], settings.train.seq_len
+    budget = settings.units.tokens  # B: half of the pair's union
+    drawn = budget_sequences(store, units, length, budget, data_seed=0)
+    raw = [load_file(str(settings.store / "units" / u.digest[:24] / "tokens.safetensors"))["tokens"].tolist() for u in units]
+    windows = [tuple(r[i:i + length]) for r in raw for i in range(0, len(r) - length + 1, length)]
+    rows = [tuple(r) for r in drawn.tolist()]
+    assert len(rows) * length == budget and len(set(rows)) == len(rows)  # B tokens, each window at most once
+    assert set(rows) <= set(windows)  # only from the mixture's units
+    assert Counter(rows) != Counter(windows[: len(rows)]), "drawn from the shuffled union, not the first unit"
+    with Steps(settings, inputs.seed) as steps:
+        meta = train_truth(steps, units, Truth("fixed", budget, settings.train.seed))
+        assert meta["kind"] == "truth" and meta["tokens"] == budget and meta["unit_digests"] == [u.digest for u in units]
+
+
+def test_a_single_units_truth_is_its_unit_model_at_the_unit_budget(settings, corpus):
+    inputs = pipeline.prepare(corpus, settings, progress=False)
+    unit = inputs.units[0]
+    with Steps(settings, inputs.seed) as steps:
+        for budget in ("fixed", "union"):
+            meta = train_truth(steps, [unit], Truth(budget, unit.tokens, settings.train.seed))
+            assert meta["kind"] == "models" and meta["key"] == steps.train(unit).key
+        assert not (settings.store / "truth").exists(), "nothing trained for them"
+        other = train_truth(steps, [unit], Truth("fixed", unit.tokens // 2, settings.train.seed))
+        assert other["kind"] == "truth" and other["tokens"] == unit.tokens // 2
+        again = train_truth(steps, [unit], Truth("fixed", unit.tokens, settings.train.seed + 1))  # another data order
+        assert again["kind"] == "truth" and again["key"] != other["key"]
+
+
+def test_leave_one_out_calibration_never_sees_the_held_out_mixture():
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 1.0], [3.0, 1.0], [4.0, 2.0], [5.0, 3.0]])
+    y = np.array([1.0, 2.5, 2.9, 4.6, 5.2, 7.1])
+    loo = loo_predictions(x, y, alphas=(1e-12,))  # ridge this weak is least squares
+    for i in range(len(y)):  # by hand: least squares with an intercept on the other five points
+        rest = np.delete(np.column_stack([np.ones(len(y)), x]), i, axis=0)
+        beta = np.linalg.lstsq(rest, np.delete(y, i), rcond=None)[0]
+        assert loo[i] == pytest.approx(beta @ np.r_[1.0, x[i]], abs=1e-6)
+        moved = y.copy()
+        moved[i] += 100.0  # the held-out answer changes: its own prediction must not
+        assert loo_predictions(x, moved, alphas=(1e-12,))[i] == pytest.approx(loo[i], abs=1e-6)
+
+
+def test_union_ranking_without_a_calibration_never_compares_sizes(settings, corpus):
+    union = settings.model_copy(update={"rank": settings.rank.model_copy(update={"budget": "union"})})
+    result = pipeline.run(corpus, union, progress=False)
+    ks = [r.k for r in result.ranking]
+    assert ks == sorted(ks) and len(set(ks)) == 2  # grouped by size, never interleaved
+    assert all(r.rank == r.rank_in_size for r in result.ranking)
+    for k in set(ks):
+        same = [r.macro for r in result.ranking if r.k == k]
+        assert same == sorted(same)
+    snapshot = pipeline.latest_ranking(settings)
+    assert snapshot["budget"]["mode"] == "union" and snapshot["budget"]["calibrated"] is False
+    assert "within each size" in snapshot["budget"]["score"]
+
+
+def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corpus):
     toml = write_toml(settings, settings.store.parent / "f.toml")
-    res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", "--corpus", str(corpus), "--n", "4", "--k-max", "2", "--json", "--no-mlflow"])
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
-    assert set(report["eval_sets"]) and "macro" in report
-    for figs in [*report["eval_sets"].values(), report["macro"]]:
-        assert {"pearson", "spearman", "kendall", "decision_accuracy", "baseline_pearson", "n_mixtures"} <= set(figs)
-        assert figs["n_mixtures"] == 4
-        assert all(v is None or -1 <= v <= 1 for k, v in figs.items() if k in ("pearson", "spearman", "kendall"))
-    latest = json.loads((settings.store / "fidelity" / "latest.json").read_text())
-    assert len(latest["rows"]) == 4 and all(set(r["truth"]) == set(report["eval_sets"]) for r in latest["rows"])
+    keys = {"pearson", "spearman", "kendall", "decision_accuracy", "n_mixtures", "baseline_pearson",
+            "baseline_decision_accuracy", "ceiling_spearman", "ceiling_decision_accuracy"}
+    reports = {}
+    for budget in ("fixed", "union"):
+        res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", "--corpus", str(corpus), "--budget", budget,
+                                       "--n", "9", "--k-max", "2", "--ceiling", "3", "--json", "--no-mlflow"])
+        assert res.exit_code == 0, res.output
+        report = reports[budget] = json.loads(res.stdout)
+        assert report["budget"] == budget and set(report["eval_sets"]) and "macro" in report and "by_k" in report
+        for figs in [*report["eval_sets"].values(), report["macro"]]:
+            assert keys <= set(figs) and figs["n_mixtures"] == 9 and figs["ceiling_n_mixtures"] == 3
+            assert all(v is None or -1 <= v <= 1 for k, v in figs.items() if k in ("pearson", "spearman", "kendall"))
+            assert (budget == "union") == ("raw" in figs)
+    rows = json.loads((settings.store / "fidelity" / "latest.json").read_text())["rows"]
+    singles = [r for r in rows if r["k"] == 1]
+    assert singles and all(r["truth"] == r["proxy"] and r["truth_kind"] == "models" for r in singles)
+    assert (settings.store / "pools" / "corpus" / "calibration.json").exists()
+    union = settings.model_copy(update={"rank": settings.rank.model_copy(update={"budget": "union"})})
+    ranking = pipeline.run(corpus, union, progress=False).ranking
+    for row in ranking:
+        assert set(row.intervals) == set(row.scores) == set(row.proxy_scores)
+        assert all(lo < row.scores[s] < hi for s, (lo, hi) in row.intervals.items())
+    assert pipeline.latest_ranking(settings)["budget"]["calibrated"] is True

@@ -85,6 +85,8 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     assert ranking_run.data.metrics["best.macro"] > 0
     assert any(k.startswith("unit.") for k in ranking_run.data.params)
     assert "not measured" in ranking_run.data.tags["dataassess.fidelity.status"]  # until `dataassess fidelity` runs
+    assert ranking_run.data.tags["dataassess.budget"] == "fixed" == latest_ranking(settings)["budget"]["mode"]
+    assert ranking_run.data.params["budget_tokens"] == str(settings.units.tokens)
     inputs = ranking_run.inputs.dataset_inputs
     snapshot = latest_ranking(settings)
     assert {d.dataset.name for d in inputs} == set(snapshot["eval_sets"])
