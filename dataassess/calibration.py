@@ -13,10 +13,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.linear_model import RidgeCV
-from sklearn.model_selection import LeaveOneOut, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from .types import JsonForm
 
@@ -29,11 +25,17 @@ def features(proxy_ppl: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def model(alphas: tuple[float, ...] = ALPHAS):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), RidgeCV(alphas=list(alphas)))
 
 
 def loo_predictions(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = ALPHAS) -> np.ndarray:
     """Each row predicted by a model fitted on all the other rows (never on itself)."""
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+
     return cross_val_predict(model(alphas), x, y, cv=LeaveOneOut())
 
 

@@ -13,7 +13,7 @@ import math
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
@@ -71,7 +71,6 @@ class Inputs:
     units: list[Unit]
     quarantined: list[str]  # one message per partition
     eval_sets: dict[str, str]  # name -> digest
-    partitions: dict[str, str] = field(default_factory=dict)  # name -> content digest
 
 
 def pool_name(corpus: str | Path) -> str:
@@ -119,7 +118,7 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     if eval_sets_dir is None:
         eval_sets = evalsets.pin(pool, eval_sets, refresh_eval)
     check_rank_by(settings.rank.by, eval_sets)  # before any unit is trained
-    return Inputs(pool, seed, units, [str(e) for e in quarantined], eval_sets, {p.name: p.digest for p in found})
+    return Inputs(pool, seed, units, [str(e) for e in quarantined], eval_sets)
 
 
 def check_rank_by(by: str, eval_sets: Mapping[str, str]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
 from filelock import FileLock
 from prefect import flow, get_run_logger, task

@@ -16,8 +16,10 @@ run() {  # name, store, then fidelity arguments; settings come from DATAASSESS_*
   local name=$1 store=$2; shift 2
   [ -s "$OUT/$name.json" ] && { echo "$name: done"; return; }
   echo "$name: running"
+  local start=$SECONDS
   "$DA" --store "$OUT/store-$store" fidelity --no-mlflow --json "${SAMPLE[@]}" "$@" > "$OUT/$name.json.tmp" 2> "$OUT/$name.log"
   mv "$OUT/$name.json.tmp" "$OUT/$name.json"
+  echo "$name: $((SECONDS - start)) s"
 }
 DEMO_ARGS=(--corpus "$DEMO/corpus" --eval-sets "$DEMO/eval")
 run demo-fixed demo "${DEMO_ARGS[@]}" --budget fixed
