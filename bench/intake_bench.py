@@ -50,7 +50,8 @@ def fresh(work: Path, name: str, partitions) -> tuple[Path, Settings]:
         (store / "seeds" / d.name).symlink_to(d)
     for p in partitions:
         shutil.copytree(p, corpus / p.name)
-    return corpus, Settings(store=store)
+    # the ranking's incremental cost, as before weights existed: the weight search is timed by `dataassess optimize`
+    return corpus, Settings(store=store, optimize={"on_intake": False})
 
 
 def timed_intake(corpus: Path, s: Settings) -> tuple[float, dict]:

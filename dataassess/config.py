@@ -86,6 +86,24 @@ class RankConfig(Section):
     screen_keep: int = Field(10, ge=1)  # the top screen_keep mixtures always get full-set scores
 
 
+class OptimizeConfig(Section):
+    """Mixture weights (`dataassess optimize`): partition shares of the fixed budget, searched over weighted merges."""
+
+    on_intake: bool = True  # every intake re-optimizes after its ranking (warm-started from the last optimum)
+    objective: str | dict[str, float] = "macro"  # "macro", an evaluation-set name, or {set: weight} (weighted mean of log ppl)
+    min_share: float | dict[str, float] = 0.0  # lower bound per partition (one value, or by partition name)
+    max_share: float | dict[str, float] = 1.0  # upper bound per partition
+    max_epochs: float = Field(4.0, gt=0)  # a partition gets at most max_epochs x its distinct tokens of the budget
+    samples: int = Field(160, ge=4)  # the first design: vertices, uniform, natural, then Dirichlet samples
+    warm_samples: int = Field(48, ge=0)  # new samples when partitions changed since the pool's last optimization
+    rounds: int = Field(3, ge=0)  # refits, each sampling round_samples near the surrogate's optimum
+    round_samples: int = Field(16, ge=1)
+    concentration: float = Field(40.0, gt=0)  # Dirichlet concentration of the samples near an optimum
+    eval_fraction: float = Field(0.25, gt=0.0, le=1.0)  # slice of each evaluation set the search scores on
+    surrogate: Literal["auto", "loglinear", "quadratic", "trees"] = "auto"  # auto: best cross-validated Spearman
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DATAASSESS_", env_nested_delimiter="__", toml_file="dataassess.toml", extra="forbid"
@@ -102,6 +120,7 @@ class Settings(BaseSettings):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     rank: RankConfig = RankConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
 
     @classmethod
     def settings_customise_sources(

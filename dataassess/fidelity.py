@@ -20,19 +20,17 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 from scipy import stats
 
 from . import pipeline
 from .calibration import Calibration, fit_set
 from .config import Settings
 from .merge import group_weights
+from .optimize import make_space, objective_value, objective_weights
 from .rank import macro
-from .steps import Steps, mixture_of, train_seed_copy
-from .store import Store, short_key, write_json
-from .train import to_sequences
-from .types import Mixture, Unit, UnitModel
-from .units import unit_tokens
+from .steps import Steps, mixture_of
+from .truth import Truth, train_truth, truth_perplexities
+from .types import Mixture, UnitModel
 
 
 def sample_mixtures(units: Sequence[str], n: int, k_max: int, rng_seed: int = 0, k_min: int = 1) -> list[tuple[str, ...]]:
@@ -49,65 +47,6 @@ def sample_mixtures(units: Sequence[str], n: int, k_max: int, rng_seed: int = 0,
             if pools[k] and len(out) < n:
                 out.append(pools[k].pop())
     return out
-
-
-# ---- ground truth -------------------------------------------------------------------
-
-def union_sequences(store: Store, units: Sequence[Unit], seq_len: int) -> torch.Tensor:
-    """The exact union of the units' training sequences (the loop shuffles them)."""
-    return torch.cat([to_sequences(unit_tokens(store, u), seq_len) for u in units])
-
-
-def budget_sequences(store: Store, units: Sequence[Unit], seq_len: int, tokens: int, data_seed: int) -> torch.Tensor:
-    """tokens // seq_len sequences drawn without replacement from the shuffled union (cycling
-    through fresh shuffles if the budget exceeds the union)."""
-    union = union_sequences(store, units, seq_len)
-    gen = torch.Generator().manual_seed(data_seed)
-    need = tokens // seq_len
-    order = torch.cat([torch.randperm(len(union), generator=gen) for _ in range(-(-need // len(union)))])
-    return union[order[:need]]
-
-
-@dataclass(frozen=True)
-class Truth:
-    """How a mixture's ground truth is trained."""
-
-    budget: str  # "fixed" or "union"
-    tokens: int  # B for "fixed"; ignored for "union" (k x the unit budget)
-    data_seed: int
-
-    def is_unit_model(self, units: Sequence[Unit], settings: Settings) -> bool:
-        same_budget = self.budget == "union" or self.tokens == units[0].tokens
-        return len(units) == 1 and same_budget and self.data_seed == settings.train.seed
-
-
-def truth_key(units: Sequence[Unit], steps: Steps, truth: Truth) -> str:
-    return short_key({"truth": sorted(u.digest for u in units), "seed": steps.seed.digest, "train": steps.settings.train.digest(),
-                      "budget": truth.budget, "tokens": truth.tokens if truth.budget == "fixed" else None, "data_seed": truth.data_seed})
-
-
-def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth) -> dict:
-    """Ground truth for a mixture, cached by (unit digests, seed, train config, budget, data seed).
-    Returns its metadata; `kind` says where its weights are ("models": it is a unit model)."""
-    if truth.is_unit_model(units, steps.settings):
-        return {"kind": "models", "key": steps.train(units[0]).key, "units": [units[0].name], "tokens": units[0].tokens}
-    key = truth_key(units, steps, truth)
-    if (done := steps.store.finished(key, "truth")) is not None:
-        return done
-    settings = steps.settings.model_copy(update={"train": steps.settings.train.model_copy(update={"seed": truth.data_seed})})
-    seq_len = settings.train.seq_len
-    if truth.budget == "union":
-        seqs, total = union_sequences(steps.store, units, seq_len), sum(u.tokens for u in units)
-    else:
-        seqs = budget_sequences(steps.store, units, seq_len, truth.tokens, truth.data_seed)
-        total = seqs.numel()
-    result = train_seed_copy(steps.store, "truth", key, seqs, total, steps.seed, settings,
-                             "truth " + "+".join(u.name for u in units), steps.progress)
-    meta = {"kind": "truth", "key": key, "units": [u.name for u in units], "unit_digests": [u.digest for u in units],
-            "budget": truth.budget, "data_seed": truth.data_seed, "tokens": result.tokens,
-            "final_loss": result.final_loss, "wall_s": result.wall_s}
-    write_json(steps.store.meta(key, "truth"), meta)
-    return meta
 
 
 # ---- figures ----------------------------------------------------------------------
@@ -233,6 +172,59 @@ def run_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 24, k_
     return FidelityResult(report, rows, inputs.quarantined, calibration)
 
 
+def run_weighted_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 16, ceiling: int = 8,
+                          map_fn: pipeline.MapFn | None = None, progress: bool = True, n_boot: int = 1000,
+                          pool: str | None = None) -> FidelityResult:
+    """Weighted merges against the seed trained at the fixed budget on the same weighted mixtures:
+    n weight vectors over the partitions (uniform, natural, Dirichlet samples within optimize's bounds)."""
+    map_fn = map_fn or pipeline.serial_map(progress)
+    tokens = settings.rank.budget_tokens or settings.units.tokens
+    main, replicate = Truth("fixed", tokens, settings.train.seed), Truth("fixed", tokens, settings.train.seed + 1)
+    inputs = pipeline.prepare(corpus, settings, eval_sets_dir, pool, progress=progress)
+    sets = sorted(inputs.eval_sets)
+    with Steps(settings, inputs.seed, progress) as steps:
+        models, _ = pipeline.train_units(steps, inputs.units, map_fn)
+        space = make_space(models, settings.optimize, tokens)
+        rng = np.random.default_rng([settings.optimize.seed, 1])
+        points = list({tuple(w): w for w in [space.uniform, space.natural, *space.sample(rng, max(0, n - 2))]}.values())
+        by_name = {u.name: u for u in inputs.units}
+
+        def train(job):
+            shares = space.unit_weights(points[job[0]])
+            return train_truth(steps, [by_name[u] for u in sorted(shares)], job[1], shares)
+
+        jobs = [(i, main) for i in range(len(points))] + [(i, replicate) for i in range(min(ceiling, len(points)))]
+        trained = map_fn("ground truth", train, jobs, lambda job: f"weights #{job[0]}" + (" (replicate)" if job[1] is replicate else ""))
+        truths = {(i, t.data_seed): meta for (i, t), meta in zip(jobs, trained)}
+        rows = []
+        for i, w in enumerate(points):
+            shares = space.unit_weights(w)
+            singles = {u: _perplexities(steps, mixture_of([u], models, "uniform"), inputs.eval_sets) for u in shares}
+            row = {"units": sorted(shares), "k": int((w > 0).sum()), "weights": space.as_dict(w),
+                   "proxy": _perplexities(steps, space.mixture(w, models), inputs.eval_sets),
+                   "truth": truth_perplexities(steps, truths[i, main.data_seed], inputs.eval_sets), "truth_kind": "truth",
+                   "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets}}
+            if (i, replicate.data_seed) in truths:
+                row["truth_replicate"] = truth_perplexities(steps, truths[i, replicate.data_seed], inputs.eval_sets)
+            rows.append(row)
+        summary = _settings_summary(steps, len(inputs.units), n, len(space.partitions))
+    c = objective_weights(settings.optimize.objective, sets)
+    report = {"budget": "fixed", "weighted": True, "budget_tokens": tokens, "settings": summary, **_figures_of(rows, sets, n_boot)}
+    report["objective"] = {"objective": settings.optimize.objective, **_objective_figures(rows, c, sets, n_boot)}
+    return FidelityResult(report, rows, inputs.quarantined)
+
+
+def _objective_figures(rows: list[dict], c: np.ndarray, sets: list[str], n_boot: int) -> dict:
+    """The figures on the optimization objective (a weighted mean of log perplexities), with its ceiling."""
+    def column(key, among=rows):
+        return [objective_value(r[key], c, sets) for r in among]
+
+    out = figures(column("proxy"), column("truth"), column("baseline"), n_boot)
+    replicated = [r for r in rows if "truth_replicate" in r]
+    out["ceiling_spearman"] = correlations(column("truth", replicated), column("truth_replicate", replicated))["spearman"]
+    return out
+
+
 def _perplexities(steps: Steps, mixture: Mixture, eval_sets) -> dict[str, float]:
     return {n: s["perplexity"] for n, s in sorted(steps.score(mixture, eval_sets).items())}
 
@@ -240,8 +232,7 @@ def _perplexities(steps: Steps, mixture: Mixture, eval_sets) -> dict[str, float]
 def _truth_perplexities(steps: Steps, eval_sets, models: dict[str, UnitModel], truth: dict) -> dict[str, float]:
     if truth["kind"] == "models":  # the unit model itself: its scores are the single-unit proxy's
         return _perplexities(steps, mixture_of(truth["units"], models, "uniform"), eval_sets)
-    scores = steps.score_weights(f"truth:{truth['key']}", [steps.store.weights(truth["key"], "truth")], None, eval_sets)
-    return {n: s["perplexity"] for n, s in sorted(scores.items())}
+    return truth_perplexities(steps, truth, eval_sets)
 
 
 def _row(steps: Steps, eval_sets: dict[str, str], models: dict[str, UnitModel], mix: tuple[str, ...], truth: dict,

@@ -13,6 +13,7 @@ then rename). Metadata holds keys, never paths, so a store can be moved or share
     scores/<key>/score.json          one model's score on one evaluation set
     pools/<pool>/eval_sets.json      the evaluation sets pinned at a pool's first run
     pools/<pool>/calibration.json    the union-budget calibration fitted by fidelity
+    pools/<pool>/optimize.json       the pool's latest mixture-weight search (its design warm-starts the next)
     rankings/<stamp>.json, latest.json
     fidelity/latest.json
 """
@@ -152,6 +153,9 @@ class Store:
 
     def calibration(self, pool: str) -> Path:
         return self.root / "pools" / pool / "calibration.json"
+
+    def optimization(self, pool: str) -> Path:
+        return self.root / "pools" / pool / "optimize.json"
 
     # outputs
     def rankings(self) -> Path:

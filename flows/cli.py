@@ -16,6 +16,8 @@ from dataassess.corpus import CorpusError
 Corpus = Annotated[Path, typer.Argument(help="Corpus folder (one subfolder per partition), dataset file or hub id.")]
 PoolName = Annotated[Optional[str], typer.Option("--pool", help="Pool name: pins its evaluation sets, names its models in MLflow (default: the corpus folder's name).")]
 RefreshEval = Annotated[bool, typer.Option("--refresh-eval", help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture).")]
+CorpusRoot = Annotated[Path, typer.Option("--corpus", help="Corpus root (one subfolder per partition).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 EvalSets = Annotated[Optional[Path], typer.Option("--eval-sets", help="One subfolder per evaluation set (default: held-out documents, pinned per pool).")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -181,6 +183,7 @@ def demo():
     for wave, summary in enumerate(waves, 1):
         typer.echo(f"wave {wave}: " + _summary_line(summary))
     _print_latest(top=25)
+    _print_weights(waves[-1].get("weights"))
     _print_ui_hint()
 
 
@@ -197,6 +200,7 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
     typer.echo(_summary_line(summary))
     _report_quarantined(summary["quarantined_partitions"])
     _print_latest(top=25)
+    _print_weights(summary.get("weights"))
     _print_ui_hint()
 
 
@@ -252,7 +256,7 @@ def add_partition(
 @app.command()
 @friendly
 def fidelity(
-    corpus: Path = typer.Option(..., "--corpus", help="Corpus root (one subfolder per partition)."),
+    corpus: CorpusRoot,
     eval_sets: EvalSets = None,
     pool: PoolName = None,
     budget: Optional[str] = typer.Option(None, "--budget", help="fixed (every mixture trained on B tokens) or union "
@@ -260,20 +264,27 @@ def fidelity(
     n: int = typer.Option(24, "--n", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
     k_max: int = typer.Option(3, "--k-max", help="Largest mixture size sampled."),
     ceiling: int = typer.Option(8, "--ceiling", help="Mixtures given a second ground truth (another data order): the noise ceiling."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as one JSON object."),
+    weighted: bool = typer.Option(False, "--weighted", help="Weighted mixtures instead of subsets: --n weight vectors over the "
+                                  "partitions, each merged by its weights and trained at the fixed budget on tokens drawn by them."),
+    as_json: AsJson = False,
     log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a fidelity run to MLflow."),
 ):
     """Train ground truth for sampled mixtures and report how well the ranking's scores predict it."""
     from datetime import datetime, timezone
 
-    from dataassess.fidelity import run_fidelity
+    from dataassess.fidelity import run_fidelity, run_weighted_fidelity
     from dataassess.pipeline import pool_name
     from dataassess.store import Store, write_json
 
     if budget not in (None, "fixed", "union"):
         raise ValueError(f"--budget must be 'fixed' or 'union', not '{budget}'")
     s, pool = settings(), pool or pool_name(corpus)
-    result = run_fidelity(str(corpus), s, eval_sets, n, k_max, budget, ceiling, pool=pool)
+    if weighted and (budget or s.rank.budget) != "fixed":
+        raise ValueError("--weighted mixtures are measured at the fixed budget: pass --budget fixed")
+    if weighted:
+        result = run_weighted_fidelity(str(corpus), s, eval_sets, n, ceiling, pool=pool)
+    else:
+        result = run_fidelity(str(corpus), s, eval_sets, n, k_max, budget, ceiling, pool=pool)
     _report_quarantined(result.quarantined)
     report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": str(corpus)})
     store = Store(s.store)
@@ -296,6 +307,57 @@ def fidelity(
                    f"{_f(f['baseline_decision_accuracy']):>9} {_f(f['ceiling_spearman']):>9} {_f(f['ceiling_decision_accuracy']):>9} "
                    f"{_f(f['spearman_share_of_ceiling']):>8}")
     typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {store.fidelity()}")
+
+
+@app.command()
+@friendly
+def optimize(
+    corpus: CorpusRoot,
+    verify: bool = typer.Option(False, "--verify", help="Also train the seed at the fixed budget on the optimized, uniform and "
+                                "natural weights and on the best subset, and report their real perplexities."),
+    eval_sets: EvalSets = None,
+    pool: PoolName = None,
+    as_json: AsJson = False,
+    log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log an optimization run to MLflow."),
+):
+    """Search the partition shares of a fixed token budget (weighted merges, a surrogate, scipy), warm-started."""
+    from dataassess.optimize import run_optimize
+
+    s = settings()
+    result = run_optimize(str(corpus), s, eval_sets, pool, verify)
+    report = _finite(result.report)
+    if log_mlflow:
+        from registry.optimize import log_optimization
+        from registry.tracking import connect, latest_ranking_run
+
+        client = connect(s.store)
+        report["mlflow_run_id"] = log_optimization(client, s.store, report["pool"], report, result.cv,
+                                                   latest_ranking_run(client, report["pool"]))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(_weights_table(report))
+    sur = report["surrogate"]
+    typer.echo(f"surrogate {sur['model']}: cross-validated Spearman {_f(sur['spearman'])} over {sur['n_proxies']} weighted merges "
+               f"(scored now {report['counts']['scored']}, reused {report['counts']['reused']})")
+    v = report["objective_value"]
+    typer.echo(f"objective {report['objective']} of the weighted merge: optimized {v['optimized']:.3f}, uniform {v['uniform']:.3f}, "
+               f"natural {v['natural']:.3f}")
+    if "verified" in report:
+        o = report["verified"]["objective"]
+        typer.echo("verified by training at the budget: " + ", ".join(f"{k} {x:.3f}" for k, x in o.items()))
+    else:
+        typer.echo("not verified by training: add --verify")
+
+
+def _weights_table(report: dict) -> str:
+    change = report.get("change")
+    lines = [f"mixture weights: shares of a {report['budget_tokens']:,}-token budget (objective {report['objective']})",
+             f"{'partition':<28} {'share':>7} {'natural':>8}" + (f" {'change':>8}" if change else "")]
+    for p, share in sorted(report["weights"].items(), key=lambda kv: -kv[1]):
+        moved = f" {change[p]:>+8.3f}" if change else ""
+        lines.append(f"{p:<28} {share:>7.3f} {report['natural_weights'][p]:>8.3f}{moved}")
+    return "\n".join(lines)
 
 
 def _f(v) -> str:
@@ -343,6 +405,22 @@ def _print_latest(top: int) -> None:
         for r in sorted(moved, key=lambda r: -abs(r["rank_change"]))[:5]:
             typer.echo(f"  {' + '.join(r['units'])}: {r['rank_change']:+d} -> #{r['rank']}")
     typer.echo(f"\nAll {len(snap['ranking'])} mixtures as JSON: dataassess ranking --json")
+
+
+def _print_weights(weights: dict | None) -> None:
+    """The intake's re-optimized mixture weights, and how they moved since the last optimization."""
+    if not weights:
+        return
+    if "skipped" in weights:
+        typer.echo(f"\nmixture weights not re-optimized: {weights['skipped']}")
+        return
+    change = weights.get("change") or {}
+    cells = [f"{p} {s:.2f}" + (f" ({change[p]:+.2f})" if p in change else " (new)" if change else "")
+             for p, s in sorted(weights["weights"].items(), key=lambda kv: -kv[1])]
+    typer.echo(f"\nmixture weights (shares of the fixed budget{', change since the last optimization' if change else ''}; "
+               f"surrogate cross-validated Spearman {weights['surrogate_spearman']:.2f}):")
+    typer.echo("  " + ", ".join(cells))
+    typer.echo("  details and the verified comparison: dataassess optimize --corpus CORPUS --verify")
 
 
 def _budget_line(snap: dict) -> str:

@@ -17,7 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dataassess import pipeline
 from dataassess.config import Settings
 from dataassess.store import Store
-from registry.publish import publish_ranking, register_models
+from registry.publish import publish_ranking, publish_weights, register_models
 from registry.tracking import connect
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -53,6 +53,11 @@ def publish(result: pipeline.RunResult, settings: Settings, versions: dict[str, 
     return publish_ranking(connect(settings.store), settings, result, versions, summary)
 
 
+@task(name="optimize weights", cache_policy=NO_CACHE)
+def optimize_weights(result: pipeline.RunResult, settings: Settings, ranking_run_id: str) -> dict:
+    return publish_weights(connect(settings.store), settings, result, ranking_run_id)
+
+
 @flow(name="dataassess-intake", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def intake(
     corpus_root: str, config: dict | None = None, eval_sets: str | None = None, pool: str | None = None,
@@ -77,9 +82,13 @@ def intake(
         }
         with pipeline.phase(result.timings, "publish"):
             published = publish(result, settings, versions, summary)
+        weights = None
+        if settings.optimize.on_intake:
+            with pipeline.phase(result.timings, "optimize"):
+                weights = optimize_weights(result, settings, published["ranking_run_id"])
     logger = get_run_logger()
     for msg in result.inputs.quarantined:
         logger.info("quarantined: %s", msg)
     logger.info("intake %s: %s", result.inputs.pool, summary)
     return {**summary, "trained_units": result.trained, "quarantined_partitions": result.inputs.quarantined, **published,
-            "pool": result.inputs.pool, "seconds": result.timings}
+            "pool": result.inputs.pool, "seconds": result.timings, "weights": weights}

@@ -4,12 +4,14 @@ from __future__ import annotations
 from mlflow import MlflowClient
 
 from dataassess.config import Settings
-from dataassess.pipeline import RunResult
+from dataassess.optimize import after_run
+from dataassess.pipeline import RunResult, serial_map
 from dataassess.steps import materialize, mixture_of
 from dataassess.store import Store, read_json
 
 from . import models
 from .fidelity import snapshot_tags
+from .optimize import log_optimization
 from .rankings import log_snapshot
 
 
@@ -40,3 +42,18 @@ def publish_ranking(client: MlflowClient, settings: Settings, result: RunResult,
     best = mixture_of(top.units, result.models, settings.rank.weighting)
     champion = models.register_champion(client, store.root, pool, materialize(store, best), seed, top.units, top.scores, best.key)
     return {"snapshot": str(result.snapshot), "ranking_run_id": run_id, "champion_version": champion.version}
+
+
+def publish_weights(client: MlflowClient, settings: Settings, result: RunResult, ranking_run_id: str) -> dict:
+    """Re-optimize the pool's mixture weights (warm-started) and log them beside the ranking run.
+    A pool of one partition has no weights to choose: skipped, and said so."""
+    partitions = {m.partition for m in result.models.values()}
+    if len(partitions) < 2:
+        return {"skipped": f"one partition ({', '.join(partitions)}): no weights to choose"}
+    try:
+        opt = after_run(result, settings, serial_map(progress=False))
+    except ValueError as e:  # bounds or objective that do not fit this pool: the ranking stands
+        return {"skipped": str(e)}
+    run_id = log_optimization(client, settings.store, result.inputs.pool, opt.report, opt.cv, ranking_run_id)
+    return {"weights": opt.report["weights"], "change": opt.report.get("change"), "optimize_run_id": run_id,
+            "surrogate_spearman": opt.report["surrogate"]["spearman"], "scored": opt.report["counts"]["scored"]}

@@ -86,3 +86,12 @@ def log_values(client: MlflowClient, run_id: str, params: dict | None = None, me
     ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
     for i in range(0, max(len(ms), len(ps)), 100):
         client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100])
+
+
+def latest_ranking_run(client: MlflowClient, pool: str) -> str | None:
+    """The id of the pool's newest ranking run, if any."""
+    exp = client.get_experiment_by_name(RANKINGS_EXPERIMENT)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`dataassess.pool` = '{pool}'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None

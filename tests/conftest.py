@@ -50,6 +50,7 @@ def small_settings(store: Path, **overrides) -> Settings:
         units={"tokens": 8192},
         train={"seq_len": 128, "batch_tokens": 2048, "micro_batch": 16, "lr": 1e-3},
         score={"batch_size": 16},
+        optimize={"on_intake": False, "samples": 24, "rounds": 1, "round_samples": 6, "warm_samples": 8, "eval_fraction": 0.5},
     )
     for k, v in overrides.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v

@@ -9,9 +9,8 @@ import numpy as np
 
 from dataassess import pipeline
 from dataassess.calibration import loo_predictions
-from dataassess.fidelity import (
-    Truth, budget_sequences, decision_accuracy, figures, sample_mixtures, top_k_agreement, train_truth, union_sequences,
-)
+from dataassess.fidelity import decision_accuracy, figures, sample_mixtures, top_k_agreement
+from dataassess.truth import Truth, budget_sequences, train_truth, union_sequences
 from dataassess.steps import Steps
 from dataassess.store import Store
 from flows.cli import app
