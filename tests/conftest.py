@@ -57,6 +57,15 @@ def small_settings(store: Path, **overrides) -> Settings:
     return Settings(**base)
 
 
+@pytest.fixture(autouse=True)
+def embedded_mlflow(monkeypatch):
+    """Every test starts on the embedded MLflow store. mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI, which would send later tests' runs to an earlier test's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def seed_store(tmp_path_factory) -> Path:
     """A store holding the small tiny seed; tests copy settings pointing at their own stores but share it."""

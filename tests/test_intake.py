@@ -30,11 +30,6 @@ def harness():
         yield
 
 
-@pytest.fixture(autouse=True)
-def embedded_mlflow(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def client_for(settings) -> MlflowClient:
     return MlflowClient(embedded_uri(settings.store), embedded_uri(settings.store))
 

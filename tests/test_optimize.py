@@ -158,8 +158,7 @@ def harness():
         yield
 
 
-def test_an_intake_re_optimizes_and_links_the_weights_to_its_ranking_run(settings, corpus, harness, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_an_intake_re_optimizes_and_links_the_weights_to_its_ranking_run(settings, corpus, harness):
     on = settings.model_copy(update={"optimize": settings.optimize.model_copy(update={"on_intake": True})})
     first = intake(str(corpus), on.model_dump(mode="json"), pool="w")
     assert set(first["weights"]["weights"]) == {"drama", "jargon", "satire", "scripture"} and first["weights"]["change"] is None
