@@ -58,7 +58,7 @@ def plot_fit(predicted: np.ndarray, observed: np.ndarray, report: dict) -> Figur
     s = report["surrogate"]
     ax.set_xlabel("weighted-merge proxy (objective perplexity)")
     ax.set_ylabel("surrogate, cross-validated")
-    ax.set_title(f"{s['model']} surrogate: Spearman {s['spearman']:.3f} over {s['n_proxies']} proxies")
+    ax.set_title(f"{s['model']} surrogate: Spearman {s['spearman']:.3f} over {s['n_proxies']} proxies", fontsize=10)
     fig.tight_layout()
     return fig
 
