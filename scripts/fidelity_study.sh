@@ -2,7 +2,7 @@
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
 # corpora (10 partitions), and the fixed budget with a larger seed (4 layers x 256). Each
 # setting has its own store (its budgets share the unit models); results land in $OUT/<name>.json.
-# About an hour on 2 CPU cores; a finished run is skipped when rerun.
+# Hours on 2 CPU cores (each setting prints its wall time); a finished setting is skipped when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-study}
