@@ -232,6 +232,7 @@ class OptimizeResult:
     proxies: list[dict]  # every scored point: {"weights", "scores" (slice perplexities), "objective"}
     scored: list[str] = field(default_factory=list)  # mixture keys scored now (the rest were cached)
     cv: tuple[np.ndarray, np.ndarray] | None = None  # (out-of-fold predicted, observed) log objective, for the fit plot
+    partitions: dict[str, list[str]] = field(default_factory=dict)  # partition -> units searched over
 
 
 def label(space: Space, w: np.ndarray) -> str:
@@ -257,7 +258,8 @@ def search(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str
         map_fn("proxy", lambda item: steps.score(item[0], on), list(pending.values()), lambda item: label(space, item[1]))
         return [{n: s["perplexity"] for n, s in steps.cached(m.key, on).items()} for m in mixtures]
 
-    design = _design(steps, space, pool, cfg)
+    previous = _previous(steps, pool)
+    design = _design(space, previous, cfg)
     points: list[np.ndarray] = list(design)
     scores = score(points, search_sets)
     optima: list[np.ndarray] = []
@@ -296,14 +298,13 @@ def search(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str
     }
     if best_subset:
         report["best_subset"] = list(best_subset)
-    previous = _previous(steps, pool)
     if previous is not None:
         before = previous["report"]["weights"]
         report["previous_weights"] = before
         report["change"] = {p: report["weights"].get(p, 0.0) - before.get(p, 0.0) for p in sorted({*before, *report["weights"]})}
     proxies = [{"weights": space.as_dict(w), "scores": s, "objective": objective_value(s, c, sets)} for w, s in zip(points, scores)]
     return OptimizeResult(report, [space.as_dict(w) for w in design], proxies, scored_now,
-                          (surrogate.cv_predicted, np.log([p["objective"] for p in proxies])))
+                          (surrogate.cv_predicted, np.log([p["objective"] for p in proxies])), _fingerprint(space))
 
 
 def _previous(steps: Steps, pool: str) -> dict | None:
@@ -311,10 +312,9 @@ def _previous(steps: Steps, pool: str) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def _design(steps: Steps, space: Space, pool: str, cfg: OptimizeConfig) -> list[np.ndarray]:
+def _design(space: Space, previous: dict | None, cfg: OptimizeConfig) -> list[np.ndarray]:
     """The first points: the pool's previous design (its scores are cached) when there is one, plus fresh
     samples: cfg.samples for a new pool, cfg.warm_samples when its partitions changed, none otherwise."""
-    previous = _previous(steps, pool)
     if previous is not None and previous["partitions"] == _fingerprint(space):  # the same search again: all cached
         same = [np.array([d[p] for p in space.partitions]) for d in previous["design"]]
         if all(space.feasible(w) for w in same):
@@ -338,13 +338,12 @@ def _fingerprint(space: Space) -> dict[str, list[str]]:
     return {p: list(u) for p, u in space.units.items()}
 
 
-def save(steps: Steps, pool: str, result: OptimizeResult, models: Mapping[str, UnitModel]) -> None:
+def save(steps: Steps, pool: str, result: OptimizeResult) -> None:
     """The pool's latest search: its report, design and every point scored (the next search's warm start)."""
-    space = make_space(models, steps.settings.optimize, result.report["budget_tokens"])
     design = {tuple(sorted(d.items())) for d in result.design}
     rounds = [p["weights"] for p in result.proxies if tuple(sorted(p["weights"].items())) not in design]
     write_json(steps.store.optimization(pool), {"report": result.report, "design": result.design, "round_points": rounds,
-                                                "partitions": _fingerprint(space), "proxies": result.proxies})
+                                                "partitions": result.partitions, "proxies": result.proxies})
 
 
 def verify(steps: Steps, units: Sequence[Unit], models: Mapping[str, UnitModel], report: dict, eval_sets: Mapping[str, str],
@@ -393,7 +392,7 @@ def optimize_pool(steps: Steps, inputs: pipeline.Inputs, models: Mapping[str, Un
     result = search(steps, models, inputs.eval_sets, map_fn, inputs.pool, subset)
     if check:
         result.report["verified"] = verify(steps, inputs.units, models, result.report, inputs.eval_sets, map_fn)
-    save(steps, inputs.pool, result, models)
+    save(steps, inputs.pool, result)
     return result
 
 
