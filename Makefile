@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup demo test test-slow clean ranking ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
+.PHONY: setup browser demo test test-slow test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -26,6 +26,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
+	@$(MAKE) --no-print-directory browser
+
+# Debian's Chromium for the browser tests (Playwright drives it); installed when we may, else those tests skip
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+	  || echo "note: Chromium is not installed, so the browser tests will be skipped (apt-get install chromium)"; }
 
 demo: setup
 	$(DA) demo
@@ -45,7 +52,7 @@ serve-smoke: setup
 	bash scripts/serve_smoke.sh
 
 # both budgets on the demo corpus, as pool "demo": the union calibration is the demo's
-FIDELITY_ARGS = --corpus dataassess/data/demo/corpus --eval-sets dataassess/data/demo/eval --pool demo $(if $(N),--n $(N))
+FIDELITY_ARGS = dataassess/data/demo/corpus --eval-sets dataassess/data/demo/eval --pool demo $(if $(N),--n $(N))
 fidelity: setup
 	$(DA) fidelity $(FIDELITY_ARGS) --budget fixed
 	$(DA) fidelity $(FIDELITY_ARGS) --budget union
@@ -70,9 +77,17 @@ bench-intake: setup
 
 ui: setup
 	@mkdir -p $(STORE)
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (experiment 'dataassess-rankings'; Models tab for unit versions and the champion)"
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)  (experiment 'dataassess-rankings'; Model training > Models for unit versions and the champion)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) \
 	  --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db --default-artifact-root $(abspath $(STORE))/mlartifacts --workers 1
+
+# the Prefect UI over the store's own Prefect database (the flow runs of its intakes)
+PREFECT_PORT ?= 4200
+prefect-ui: setup
+	@mkdir -p $(STORE)/prefect
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (flow 'dataassess-intake': one run per intake, named by pool and time)"
+	PREFECT_HOME=$(abspath $(STORE))/prefect PREFECT_API_URL= PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 test: setup
 	@mkdir -p "$(PREFECT_HOME)"
@@ -83,4 +98,4 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 clean:
-	rm -rf .dataassess mlruns mlflow.db .prefect bench/.store
+	rm -rf .dataassess mlruns mlflow.db .prefect bench/.store ui-screenshots

@@ -5,13 +5,17 @@ Nested fields use `__` in env names, e.g. DATAASSESS_TRAIN__LR=1e-4.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .errors import UserError
 from .store import digest_json
+
+ENV_PREFIX = "DATAASSESS_"
 
 
 class Section(BaseModel):
@@ -112,7 +116,7 @@ class Settings(BaseSettings):
     store: Path = Path(".dataassess")  # where data, models, scores and rankings live
     base_model: str = "tiny"  # "tiny", "tiny-llama", an HF model id or a local model folder
     gguf_file: str | None = None  # for a base_model folder holding a GGUF file
-    device: str = "auto"  # "auto" = cuda when present, else cpu
+    device: str = "auto"  # "auto" = cuda when present, else cpu; or cpu, mps, cuda, cuda:N
     threads: int | None = None  # torch CPU threads; None = torch's default
     tiny: TinySeedConfig = TinySeedConfig()
     corpus: CorpusConfig = CorpusConfig()
@@ -122,6 +126,13 @@ class Settings(BaseSettings):
     rank: RankConfig = RankConfig()
     optimize: OptimizeConfig = OptimizeConfig()
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", v):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return v
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
@@ -130,9 +141,39 @@ class Settings(BaseSettings):
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> Settings:
-    """Settings from `path` (or $DATAASSESS_CONFIG, or ./dataassess.toml if present), env and overrides."""
-    toml = path or os.environ.get("DATAASSESS_CONFIG") or "dataassess.toml"
-    if (path or os.environ.get("DATAASSESS_CONFIG")) and not Path(toml).is_file():
-        raise FileNotFoundError(f"config file not found: {toml}")
+    """Settings from `path` (or $DATAASSESS_CONFIG, or ./dataassess.toml if present), env and overrides.
+    Bad values and unknown keys raise one UserError that says where each came from."""
+    toml = path or os.environ.get(ENV_PREFIX + "CONFIG") or "dataassess.toml"
+    if (path or os.environ.get(ENV_PREFIX + "CONFIG")) and not Path(toml).is_file():
+        raise UserError(f"config file not found: {toml}")
+    unknown_env = sorted(n for n in os.environ if n.upper().startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].split("__")[0].lower()
+                         not in {*Settings.model_fields, "config"})
+    if unknown_env:
+        raise UserError(f"invalid configuration: unknown setting {', '.join(unknown_env)} (from the environment); "
+                        f"settings are {ENV_PREFIX}<{'|'.join(f.upper() for f in Settings.model_fields)}>[__KEY]")
     reading = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml}})
-    return Settings.model_validate(reading(**overrides).model_dump())
+    try:
+        return Settings.model_validate(reading(**overrides).model_dump())
+    except ValidationError as e:
+        raise UserError("invalid configuration: " + "; ".join(_describe(err, toml, overrides) for err in e.errors())) from None
+
+
+def _describe(err: dict, toml: str | Path, overrides: dict) -> str:
+    """One validation error as `key = value (from where): what is wrong`, without pydantic's URLs."""
+    loc = tuple(str(x) for x in err["loc"])
+    key = ".".join(loc)
+    env = ENV_PREFIX + "__".join(loc).upper()
+    if loc[0] in overrides:
+        where = f"--{loc[0]}"
+    elif any(n.upper() == env for n in os.environ) or any(n.upper() == ENV_PREFIX + loc[0].upper() for n in os.environ):
+        where = f"env {env}"
+    elif Path(toml).is_file():
+        where = f"file {toml}"
+    else:
+        where = "defaults"
+    if err["type"] == "extra_forbidden":
+        section = Settings.model_fields.get(loc[0]) if len(loc) > 1 else None
+        known = sorted(section.annotation.model_fields) if section is not None and hasattr(section.annotation, "model_fields") \
+            else sorted(Settings.model_fields)
+        return f"unknown key '{key}' (from {where}); known keys{f' of [{loc[0]}]' if len(loc) > 1 else ''}: {', '.join(known)}"
+    return f"{key} = {err.get('input')!r} (from {where}): {err['msg'].removeprefix('Value error, ')}"

@@ -1,7 +1,7 @@
 """Corpus discovery: partitions, content digests, validation and the held-out split.
 
 A corpus is either a folder (each subfolder one partition) or one dataset, a local
-file or an HF hub id, whose rows are grouped into partitions by a field.
+file or an HF hub id written hf://owner/name, whose rows are grouped into partitions by a field.
 """
 from __future__ import annotations
 
@@ -12,18 +12,22 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
-
+from .errors import UserError
 from .store import digest_json, sha256_bytes
 
+if TYPE_CHECKING:
+    import datasets
+
 log = logging.getLogger(__name__)
+HUB = "hf://"
 
 SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet", ".txt", ".md")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A bad input: names the partition, the file and the reason."""
 
     def __init__(self, partition: str, reason: str, file: str | None = None):
@@ -96,6 +100,8 @@ def _check_text_bytes(data: bytes, path: Path, partition: str) -> None:
 
 
 def _load_file(path: Path, suffix: str, cache_dir: str | None) -> datasets.Dataset:
+    import datasets
+
     if suffix in (".txt", ".md"):
         return datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train", cache_dir=cache_dir)
     builder = "parquet" if suffix == ".parquet" else "json"
@@ -146,7 +152,9 @@ def load_partition_folder(folder: Path, cache_dir: str | None = None) -> Partiti
 
 
 def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
-    """A single dataset (local file or HF hub id), grouped into partitions by `partition_field`."""
+    """A single dataset (local file, or HF hub id written hf://owner/name), grouped into partitions by `partition_field`."""
+    import datasets
+
     path = Path(source)
     try:
         if path.is_file():
@@ -157,7 +165,7 @@ def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | 
                 _check_text_bytes(_raw_bytes(path, path.name), path, path.name)
             ds = _load_file(path, suffix, cache_dir)
         else:
-            ds = datasets.load_dataset(source, split="train", cache_dir=cache_dir)
+            ds = datasets.load_dataset(source.removeprefix(HUB), split="train", cache_dir=cache_dir)
     except CorpusError:
         raise
     except Exception as e:
@@ -187,28 +195,33 @@ def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | 
 
 def discover(source: str | Path, partition_field: str = "domain", cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
     """All valid partitions under `source`, and the errors of the quarantined ones."""
+    if str(source).startswith(HUB):
+        return load_dataset_partitions(str(source), partition_field, cache_dir)
     root = Path(source)
+    if not root.exists():
+        raise UserError(f"corpus not found: {source} (no such file or folder; a hub dataset is written {HUB}owner/name)")
     if not root.is_dir():
-        if not root.exists() and (str(source).startswith((".", "/")) or root.suffix):
-            raise FileNotFoundError(f"corpus not found: {source}")
         return load_dataset_partitions(str(source), partition_field, cache_dir)
     good, bad = [], []
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    stray = sorted(p.name for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not folders:
+        held = f" (it holds only files: {', '.join(stray[:5])})" if stray else ""
+        raise UserError(f"corpus {root}: no partition subfolders{held}; a partition is a subfolder of documents")
     for folder in folders:
         try:
             good.append(load_partition_folder(folder, cache_dir))
         except CorpusError as e:
             bad.append(e)
-    stray = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
     if stray:
-        log.warning("ignored files at the corpus root (partitions are subfolders): %s", ", ".join(sorted(stray)))
-    if not folders:
-        raise CorpusError(root.name, "no partition subfolders in the corpus root", str(root))
+        log.warning("ignored files at the corpus root (partitions are subfolders): %s", ", ".join(stray))
     return good, bad
 
 
 def eval_sets_from_folder(root: Path, cache_dir: str | None = None) -> dict[str, list[Document]]:
     """Explicit evaluation sets: one subfolder per set, same file formats as partitions."""
+    if not Path(root).is_dir():
+        raise UserError(f"evaluation sets not found: {root} is not a folder (one subfolder per evaluation set)")
     sets = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
         sets[folder.name] = load_partition_folder(folder, cache_dir).documents

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from .corpus import Document
+from .errors import UserError
 from .store import Store, digest_json, read_json, write_json
 from .types import EvalSet
 
@@ -45,7 +46,7 @@ def build_eval_set(name: str, docs: list[Document], tokenizer, ctx: int, stride:
         windows.extend(rolling_windows([bos] + ids, ctx, stride))
         n_tokens, n_bytes, n_docs = n_tokens + len(ids), n_bytes + text_bytes, n_docs + 1
     if not n_tokens:
-        raise ValueError(f"evaluation set '{name}' has no tokens")
+        raise UserError(f"evaluation set '{name}' has no tokens")
     return EvalSet(name, digest_json([ctx, stride, windows])[:24], windows, n_tokens, n_bytes, n_docs)
 
 

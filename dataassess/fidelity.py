@@ -25,6 +25,7 @@ from scipy import stats
 from . import pipeline
 from .calibration import Calibration, fit_set
 from .config import Settings
+from .errors import UserError
 from .merge import group_weights
 from .optimize import make_space, objective_value, objective_weights
 from .rank import macro
@@ -149,7 +150,7 @@ def run_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 24, k_
         models, _ = pipeline.train_units(steps, inputs.units, map_fn)
         mixtures = sample_mixtures(list(models), n, k_max, settings.train.seed)
         if len(mixtures) < 3:
-            raise ValueError(f"need at least 3 mixtures to measure fidelity; the pool has {len(models)} units")
+            raise UserError(f"need at least 3 mixtures to measure fidelity; the pool has {len(models)} units")
         by_name = {u.name: u for u in inputs.units}
         jobs = [(mix, main) for mix in mixtures] + [(mix, replicate) for mix in stratified(mixtures, ceiling)]
         trained = map_fn("ground truth", lambda job: train_truth(steps, [by_name[u] for u in job[0]], job[1]), jobs,

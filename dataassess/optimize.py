@@ -24,6 +24,7 @@ import numpy as np
 
 from . import pipeline
 from .config import OptimizeConfig, Settings
+from .errors import UserError
 from .steps import Steps
 from .store import read_json, write_json
 from .truth import Truth, train_truth, truth_perplexities
@@ -105,7 +106,7 @@ def _per_partition(value: float | Mapping[str, float], partitions: Sequence[str]
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(partitions))
         if unknown:
-            raise ValueError(f"optimize.{name} names unknown partitions {unknown}; partitions are {list(partitions)}")
+            raise UserError(f"optimize.{name} names unknown partitions {unknown}; partitions are {list(partitions)}")
         return np.array([float(value.get(p, default)) for p in partitions])
     return np.full(len(partitions), float(value))
 
@@ -117,16 +118,16 @@ def make_space(models: Mapping[str, UnitModel | Unit], cfg: OptimizeConfig, budg
         units.setdefault(m.partition, []).append(name)
     partitions = tuple(sorted(units))
     if len(partitions) < 2:
-        raise ValueError(f"weights need at least 2 partitions; the pool has {list(partitions)}")
+        raise UserError(f"weights need at least 2 partitions; the pool has {list(partitions)}")
     distinct = {p: sum(models[u].source_tokens for u in units[p]) for p in partitions}
     lower = _per_partition(cfg.min_share, partitions, 0.0, "min_share")
     cap = np.array([cfg.max_epochs * distinct[p] / budget_tokens for p in partitions])
     upper = np.minimum(_per_partition(cfg.max_share, partitions, 1.0, "max_share"), cap)
     if (lower < 0).any() or (upper > 1).any() or (lower > upper).any():
-        raise ValueError(f"optimize bounds must satisfy 0 <= min_share <= max_share <= 1 per partition: "
+        raise UserError(f"optimize bounds must satisfy 0 <= min_share <= max_share <= 1 per partition: "
                          f"min {dict(zip(partitions, lower))}, max (with the repetition cap) {dict(zip(partitions, upper.round(4)))}")
     if lower.sum() > 1 + 1e-9 or upper.sum() < 1 - 1e-9:
-        raise ValueError(f"no weights fit the bounds: min shares sum to {lower.sum():.3f}, max shares (with the "
+        raise UserError(f"no weights fit the bounds: min shares sum to {lower.sum():.3f}, max shares (with the "
                          f"repetition cap, optimize.max_epochs = {cfg.max_epochs:g}) to {upper.sum():.3f}; both must allow 1")
     return Space(partitions, {p: tuple(u) for p, u in units.items()}, distinct, lower, upper)
 
@@ -140,11 +141,11 @@ def objective_weights(objective: str | Mapping[str, float], sets: Sequence[str])
         return np.full(len(sets), 1.0 / len(sets))
     if isinstance(objective, str):
         if objective not in sets:
-            raise ValueError(f"optimize.objective '{objective}' is not an evaluation set; sets are {sets} or 'macro'")
+            raise UserError(f"optimize.objective '{objective}' is not an evaluation set; sets are {sets} or 'macro'")
         return np.array([1.0 if s == objective else 0.0 for s in sets])
     unknown = sorted(set(objective) - set(sets))
     if unknown or not objective or any(v < 0 for v in objective.values()) or sum(objective.values()) <= 0:
-        raise ValueError(f"optimize.objective must weigh known evaluation sets {sets} with non-negative weights; got {dict(objective)}")
+        raise UserError(f"optimize.objective must weigh known evaluation sets {sets} with non-negative weights; got {dict(objective)}")
     c = np.array([float(objective.get(s, 0.0)) for s in sets])
     return c / c.sum()
 
@@ -168,7 +169,7 @@ def surrogate_model(name: str):
         return make_pipeline(PolynomialFeatures(2, include_bias=False), StandardScaler(), RidgeCV(alphas=list(ALPHAS)))
     if name == "trees":
         return ExtraTreesRegressor(n_estimators=200, min_samples_leaf=2, random_state=0)
-    raise ValueError(f"unknown surrogate '{name}'; choose from {SURROGATES}")
+    raise UserError(f"unknown surrogate '{name}'; choose from {SURROGATES}")
 
 
 @dataclass

@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from .calibration import Calibration
 from .config import Settings
 from .corpus import CorpusError, Document, discover, eval_sets_from_folder
+from .errors import UserError
 from .evalsets import EvalSets, build_eval_set
-from .rank import enumerate_mixtures, macro, rank
+from .rank import enumerate_mixtures, fidelity_summary, macro, rank, rank_changes
 from .screen import Rung, screening_cost, successive_halving
 from .seed import Seed, prepare_seed
 from .steps import Steps
 from .store import Store, read_json, write_json
-from .types import RankedMixture, Unit, UnitModel
+from .types import Mixture, RankedMixture, Unit, UnitModel
 from .units import cut_units
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,13 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     """
     store = Store(settings.store)
     pool = pool or pool_name(corpus)
+    cache = str(store.hf_cache())
+    found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=cache)  # bad paths fail before the seed is built
+    if eval_sets_dir is not None and not Path(eval_sets_dir).is_dir():
+        raise UserError(f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)")
+    check_rank_by(settings.rank.by, _eval_set_names(store, found, settings, eval_sets_dir, pool, refresh_eval))
     seed = prepare_seed(settings, progress=progress)
     tokenizer = seed.load_tokenizer()
-    cache = str(store.hf_cache())
-    found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=cache)
     units: list[Unit] = []
     heldout: dict[str, list[Document]] = {}
     for part in found:
@@ -121,9 +125,22 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     return Inputs(pool, seed, units, [str(e) for e in quarantined], eval_sets)
 
 
-def check_rank_by(by: str, eval_sets: Mapping[str, str]) -> None:
+def _eval_set_names(store: Store, found: Sequence, settings: Settings, eval_sets_dir, pool: str, refresh_eval: bool) -> set[str]:
+    """The names the evaluation sets can have, known before the seed is built: the folder's subfolders,
+    else the held-out groups (and the pool's pinned sets)."""
+    if eval_sets_dir is not None:
+        return {p.name for p in Path(eval_sets_dir).iterdir() if p.is_dir() and not p.name.startswith(".")}
+    pinned = store.pinned_eval_sets(pool)
+    names = set(read_json(pinned)) if pinned.exists() and not refresh_eval else set()
+    for part in found:
+        held = part.split(settings.corpus.heldout_fraction)[1]
+        names |= {doc.domain for doc in held} if settings.corpus.eval_group == "domain" else ({part.name} if held else set())
+    return names
+
+
+def check_rank_by(by: str, eval_sets: Mapping[str, str] | set[str]) -> None:
     if by != "macro" and by not in eval_sets:
-        raise ValueError(f"cannot rank by '{by}': evaluation sets are {sorted(eval_sets)} or 'macro'")
+        raise UserError(f"cannot rank by '{by}': evaluation sets are {sorted(eval_sets)} or 'macro'")
 
 
 def _context_length(seed: Seed) -> int:
@@ -228,24 +245,69 @@ def load_calibration(settings: Settings, inputs: Inputs) -> Calibration | None:
 # ---- snapshot -------------------------------------------------------------------------
 
 def save_ranking(settings: Settings, ranking: list[RankedMixture], info: dict) -> Path:
-    """Write a snapshot and point `latest.json` at it; rank changes are against the previous latest."""
-    folder = Store(settings.store).rankings()
-    previous = latest_ranking(settings)
-    before = {tuple(r["units"]): r["rank"] for r in previous["ranking"]} if previous else {}
-    for row in ranking:
-        old = before.get(tuple(row.units))
-        row.rank_change = None if old is None else old - row.rank
+    """Write a snapshot of the pool and point its `latest.json` at it; changes are against the pool's previous one."""
+    pool = info["pool"]
+    folder = Store(settings.store).rankings(pool)
+    previous = latest_ranking(settings, pool)
+    changes = rank_changes(ranking, previous["ranking"] if previous else None)
+    fidelity = Store(settings.store).fidelity(pool)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     snapshot = {"created": stamp, "previous": previous["created"] if previous else None, "ranked_by": settings.rank.by,
+                "changes": changes, "fidelity": fidelity_summary(read_json(fidelity)["report"] if fidelity.exists() else None),
                 "ranking": [r.to_json() for r in ranking], **info}
     write_json(folder / f"{stamp}.json", snapshot)
     write_json(folder / "latest.json", snapshot)
     return folder / f"{stamp}.json"
 
 
-def latest_ranking(settings: Settings) -> dict | None:
-    path = Store(settings.store).rankings() / "latest.json"
+def ranked_pools(settings: Settings) -> list[str]:
+    """The pools that have a ranking in this store."""
+    root = Store(settings.store).rankings()
+    return sorted(p.name for p in root.iterdir() if (p / "latest.json").is_file()) if root.is_dir() else []
+
+
+def latest_ranking(settings: Settings, pool: str | None = None) -> dict | None:
+    """The pool's latest snapshot; without a pool, the only pool's (an error naming them when there are several)."""
+    if pool is None:
+        pools = ranked_pools(settings)
+        if len(pools) > 1:
+            raise UserError(f"the store {settings.store} ranks several pools: {', '.join(pools)}; choose one with --pool")
+        if not pools:
+            return None
+        pool = pools[0]
+    path = Store(settings.store).rankings(pool) / "latest.json"
     return read_json(path) if path.exists() else None
+
+
+def export_mixture(settings: Settings, snapshot: dict, units: Sequence[str], out: str | Path) -> Path:
+    """A mixture of the snapshot's unit models, merged as in its ranking, written as an HF folder (config,
+    tokenizer, model.safetensors) that from_pretrained loads. The folder appears whole or not at all."""
+    import shutil
+
+    from .steps import materialize
+    from .store import atomic_dir
+
+    out, store = Path(out), Store(settings.store)
+    known = snapshot["units"]
+    unknown = [u for u in units if u not in known]
+    if unknown:
+        raise UserError(f"unknown units {unknown}; pool '{snapshot['pool']}' has {sorted(known)}")
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new folder")
+    seed = next((f for f in sorted(store.root.glob("seeds/*")) if (f / "seed.json").is_file()
+                 and read_json(f / "seed.json")["digest"] == snapshot["seed_digest"]), None)
+    if seed is None:
+        raise UserError(f"the seed of pool '{snapshot['pool']}' ({snapshot['seed_digest'][:12]}) is not in the store {store.root}")
+    ordered = sorted(set(units))
+    weights = None if settings.rank.weighting == "uniform" else tuple(float(known[u]["source_tokens"]) for u in ordered)
+    merged = materialize(store, Mixture(tuple(ordered), tuple(known[u]["key"] for u in ordered), weights))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        for f in seed.iterdir():
+            if f.is_file() and f.suffix in (".json", ".txt", ".model") and f.name not in ("seed.json", "seed_train.json"):
+                shutil.copy(f, tmp / f.name)
+        shutil.copy(merged, tmp / "model.safetensors")
+    return out
 
 
 # ---- all of it ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ import itertools
 import math
 from typing import Iterable, Sequence
 
+from .errors import UserError
 from .types import RankedMixture
 
 
@@ -16,11 +17,11 @@ def enumerate_mixtures(units: Sequence[str], k_max: int, explicit: Iterable[Sequ
         for mix in explicit:
             missing = [u for u in mix if u not in known]
             if missing or not mix:
-                raise ValueError(f"mixture {list(mix)} names unknown units {missing}; known: {sorted(known)}")
+                raise UserError(f"mixture {list(mix)} names unknown units {missing}; known: {sorted(known)}")
             mixtures.append(tuple(sorted(set(mix))))
         return list(dict.fromkeys(mixtures))
     if k_max < 1:
-        raise ValueError("k_max must be at least 1")
+        raise UserError("rank.k_max must be at least 1")
     ordered = sorted(known)
     return [m for k in range(1, min(k_max, len(ordered)) + 1) for m in itertools.combinations(ordered, k)]
 
@@ -34,7 +35,7 @@ def rank(rows: list[RankedMixture], by: str = "macro", within_size: bool = False
     """Rows sorted best (lowest perplexity) first, with macro, rank and rank_in_size set.
     within_size: sizes are never compared: rows are grouped by k, and rank is the rank within the size."""
     if rows and by != "macro" and by not in rows[0].scores:
-        raise ValueError(f"cannot rank by '{by}': evaluation sets are {sorted(rows[0].scores)} or 'macro'")
+        raise UserError(f"cannot rank by '{by}': evaluation sets are {sorted(rows[0].scores)} or 'macro'")
     for row in rows:
         row.macro = macro(row.scores)
     key = (lambda r: r.macro) if by == "macro" else (lambda r: r.scores[by])
@@ -48,17 +49,89 @@ def rank(rows: list[RankedMixture], by: str = "macro", within_size: bool = False
     return ranked
 
 
-def format_table(ranking: Sequence[RankedMixture], top: int | None = None, by: str = "macro") -> str:
+def rank_changes(ranking: list[RankedMixture], previous: list[dict] | None) -> dict:
+    """Set each row's rank_change and say what changed that matters.
+
+    rank_change compares the order of the mixtures ranked both times: places moved up among
+    them (0: none; None: new). A mixture pushed down only by newcomers has not moved.
+    """
+    if previous is None:
+        return {"new": [], "moved": [], "best": ranking[0].units if ranking else None, "previous_best": None, "new_best": False}
+    before = {tuple(r["units"]): i for i, r in enumerate(previous)}
+    common = [row for row in ranking if tuple(row.units) in before]
+    old_place = {tuple(r.units): i for i, r in enumerate(sorted(common, key=lambda r: before[tuple(r.units)]))}
+    for row in ranking:
+        row.rank_change = None
+    for place, row in enumerate(common):
+        row.rank_change = old_place[tuple(row.units)] - place
+    previous_best = previous[0]["units"] if previous else None
+    return {"new": [r.units for r in ranking if r.rank_change is None], "moved": [r.units for r in common if r.rank_change],
+            "best": ranking[0].units if ranking else None, "previous_best": previous_best,
+            "new_best": bool(ranking) and previous_best is not None and ranking[0].units != previous_best}
+
+
+def fidelity_summary(report: dict | None) -> dict:
+    """The headline of a pool's latest fidelity report, as every ranking shows it."""
+    if not report:
+        return {"measured": False, "how": "not measured for this pool: run `dataassess fidelity CORPUS` (trains ground truth)"}
+    m = report["macro"]
+    return {"measured": True, "budget": report.get("budget", "fixed"), "when": report.get("measured", ""),
+            "n_mixtures": m.get("n_mixtures"), "spearman": m.get("spearman"), "pearson": m.get("pearson"),
+            "decision_accuracy": m.get("decision_accuracy"), "ceiling_spearman": m.get("ceiling_spearman"),
+            "share_of_ceiling": m.get("spearman_share_of_ceiling")}
+
+
+def fidelity_line(f: dict) -> str:
+    if not f.get("measured"):
+        return "fidelity: " + f["how"]
+    num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    return (f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): Spearman {num(f['spearman'])}, "
+            f"pair accuracy {num(f['decision_accuracy'])}, noise ceiling {num(f['ceiling_spearman'])}")
+
+
+def _abbreviations(sets: list[str], width: int) -> tuple[list[str], str]:
+    """Column heads for evaluation sets: the names when they fit `width`, else s1, s2, ... and a legend."""
+    if all(len(s) <= width for s in sets):
+        return sets, ""
+    heads = [f"s{i}" for i in range(1, len(sets) + 1)]
+    return heads, "sets: " + ", ".join(f"{h} = {s}" for h, s in zip(heads, sets))
+
+
+def format_table(ranking: Sequence[RankedMixture], top: int | None = None, by: str = "macro",
+                 seed_scores: dict[str, float] | None = None, columns: int = 120) -> str:
+    """The ranking as a table that fits `columns`: rank, k, rank within size, change, mixture, perplexities, macro.
+    Too many evaluation sets for the width: only the ranked-by set and macro are shown."""
     if not ranking:
         return "(empty ranking)"
+    rows = ranking[:top] if top else ranking
     sets = sorted(ranking[0].scores)
-    width = max(len(" + ".join(r.units)) for r in ranking[:top])
-    head = f"{'rank':>4}  {'mixture':<{width}}  " + "  ".join(f"{s[:12]:>12}" for s in sets) + f"  {'macro':>9}"
-    lines = [f"perplexity (lower is better), ranked by {by}", head, "-" * len(head)]
-    for r in ranking[:top]:
-        cells = "  ".join(f"{r.scores[s]:>12.2f}" for s in sets)
-        screened = f"  (screened out on {r.evaluated_fraction:g} of each set)" if r.evaluated_fraction < 1 else ""
-        lines.append(f"{r.rank:>4}  {' + '.join(r.units):<{width}}  {cells}  {r.macro:>9.2f}{screened}")
+    cell = 9
+    fixed = 4 + 3 + 5 + 7 + 2 + cell + 2  # rank, k, in-size, change, gaps, macro
+    reduced = fixed + 20 + len(sets) * (cell + 1) > columns
+    if reduced:
+        sets = [by] if by != "macro" else []
+    heads, legend = _abbreviations(sets, cell)
+    width = max(8, min(max(len(" + ".join(r.units)) for r in rows), columns - fixed - len(sets) * (cell + 1)))
+
+    def name(units: list[str]) -> str:
+        text = " + ".join(units)
+        return text if len(text) <= width else text[: width - 1] + "~"
+
+    head = (f"{'rank':>4} {'k':>2} {'in k':>4} {'change':>6}  {'mixture':<{width}}" + "".join(f" {h[:cell]:>{cell}}" for h in heads)
+            + f"  {'macro':>{cell}}")
+    lines = [f"perplexity (lower is better), ranked by {by}; change: places moved among mixtures ranked last time", head, "-" * len(head)]
+    for r in rows:
+        change = "new" if r.rank_change is None else ("=" if r.rank_change == 0 else f"{r.rank_change:+d}")
+        cells = "".join(f" {r.scores[s]:>{cell}.2f}" for s in sets)
+        screened = "  (screened out)" if r.evaluated_fraction < 1 else ""
+        lines.append(f"{r.rank:>4} {r.k:>2} {r.rank_in_size:>4} {change:>6}  {name(r.units):<{width}}{cells}  {r.macro:>{cell}.2f}{screened}")
+    if seed_scores:
+        cells = "".join(f" {seed_scores[s]:>{cell}.2f}" for s in sets)
+        lines.append(f"{'':>4} {0:>2} {'':>4} {'':>6}  {'(seed, reference)':<{width}}{cells}  {macro(seed_scores):>{cell}.2f}")
     if top and len(ranking) > top:
-        lines.append(f"... {len(ranking) - top} more (dataassess ranking --json for all)")
+        lines.append(f"... {len(ranking) - top} more (dataassess ranking --top {len(ranking)}, or --json)")
+    if legend:
+        lines.append(legend)
+    if reduced:
+        lines.append("per-set perplexities: dataassess ranking --json")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 from .config import Settings
+from .errors import UserError
 from .store import Store, atomic_dir, digest_json, read_json, sha256_file, write_json
 from .train import resolve_device, to_sequences, train_lm, warmup_cosine
 from .weights import save_state
@@ -120,12 +121,12 @@ def _import_model(settings: Settings, out: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(settings.base_model, **kwargs)
     except OSError as e:
-        raise ValueError(
+        raise UserError(
             f"cannot load base_model '{settings.base_model}': {e}. Use a local model folder, "
             "an HF hub id reachable from here, or 'tiny'."
         ) from None
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")
+        raise UserError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")
     try:
         model.save_pretrained(out)
     except ValueError:  # GGUF-loaded models are dequantized floats but refuse save_pretrained

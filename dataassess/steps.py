@@ -5,6 +5,7 @@ never tensors, so an orchestrator can run it as a task on another thread, proces
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -84,6 +85,7 @@ class Steps:
             train_config_hash=self.settings.train.digest(), tokens=result.tokens, source_tokens=unit.source_tokens,
             repeat=unit.repeat, steps=result.steps, final_loss=result.final_loss, wall_s=result.wall_s,
             code_version=__version__, train_config=self.settings.train.model_dump(),
+            losses=[round(x, 5) for x in result.losses], finished_at=time.time(),
         )
         write_json(self.store.meta(key), model.to_json())
         return model

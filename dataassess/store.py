@@ -14,8 +14,8 @@ then rename). Metadata holds keys, never paths, so a store can be moved or share
     pools/<pool>/eval_sets.json      the evaluation sets pinned at a pool's first run
     pools/<pool>/calibration.json    the union-budget calibration fitted by fidelity
     pools/<pool>/optimize.json       the pool's latest mixture-weight search (its design warm-starts the next)
-    rankings/<stamp>.json, latest.json
-    fidelity/latest.json
+    pools/<pool>/fidelity.json       the pool's latest fidelity report
+    rankings/<pool>/<stamp>.json, latest.json
 """
 from __future__ import annotations
 
@@ -158,11 +158,11 @@ class Store:
         return self.root / "pools" / pool / "optimize.json"
 
     # outputs
-    def rankings(self) -> Path:
-        return self.root / "rankings"
+    def rankings(self, pool: str | None = None) -> Path:
+        return self.root / "rankings" / pool if pool else self.root / "rankings"
 
-    def fidelity(self) -> Path:
-        return self.root / "fidelity" / "latest.json"
+    def fidelity(self, pool: str) -> Path:
+        return self.root / "pools" / pool / "fidelity.json"
 
     # services beside the data
     def lock(self) -> Path:

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,7 +63,7 @@ class TrainResult:
 def to_sequences(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
     n = tokens.numel() // seq_len
     if n == 0:
-        raise ValueError(f"{tokens.numel()} tokens are fewer than one sequence of {seq_len}")
+        raise UserError(f"{tokens.numel()} tokens are fewer than one sequence of {seq_len}")
     return tokens[: n * seq_len].view(n, seq_len).long()
 
 

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .config import Settings
+from .errors import UserError
 from .steps import Steps, train_seed_copy
 from .store import Store, short_key, write_json
 from .train import to_sequences
@@ -90,7 +91,7 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
     if shares is None and truth.is_unit_model(units, steps.settings):
         return {"kind": "models", "key": steps.train(units[0]).key, "units": [units[0].name], "tokens": units[0].tokens}
     if shares is not None and truth.budget != "fixed":
-        raise ValueError("weighted ground truths are trained at a fixed budget")
+        raise UserError("weighted ground truths are trained at a fixed budget")
     key = truth_key(units, steps, truth, shares)
     if (done := steps.store.finished(key, "truth")) is not None:
         return done

@@ -56,6 +56,8 @@ class UnitModel(JsonForm):
     wall_s: float
     code_version: str
     train_config: dict = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)  # training loss per optimizer step
+    finished_at: float = 0.0  # unix time training ended (0: unknown)
 
 
 @dataclass(frozen=True)

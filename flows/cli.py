@@ -1,77 +1,126 @@
-"""The `dataassess` command line."""
+"""dataassess: which training data to use. Cuts a corpus into equal-token units, trains one model
+per unit from a shared seed, and ranks candidate mixtures by the perplexity of their merged
+unit models (Na et al. 2024), refreshed by Prefect intakes and tracked in MLflow."""
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import traceback
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+try:  # newer typer vendors click; its usage errors are these classes
+    from typer._click import exceptions as cli_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as cli_errors
+
 from dataassess.config import Settings, load_settings
-from dataassess.corpus import CorpusError
+from dataassess.errors import UserError
 
-Corpus = Annotated[Path, typer.Argument(help="Corpus folder (one subfolder per partition), dataset file or hub id.")]
-PoolName = Annotated[Optional[str], typer.Option("--pool", help="Pool name: pins its evaluation sets, names its models in MLflow (default: the corpus folder's name).")]
+CORPUS_HELP = "Corpus: a folder with one subfolder per partition, a dataset file (.jsonl, .parquet, ...) or hf://owner/name."
+Corpus = Annotated[str, typer.Argument(help=CORPUS_HELP, show_default=False, metavar="CORPUS")]
+PoolName = Annotated[Optional[str], typer.Option("--pool", metavar="NAME", help="Pool name: pins its evaluation sets, names its models in MLflow (default: the corpus folder's name).")]
 RefreshEval = Annotated[bool, typer.Option("--refresh-eval", help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture).")]
-CorpusRoot = Annotated[Path, typer.Option("--corpus", help="Corpus root (one subfolder per partition).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
-EvalSets = Annotated[Optional[Path], typer.Option("--eval-sets", help="One subfolder per evaluation set (default: held-out documents, pinned per pool).")]
+EvalSets = Annotated[Optional[Path], typer.Option("--eval-sets", metavar="DIR", help="One subfolder per evaluation set (default: held-out documents, pinned per pool).")]
+Top = Annotated[Optional[int], typer.Option("--top", min=1, metavar="N", help="Show only the best N mixtures.")]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None, pretty_exceptions_enable=False)
 DATA = Path(__file__).resolve().parents[1] / "dataassess" / "data"
-_state: dict = {}
+_state: dict = {"verbose": False}
 
 
 def settings() -> Settings:
     return _state["settings"]
 
 
+def _error(message: str) -> None:
+    typer.secho("error: " + " ".join(str(message).split()), err=True, fg="red")
+
+
 def friendly(fn):
-    """Bad input ends in one clear line on stderr and exit code 2, not a traceback."""
+    """Bad input ends in one `error:` line on stderr and exit code 2. Anything else is a bug:
+    one line saying so (exit 1), and its traceback with -v."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (CorpusError, ValueError, FileNotFoundError, KeyError) as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
+        except UserError as e:
+            _error(str(e))
             raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, cli_errors.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _error("interrupted; finished work is kept in the store and the next run resumes from it")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if _state["verbose"]:
+                traceback.print_exc()
+            _error(f"internal error (a bug in dataassess, please report it): {type(e).__name__}: {e}"
+                   + ("" if _state["verbose"] else "; rerun with -v for the traceback"))
+            raise typer.Exit(1) from None
 
     return wrapper
 
 
+def command(*args, **kwargs):
+    """app.command, with every command's errors handled by `friendly`."""
+    return lambda fn: app.command(*args, **kwargs)(friendly(fn))
+
+
+def main() -> None:
+    """The `dataassess` entry point: usage errors (a bad option or value) are one `error:` line too."""
+    try:
+        code = app(standalone_mode=False)
+    except cli_errors.NoArgsIsHelpError as e:
+        typer.echo(e.ctx.get_help() if e.ctx else str(e))
+        code = 2
+    except cli_errors.UsageError as e:
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        _error(e.format_message() + where)
+        code = 2
+    except typer.Abort:
+        _error("aborted")
+        code = 130
+    sys.exit(code or 0)
+
+
 @app.callback()
-def main(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file (default: ./dataassess.toml if present)."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Store folder for data, models and rankings."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+def _main(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="TOML config file (default: ./dataassess.toml if present)."),
+    store: Optional[Path] = typer.Option(None, "--store", metavar="DIR", help="Store folder for data, models, rankings, MLflow and Prefect (default: ./.dataassess)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details, and show tracebacks of internal errors."),
 ):
-    """Rank training-data mixtures by merging per-unit models (Na et al. 2024)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "datasets", "httpx", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    own = logging.getLogger("dataassess")  # the libraries' loggers stay theirs: Prefect's go to its UI, not here
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        own.addHandler(handler)
+    own.setLevel(logging.INFO if verbose else logging.WARNING)
+    own.propagate = False
+    _state["verbose"] = verbose
     try:
         _state["settings"] = load_settings(config, **({"store": store} if store else {}))
-    except Exception as e:
-        typer.secho(f"error: invalid configuration: {e}", err=True, fg="red")
+    except UserError as e:
+        _error(str(e))
         raise typer.Exit(2) from None
     from flows.runtime import configure_process
 
-    configure_process(_state["settings"].store)  # before Prefect is imported
+    configure_process(_state["settings"].store, verbose)  # before Prefect is imported
 
 
-@app.command()
-@friendly
+@command()
 def config():
     """Print the effective configuration (defaults, file and DATAASSESS_* overrides)."""
     typer.echo(json.dumps(settings().model_dump(mode="json"), indent=2))
 
 
-@app.command()
-@friendly
+@command()
 def seed():
     """Build (tiny) or import (HF id / local folder) the seed model."""
     from dataassess.seed import prepare_seed
@@ -80,13 +129,12 @@ def seed():
     typer.echo(f"seed {s.source}: {s.path}\ndigest {s.digest}")
 
 
-@app.command()
-@friendly
+@command()
 def units(corpus: Corpus):
     """Validate the corpus and cut it into equal-token units."""
     from dataassess.pipeline import prepare
 
-    inputs = prepare(str(corpus), settings())
+    inputs = prepare(corpus, settings())
     typer.echo(f"{'unit':<32} {'tokens':>8} {'distinct':>9} {'repeat':>7}  digest")
     for u in inputs.units:
         typer.echo(f"{u.name:<32} {u.tokens:>8} {u.source_tokens:>9} {u.repeat:>7.2f}  {u.digest[:12]}")
@@ -94,14 +142,13 @@ def units(corpus: Corpus):
     _report_quarantined(inputs.quarantined)
 
 
-@app.command()
-@friendly
+@command()
 def train(corpus: Corpus, eval_sets: EvalSets = None):
     """Train a model for every unit that has none yet."""
     from dataassess.pipeline import prepare, serial_map, train_units
     from dataassess.steps import Steps
 
-    inputs = prepare(str(corpus), settings(), eval_sets)
+    inputs = prepare(corpus, settings(), eval_sets)
     with Steps(settings(), inputs.seed, progress=True) as steps:
         models, _ = train_units(steps, inputs.units, serial_map())
     for m in models.values():
@@ -109,69 +156,114 @@ def train(corpus: Corpus, eval_sets: EvalSets = None):
     _report_quarantined(inputs.quarantined)
 
 
-@app.command()
-@friendly
+@command()
 def score(
     corpus: Corpus,
-    mixture: str = typer.Option(..., "--mixture", "-m", help="Comma-separated unit names, e.g. satire.u0,jargon.u0"),
+    mixture: str = typer.Option(..., "--mixture", "-m", metavar="UNITS", help="Comma-separated unit names, e.g. satire.u0,jargon.u0", show_default=False),
     eval_sets: EvalSets = None,
 ):
     """Score one mixture: merge its unit models and measure perplexity on every evaluation set."""
     from dataassess.pipeline import prepare, score_and_rank, serial_map, train_units
     from dataassess.steps import Steps
 
-    inputs = prepare(str(corpus), settings(), eval_sets)
+    names = _unit_names(mixture)
+    inputs = prepare(corpus, settings(), eval_sets)
     by_name = {u.name: u for u in inputs.units}
-    names = [n.strip() for n in mixture.split(",") if n.strip()]
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(f"unknown units {unknown}; known: {sorted(by_name)}")
+        raise UserError(f"unknown units {unknown} in --mixture; this corpus has {sorted(by_name)}")
     with Steps(settings(), inputs.seed, progress=True) as steps:
         models, _ = train_units(steps, [by_name[n] for n in names], serial_map())
         ranking, _ = score_and_rank(steps, models, inputs.eval_sets, serial_map(), mixtures=[names])
     typer.echo(json.dumps(ranking[0].to_json(), indent=2))
 
 
-@app.command()
-@friendly
+def _unit_names(mixture: str) -> list[str]:
+    names = [n.strip() for n in mixture.replace("+", ",").split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--mixture '{mixture}' names no units: give comma-separated unit names, e.g. satire.u0,jargon.u0")
+    return names
+
+
+@command()
 def rank(
     corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, refresh_eval: RefreshEval = False,
-    k_max: Optional[int] = typer.Option(None, "--k-max", help="Largest mixture size."),
-    by: Optional[str] = typer.Option(None, "--by", help="An evaluation-set name, or 'macro'."),
-    top: int = typer.Option(25, "--top"),
+    k_max: Optional[int] = typer.Option(None, "--k-max", min=1, metavar="K", help="Largest mixture size (default: rank.k_max)."),
+    by: Optional[str] = typer.Option(None, "--by", metavar="SET", help="Rank by an evaluation set's perplexity, or 'macro' (default: rank.by)."),
+    top: Top = 25,
 ):
-    """The whole pipeline: units, unit models, merged mixtures, scores, ranking."""
+    """The whole pipeline without Prefect or MLflow: units, unit models, merged mixtures, scores, ranking."""
     from dataassess import pipeline
 
     s = settings()
     s.rank = s.rank.model_copy(update={k: v for k, v in {"k_max": k_max, "by": by}.items() if v is not None})
-    result = pipeline.run(str(corpus), s, eval_sets, pool, refresh_eval)
-    _print_run(result, top)
+    result = pipeline.run(corpus, s, eval_sets, pool, refresh_eval)
+    _report_quarantined(result.inputs.quarantined)
+    _print_snapshot(json.loads(result.snapshot.read_text()), top)
+    typer.echo(
+        f"units trained {len(result.trained)}, reused {len(result.reused)}; mixtures {result.counts['mixtures']} "
+        f"(scored {result.counts['scored']}, reused {result.counts['reused']}){_screening_note(result.counts)}; "
+        f"{sum(result.timings.values()):.0f} s; snapshot {result.snapshot}"
+    )
 
 
-@app.command()
-@friendly
+@command()
 def ranking(
-    as_json: bool = typer.Option(False, "--json", help="Print the latest ranking as a JSON list."),
-    top: Optional[int] = typer.Option(None, "--top"),
+    pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="The pool to show (default: the store's only pool)."),
+    by: Optional[str] = typer.Option(None, "--by", metavar="SET", help="Re-sort the stored scores by an evaluation set (or 'macro'); nothing is recomputed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ranking as one JSON object: its metadata and its rows."),
+    top: Top = None,
 ):
-    """Show the latest ranking."""
-    from dataassess.pipeline import latest_ranking
-    from dataassess.rank import format_table
+    """Show a pool's latest ranking: what it answers, how far to trust it, what changed."""
+    from dataassess.pipeline import latest_ranking, ranked_pools
+
+    snap = latest_ranking(settings(), pool)
+    if snap is None:
+        pools = ranked_pools(settings())
+        raise UserError(f"no ranking of pool '{pool}' in {settings().store}; pools: {', '.join(pools)}" if pool and pools else
+                        f"no ranking yet in {settings().store}: run `dataassess intake CORPUS` or `dataassess demo`")
+    if by is not None:
+        snap = _resorted(snap, by)
+    if as_json:
+        rows = snap["ranking"][:top] if top else snap["ranking"]
+        meta = {k: snap.get(k) for k in ("pool", "created", "previous", "ranked_by", "budget", "fidelity", "changes", "corpus",
+                                          "seed_digest", "seed_scores", "eval_sets", "counts", "quarantined")}
+        typer.echo(json.dumps({**meta, "n_mixtures": len(snap["ranking"]), "rows": rows}, indent=2))
+        return
+    _print_snapshot(snap, top)
+
+
+def _resorted(snap: dict, by: str) -> dict:
+    """The snapshot's rows ranked by another evaluation set (or macro), from the stored scores."""
+    from dataassess.rank import rank
     from dataassess.types import RankedMixture
 
-    snap = latest_ranking(settings())
+    rows = [RankedMixture.from_json(r) for r in snap["ranking"]]
+    changes = {tuple(r.units): r.rank_change for r in rows}
+    within_size = snap.get("budget", {}).get("mode") == "union" and not snap["budget"].get("calibrated")
+    ranked = rank(rows, by, within_size)
+    for r in ranked:
+        r.rank_change = changes[tuple(r.units)]
+    return {**snap, "ranked_by": by, "resorted": True, "ranking": [r.to_json() for r in ranked]}
+
+
+@command()
+def export(
+    mixture: str = typer.Argument(..., metavar="MIXTURE", help="The mixture's units, comma-separated (as in the ranking: a + b also works).", show_default=False),
+    out: Path = typer.Argument(..., metavar="DIR", help="A new folder for the merged model (HF format: config, tokenizer, safetensors).", show_default=False),
+    pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="The pool whose unit models to merge (default: the store's only pool)."),
+):
+    """Write a mixture's merged model as an HF folder that from_pretrained loads."""
+    from dataassess.pipeline import export_mixture, latest_ranking
+
+    snap = latest_ranking(settings(), pool)
     if snap is None:
-        raise FileNotFoundError(f"no ranking yet in {settings().store}: run `dataassess rank CORPUS` or `dataassess demo`")
-    if as_json:
-        typer.echo(json.dumps(snap["ranking"][:top] if top else snap["ranking"], indent=2))
-    else:
-        typer.echo(_budget_line(snap))
-        typer.echo(format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap.get("ranked_by", "macro")))
+        raise UserError(f"no ranking yet in {settings().store}: the unit models to merge come from a pool's latest ranking")
+    folder = export_mixture(settings(), snap, _unit_names(mixture), out)
+    typer.echo(f"wrote {folder}: AutoModelForCausalLM.from_pretrained('{folder}')")
 
 
-@app.command()
-@friendly
+@command()
 def demo():
     """The bundled demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
     from flows.runtime import embedded_prefect
@@ -182,53 +274,55 @@ def demo():
         waves = run_demo(settings(), echo=typer.echo)
     for wave, summary in enumerate(waves, 1):
         typer.echo(f"wave {wave}: " + _summary_line(summary))
-    _print_latest(top=25)
+    _print_snapshot(_latest("demo"), top=25)
     _print_weights(waves[-1].get("weights"))
-    _print_ui_hint()
+    _print_ui_hint("demo")
 
 
-@app.command()
-@friendly
+@command()
 def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, refresh_eval: RefreshEval = False):
     """One Prefect intake: train new or changed units, register them, re-score, publish a ranking."""
+    from dataassess.pipeline import prepare
     from flows.runtime import embedded_prefect
 
+    inputs = prepare(corpus, settings(), eval_sets, pool, refresh_eval)  # bad input fails here, before Prefect or training
     with embedded_prefect():
         from flows.intake import intake as intake_flow
 
-        summary = intake_flow(str(corpus), settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, pool, True, refresh_eval)
+        summary = intake_flow(corpus, settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, inputs.pool, True,
+                              refresh_eval)
     typer.echo(_summary_line(summary))
     _report_quarantined(summary["quarantined_partitions"])
-    _print_latest(top=25)
+    _print_snapshot(_latest(summary["pool"]), top=25)
     _print_weights(summary.get("weights"))
-    _print_ui_hint()
+    _print_ui_hint(summary["pool"])
 
 
-@app.command()
-@friendly
+@command()
 def serve(
     corpus: Corpus,
-    interval: float = typer.Option(300, "--interval", help="Seconds between scheduled intakes."),
+    interval: float = typer.Option(300, "--interval", min=1, metavar="SECONDS", help="Seconds between scheduled intakes."),
     eval_sets: EvalSets = None,
 ):
     """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
+    from dataassess.pipeline import prepare
     from flows.runtime import ensure_prefect_home
 
+    prepare(corpus, settings(), eval_sets)  # bad input fails here, before any server starts
     ensure_prefect_home()
     from flows.serve import prefect_server
     from flows.serve import serve as serve_flow
 
     with prefect_server(settings().store) as url:
-        typer.echo(f"Prefect API {url}; serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
-        serve_flow(str(corpus), settings(), interval, str(eval_sets) if eval_sets else None)
+        typer.echo(f"Prefect API {url} (UI: {url.removesuffix('/api')}); serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
+        serve_flow(corpus, settings(), interval, str(eval_sets) if eval_sets else None)
 
 
-@app.command("add-partition")
-@friendly
+@command("add-partition")
 def add_partition(
-    path: Path = typer.Argument(..., help="A partition folder to add."),
-    corpus: Path = typer.Option(..., "--corpus", help="The corpus root it joins."),
-    name: Optional[str] = typer.Option(None, "--name", help="Partition name (default: the folder's name)."),
+    path: Path = typer.Argument(..., metavar="PATH", help="A partition folder to add.", show_default=False),
+    corpus: Path = typer.Option(..., "--corpus", metavar="ROOT", help="The corpus root it joins.", show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="Partition name (default: the folder's name)."),
 ):
     """Validate a partition, copy it into the corpus root and emit dataassess.partition.created."""
     import shutil
@@ -236,34 +330,37 @@ def add_partition(
     from dataassess.corpus import check_name, load_partition_folder
     from flows.runtime import ensure_prefect_home
 
-    ensure_prefect_home()
-    from flows.serve import announce_partition
-
+    if not corpus.is_dir():
+        raise UserError(f"corpus root not found: {corpus} is not a folder")
+    if not path.is_dir():
+        raise UserError(f"partition not found: {path} is not a folder")
     target = corpus / (name or path.name)
     check_name(target.name)
     part = load_partition_folder(path)  # rejects bad input before anything is copied
     if target.exists():
-        raise ValueError(f"{target} already exists; remove it first or pass --name")
+        raise UserError(f"{target} already exists; remove it first or pass --name")
     tmp = corpus / f".{target.name}.incoming"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(path, tmp)
     tmp.rename(target)
+    ensure_prefect_home()
+    from flows.serve import announce_partition
+
     sent = announce_partition(settings().store, str(corpus), target.name, part.digest)
     typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]})")
     typer.echo("event dataassess.partition.created emitted" if sent else "no `dataassess serve` runs for this store: the next intake will pick it up")
 
 
-@app.command()
-@friendly
+@command()
 def fidelity(
-    corpus: CorpusRoot,
+    corpus: Corpus,
     eval_sets: EvalSets = None,
     pool: PoolName = None,
-    budget: Optional[str] = typer.Option(None, "--budget", help="fixed (every mixture trained on B tokens) or union "
+    budget: Optional[str] = typer.Option(None, "--budget", metavar="fixed|union", help="fixed (every mixture trained on B tokens) or union "
                                          "(on all its units; fits the calibration). Default: rank.budget."),
-    n: int = typer.Option(24, "--n", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
-    k_max: int = typer.Option(3, "--k-max", help="Largest mixture size sampled."),
-    ceiling: int = typer.Option(8, "--ceiling", help="Mixtures given a second ground truth (another data order): the noise ceiling."),
+    n: int = typer.Option(24, "--n", min=3, metavar="N", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
+    k_max: int = typer.Option(3, "--k-max", min=1, metavar="K", help="Largest mixture size sampled."),
+    ceiling: int = typer.Option(8, "--ceiling", min=0, metavar="N", help="Mixtures given a second ground truth (another data order): the noise ceiling."),
     weighted: bool = typer.Option(False, "--weighted", help="Weighted mixtures instead of subsets: --n weight vectors over the "
                                   "partitions, each merged by its weights and trained at the fixed budget on tokens drawn by them."),
     as_json: AsJson = False,
@@ -277,18 +374,19 @@ def fidelity(
     from dataassess.store import Store, write_json
 
     if budget not in (None, "fixed", "union"):
-        raise ValueError(f"--budget must be 'fixed' or 'union', not '{budget}'")
+        raise UserError(f"--budget must be 'fixed' or 'union', not '{budget}'")
     s, pool = settings(), pool or pool_name(corpus)
     if weighted and (budget or s.rank.budget) != "fixed":
-        raise ValueError("--weighted mixtures are measured at the fixed budget: pass --budget fixed")
+        raise UserError("--weighted mixtures are measured at the fixed budget: pass --budget fixed")
     if weighted:
-        result = run_weighted_fidelity(str(corpus), s, eval_sets, n, ceiling, pool=pool)
+        result = run_weighted_fidelity(corpus, s, eval_sets, n, ceiling, pool=pool)
     else:
-        result = run_fidelity(str(corpus), s, eval_sets, n, k_max, budget, ceiling, pool=pool)
+        result = run_fidelity(corpus, s, eval_sets, n, k_max, budget, ceiling, pool=pool)
     _report_quarantined(result.quarantined)
-    report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": str(corpus)})
+    report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": corpus, "pool": pool})
     store = Store(s.store)
-    write_json(store.fidelity(), {"report": report, "rows": result.rows})
+    if not weighted:  # the pool's fidelity, as rankings show it, is the subset ranking's
+        write_json(store.fidelity(pool), {"report": report, "rows": result.rows})
     if result.calibration is not None:
         write_json(store.calibration(pool), {**result.calibration.to_json(), "measured": report["measured"]})
     if log_mlflow:
@@ -303,16 +401,16 @@ def fidelity(
     typer.echo(f"budget: {report['budget']}; score: {what}; ceiling: truth vs a second truth (another data order)")
     typer.echo(f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'pair acc':>9} {'naive acc':>9} {'ceil rho':>9} {'ceil acc':>9} {'of ceil':>8}")
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
-        typer.echo(f"{name:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['decision_accuracy']):>9} "
+        typer.echo(f"{name[:20]:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['decision_accuracy']):>9} "
                    f"{_f(f['baseline_decision_accuracy']):>9} {_f(f['ceiling_spearman']):>9} {_f(f['ceiling_decision_accuracy']):>9} "
                    f"{_f(f['spearman_share_of_ceiling']):>8}")
-    typer.echo(f"{report['macro']['n_mixtures']} mixtures; figures in {store.fidelity()}")
+    typer.echo(f"{report['macro']['n_mixtures']} mixtures" + ("" if weighted else f"; figures in {store.fidelity(pool)}; "
+               "the next ranking of this pool shows them"))
 
 
-@app.command()
-@friendly
+@command()
 def optimize(
-    corpus: CorpusRoot,
+    corpus: Corpus,
     verify: bool = typer.Option(False, "--verify", help="Also train the seed at the fixed budget on the optimized, uniform and "
                                 "natural weights and on the best subset, and report their real perplexities."),
     eval_sets: EvalSets = None,
@@ -324,7 +422,7 @@ def optimize(
     from dataassess.optimize import run_optimize
 
     s = settings()
-    result = run_optimize(str(corpus), s, eval_sets, pool, verify)
+    result = run_optimize(corpus, s, eval_sets, pool, verify)
     report = _finite(result.report)
     if log_mlflow:
         from registry.optimize import log_optimization
@@ -390,21 +488,41 @@ def _screening_note(counts: dict) -> str:
     return f"; screened: {rungs} of the sets, {sc['cost']:.2f} of full evaluation"
 
 
-def _print_latest(top: int) -> None:
+def _latest(pool: str) -> dict:
     from dataassess.pipeline import latest_ranking
-    from dataassess.rank import format_table
+
+    return latest_ranking(settings(), pool)
+
+
+def _print_snapshot(snap: dict, top: int | None) -> None:
+    """A ranking as a data lead reads it: which pool and when, what its scores answer, how far to trust
+    them, the table (with the seed as a reference row), then what changed since the previous one."""
+    from dataassess.rank import fidelity_line, format_table
     from dataassess.types import RankedMixture
 
-    snap = latest_ranking(settings())
-    typer.echo("\n" + _budget_line(snap))
-    typer.echo(format_table([RankedMixture.from_json(r) for r in snap["ranking"]], top, snap["ranked_by"]))
-    moved = [r for r in snap["ranking"] if r.get("rank_change")]
-    new = [r for r in snap["ranking"] if r.get("rank_change", 0) is None]
-    if snap.get("previous") and (moved or new):
-        typer.echo(f"since the previous snapshot: {len(new)} new mixtures, {len(moved)} moved")
-        for r in sorted(moved, key=lambda r: -abs(r["rank_change"]))[:5]:
-            typer.echo(f"  {' + '.join(r['units'])}: {r['rank_change']:+d} -> #{r['rank']}")
-    typer.echo(f"\nAll {len(snap['ranking'])} mixtures as JSON: dataassess ranking --json")
+    created = snap["created"]
+    when = f"{created[:4]}-{created[4:6]}-{created[6:8]} {created[9:11]}:{created[11:13]} UTC"
+    n_units = len(snap.get("units", {}))
+    typer.echo(f"\npool {snap.get('pool', '?')}: ranking of {when}, {len(snap['ranking'])} mixtures of {n_units} unit models"
+               + (f", re-sorted by {snap['ranked_by']}" if snap.get("resorted") else ""))
+    typer.echo(_budget_line(snap))
+    typer.echo(fidelity_line(snap.get("fidelity") or {"measured": False, "how": "not measured: run `dataassess fidelity CORPUS`"}))
+    rows = [RankedMixture.from_json(r) for r in snap["ranking"]]
+    typer.echo(format_table(rows, top, snap.get("ranked_by", "macro"), snap.get("seed_scores")))
+    typer.echo(_changes_line(snap))
+    typer.echo(f"All {len(rows)} mixtures as JSON: dataassess ranking --pool {snap.get('pool', 'POOL')} --json")
+
+
+def _changes_line(snap: dict) -> str:
+    """What changed since the pool's previous ranking, by the same rule as the table's change column."""
+    ch = snap.get("changes")
+    if not snap.get("previous") or not ch:
+        return "first ranking of this pool"
+    parts = [f"{len(ch['new'])} new mixture(s)" if ch["new"] else "no new mixtures",
+             f"{len(ch['moved'])} changed order among those ranked before" if ch["moved"] else "the order of those ranked before is unchanged"]
+    best = " + ".join(ch["best"])
+    parts.append(f"new best: {best} (was {' + '.join(ch['previous_best'])})" if ch["new_best"] else f"best unchanged: {best}")
+    return "since the previous ranking: " + "; ".join(parts)
 
 
 def _print_weights(weights: dict | None) -> None:
@@ -420,36 +538,22 @@ def _print_weights(weights: dict | None) -> None:
     typer.echo(f"\nmixture weights (shares of the fixed budget{', change since the last optimization' if change else ''}; "
                f"surrogate cross-validated Spearman {weights['surrogate_spearman']:.2f}):")
     typer.echo("  " + ", ".join(cells))
-    typer.echo("  details and the verified comparison: dataassess optimize --corpus CORPUS --verify")
+    typer.echo("  details and the verified comparison: dataassess optimize CORPUS --verify")
 
 
 def _budget_line(snap: dict) -> str:
     budget = snap.get("budget") or {"mode": "fixed", "score": "uniform parameter average"}
-    return f"budget: {budget['mode']}; scores: {budget['score']}"
+    return f"budget: {budget['mode']} ({budget['score']}); ranked by {snap.get('ranked_by', 'macro')}"
 
 
-def _print_ui_hint() -> None:
-    from registry.tracking import tracking_uri
+def _print_ui_hint(pool: str) -> None:
+    from registry.tracking import RANKINGS_EXPERIMENT, connect, tracking_uri
 
     uri = tracking_uri(settings().store)
-    typer.echo(f"MLflow ({uri}): run `make ui`, open http://127.0.0.1:5000, experiment 'dataassess-rankings' (latest run: table, plot, inputs), and Models for '<pool>.<unit>' and '<pool>-champion'.")
-
-
-def _print_run(result, top: int) -> None:
-    from dataassess.pipeline import latest_ranking
-    from dataassess.rank import format_table
-
-    typer.echo(_budget_line(latest_ranking(settings())))
-    typer.echo(format_table(result.ranking, top))
-    seed = "  ".join(f"{k}={v:.2f}" for k, v in result.seed_scores.items())
-    typer.echo(f"\nseed perplexity (reference): {seed}")
-    typer.echo(
-        f"units trained {len(result.trained)}, reused {len(result.reused)}; mixtures {result.counts['mixtures']} "
-        f"(scored {result.counts['scored']}, reused {result.counts['reused']}){_screening_note(result.counts)}; "
-        f"{sum(result.timings.values()):.0f} s"
-    )
-    _report_quarantined(result.inputs.quarantined)
-    typer.echo(f"snapshot: {result.snapshot}")
+    exp = connect(settings().store).get_experiment_by_name(RANKINGS_EXPERIMENT)
+    runs = f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else ""
+    typer.echo(f"\nMLflow ({uri}): `make ui`, then http://127.0.0.1:5000/{runs} : the ranking runs of pool '{pool}' (the latest "
+               f"on top); Model registry: '{pool}.<unit>' and '{pool}-champion'. Prefect flow runs: `make prefect-ui`.")
 
 
 def _report_quarantined(quarantined: list[str]) -> None:
@@ -458,4 +562,4 @@ def _report_quarantined(quarantined: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    main()

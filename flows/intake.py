@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from datetime import datetime
 
 from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm.auto import tqdm
 
 from dataassess import pipeline
 from dataassess.config import Settings
@@ -36,11 +39,22 @@ def store_lock(store: Store):
         yield
 
 
-def task_map(name, fn, items, label):
-    """pipeline.MapFn over Prefect tasks: one task run per item, named after it."""
-    step = task(fn, name=name, cache_policy=NO_CACHE)
-    futures = [step.with_options(task_run_name=f"{name} {label(item)}").submit(item) for item in items]
-    return [f.result() for f in futures]
+def task_map(progress: bool = False) -> pipeline.MapFn:
+    """pipeline.MapFn over Prefect tasks: one task run per item, named after it; a progress bar when asked."""
+
+    def map_fn(name, fn, items, label):
+        step = task(fn, name=name, cache_policy=NO_CACHE)
+        futures = [step.with_options(task_run_name=f"{name} {label(item)}").submit(item) for item in items]
+        return [f.result() for f in tqdm(futures, desc=name, disable=not progress or not futures)]
+
+    return map_fn
+
+
+def run_name() -> str:
+    """Flow runs are named by pool and time, e.g. `intake demo 2026-12-01 22:50:03`."""
+    params = flow_run.parameters
+    pool = params.get("pool") or pipeline.pool_name(params["corpus_root"])
+    return f"intake {pool} {datetime.now():%Y-%m-%d %H:%M:%S}"
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -54,11 +68,11 @@ def publish(result: pipeline.RunResult, settings: Settings, versions: dict[str, 
 
 
 @task(name="optimize weights", cache_policy=NO_CACHE)
-def optimize_weights(result: pipeline.RunResult, settings: Settings, ranking_run_id: str) -> dict:
-    return publish_weights(connect(settings.store), settings, result, ranking_run_id)
+def optimize_weights(result: pipeline.RunResult, settings: Settings, ranking_run_id: str, progress: bool) -> dict:
+    return publish_weights(connect(settings.store), settings, result, ranking_run_id, progress)
 
 
-@flow(name="dataassess-intake", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+@flow(name="dataassess-intake", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def intake(
     corpus_root: str, config: dict | None = None, eval_sets: str | None = None, pool: str | None = None,
     progress: bool = False, refresh_eval: bool = False,
@@ -69,9 +83,15 @@ def intake(
     documents, pinned at the pool's first intake (refresh_eval=True re-pins them).
     """
     settings = Settings.model_validate(config or {})
+    logger = get_run_logger()
     connect(settings.store)  # a tracking server that is down should not cost a training run
     with store_lock(Store(settings.store)):
-        result = pipeline.run(corpus_root, settings, eval_sets, pool, refresh_eval, task_map, progress)
+        result = pipeline.run(corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress), progress)
+        for msg in result.inputs.quarantined:
+            logger.warning("quarantined: %s", msg)
+        logger.info("units: %d trained (%s), %d reused", len(result.trained), ", ".join(result.trained) or "none", len(result.reused))
+        logger.info("mixtures: %d, %d scored now, %d reused; best %s", result.counts["mixtures"], result.counts["scored"],
+                    result.counts["reused"], " + ".join(result.ranking[0].units))
         with pipeline.phase(result.timings, "register"):
             versions, registered = register(result, settings)
         summary = {
@@ -85,10 +105,7 @@ def intake(
         weights = None
         if settings.optimize.on_intake:
             with pipeline.phase(result.timings, "optimize"):
-                weights = optimize_weights(result, settings, published["ranking_run_id"])
-    logger = get_run_logger()
-    for msg in result.inputs.quarantined:
-        logger.info("quarantined: %s", msg)
+                weights = optimize_weights(result, settings, published["ranking_run_id"], progress)
     logger.info("intake %s: %s", result.inputs.pool, summary)
     return {**summary, "trained_units": result.trained, "quarantined_partitions": result.inputs.quarantined, **published,
             "pool": result.inputs.pool, "seconds": result.timings, "weights": weights}

@@ -15,24 +15,28 @@ OFFLINE = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    # flow and task logs at INFO reach the Prefect UI's log pane; the terminal shows the command's own lines
+    "PREFECT_LOGGING_LEVEL": "INFO",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "TOKENIZERS_PARALLELISM": "false",
+    # the libraries' progress bars and info lines: commands draw their own progress
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
 
 
-def configure_process(store: Path) -> None:
+def configure_process(store: Path, verbose: bool = False) -> None:
     """Defaults for a command's process, before Prefect is imported; any of them can be set from
-    outside. Prefect's home is the store's, so a store carries its flow-run history. The
-    libraries' progress bars and info lines are off: commands draw their own progress."""
+    outside. Prefect's home is the store's (so a store carries its flow-run history, and
+    --store moves it) unless PREFECT_API_URL names a server. Imports nothing heavy."""
+    if verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO")
     for name, value in OFFLINE.items():
         os.environ.setdefault(name, value)
-    os.environ.setdefault("PREFECT_HOME", str(Store(store).prefect_home().resolve()))
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_HOME"] = str(Store(store).prefect_home().resolve())
 
 
 def ensure_prefect_home() -> None:

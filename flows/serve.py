@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.events import DeploymentEventTrigger, emit_event
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from dataassess.config import Settings
 from dataassess.pipeline import pool_name
@@ -52,14 +53,16 @@ def prefect_server(store: Path, timeout_s: float = 120):
     url = f"http://127.0.0.1:{port}/api"
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "PREFECT_UI_API_URL": url},  # the UI it serves talks to this server, not one on port 4200
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
         wait_until_healthy(f"{url}/health", proc, timeout_s, "the local Prefect server")
-        os.environ["PREFECT_API_URL"] = url
+        os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
         Store(store).root.mkdir(parents=True, exist_ok=True)
         Store(store).prefect_api_file().write_text(url)
-        yield url
+        with temporary_settings(updates={PREFECT_API_URL: url}):  # this process read its settings when Prefect was imported
+            yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         Store(store).prefect_api_file().unlink(missing_ok=True)
@@ -83,13 +86,15 @@ def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: st
 
 def announce_partition(store: Path, corpus_root: str, partition: str, digest: str) -> bool:
     """Emit the event that triggers the served deployment; False when nothing serves this store."""
-    if not os.environ.get("PREFECT_API_URL"):
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
         recorded = Store(store).prefect_api_file()
         if not recorded.exists():
             return False
-        os.environ["PREFECT_API_URL"] = recorded.read_text().strip()
-    emit_event(
-        event=EVENT, resource={"prefect.resource.id": corpus_resource(corpus_root), "dataassess.partition": partition},
-        payload={"corpus_root": str(Path(corpus_root).resolve()), "partition": partition, "digest": digest},
-    )
+        url = recorded.read_text().strip()
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        emit_event(
+            event=EVENT, resource={"prefect.resource.id": corpus_resource(corpus_root), "dataassess.partition": partition},
+            payload={"corpus_root": str(Path(corpus_root).resolve()), "partition": partition, "digest": digest},
+        )
     return True

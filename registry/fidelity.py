@@ -61,13 +61,3 @@ def log_fidelity(client: MlflowClient, store: Path, report: dict, rows: list[dic
             if report["budget"] == "union":
                 client.log_figure(run_id, scatter(rows, s, "calibrated"), f"plots/calibration_{s or 'macro'}.png")
     return run_id
-
-
-def snapshot_tags(report: dict | None) -> dict:
-    """The latest fidelity figures, shown on every ranking snapshot."""
-    if not report:
-        return {"status": "not measured: run `dataassess fidelity`"}
-    m = report["macro"]
-    return {"budget": report.get("budget", "union"), "macro_pearson": m["pearson"], "macro_spearman": m["spearman"],
-            "macro_decision_accuracy": m["decision_accuracy"], "macro_ceiling_spearman": m.get("ceiling_spearman"),
-            "n_mixtures": m["n_mixtures"], "measured": report.get("measured", "")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -17,6 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from dataassess import __version__
+from dataassess.rank import macro
 from dataassess.seed import Seed
 from dataassess.types import UnitModel
 
@@ -62,17 +64,51 @@ def save_pyfunc(weights: Path, seed: Seed, folder: Path) -> Path:
 
 
 def _register_model_run(client: MlflowClient, store: Path, name: str, run_name: str, weights: Path, seed: Seed,
-                        params: dict, metrics: dict, tags: dict, alias: str, description: str) -> ModelVersion:
+                        params: dict, metrics: dict, tags: dict, alias: str, description: str, version_description: str = "",
+                        span: tuple[float, float] | None = None, log_extra=None) -> ModelVersion:
     """A run holding the model as a pyfunc, then a version of `name` with all its tags, and the alias on it."""
-    with open_run(client, UNITS_EXPERIMENT, store, run_name, tags) as run_id:
+    run_tags = {**tags, "mlflow.note.content": version_description} if version_description else tags
+    with open_run(client, UNITS_EXPERIMENT, store, run_name, run_tags, span) as run_id:
         log_values(client, run_id, params, metrics)
+        if log_extra:
+            log_extra(run_id)
         with tempfile.TemporaryDirectory() as tmp:
             client.log_artifacts(run_id, str(save_pyfunc(Path(weights), seed, Path(tmp))), "model")
     if not client.search_registered_models(f"name = '{name}'", max_results=1):
         client.create_registered_model(name, description=description)
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags, description=version_description)
     client.set_registered_model_alias(name, alias, mv.version)
     return mv
+
+
+def unit_description(model: UnitModel, seed: Seed, seed_version: str | None) -> str:
+    """The lineage of a unit model in words, for its version page."""
+    seed_ref = f"seed {seed.source} ({seed.digest[:12]}" + (f", registered as version {seed_version}" if seed_version else "") + ")"
+    return (f"Unit **{model.unit}** of partition **{model.partition}**: the {seed_ref} continue-pretrained on {model.tokens:,} tokens "
+            f"({model.source_tokens:,} distinct, repeated {model.repeat:.2f}x) in {model.steps} steps, {model.wall_s:.0f} s; "
+            f"final loss {model.final_loss:.3f}. Unit digest {model.unit_digest[:12]}, train config {model.train_config_hash}.")
+
+
+def _log_training(client: MlflowClient, model: UnitModel, unit_tokens: Path | None):
+    """The loss curve (one point per step) and the unit's tokens as the run's training dataset."""
+    def log(run_id: str) -> None:
+        import pandas as pd
+        from mlflow.data import from_pandas
+        from mlflow.entities import DatasetInput, InputTag, Metric
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        start = int((model.finished_at - model.wall_s) * 1000) if model.finished_at else int(time.time() * 1000)
+        step_ms = int(model.wall_s * 1000 / max(1, len(model.losses)))
+        points = [Metric("train_loss", float(v), start + i * step_ms, i + 1) for i, v in enumerate(model.losses)]
+        for i in range(0, len(points), 1000):
+            client.log_batch(run_id, metrics=points[i:i + 1000])
+        df = pd.DataFrame([{"unit": model.unit, "partition": model.partition, "tokens": model.tokens,
+                            "source_tokens": model.source_tokens, "repeat": model.repeat, "unit_digest": model.unit_digest}])
+        source = str(unit_tokens.resolve()) if unit_tokens else model.unit_digest
+        dataset = from_pandas(df, source=source, name=model.unit, digest=model.unit_digest[:32])._to_mlflow_entity()
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+
+    return log
 
 
 def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> ModelVersion:
@@ -85,15 +121,17 @@ def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> M
 
 
 def register_unit(client: MlflowClient, store: Path, pool: str, model: UnitModel, weights: Path, seed: Seed,
-                  seed_version: str | None) -> tuple[ModelVersion, bool]:
+                  seed_version: str | None, unit_tokens: Path | None = None) -> tuple[ModelVersion, bool]:
     """Register a trained unit model once; returns (version, newly_registered). Re-points `current`."""
     name = f"{pool}.{model.unit}"
     mv = find_version(client, model.key)
     if mv is None:
+        span = (model.finished_at - model.wall_s, model.finished_at) if model.finished_at else None
         mv = _register_model_run(
             client, store, name, model.unit, weights, seed, {f"train.{k}": v for k, v in model.train_config.items()},
             {"final_loss": model.final_loss, "train_wall_s": model.wall_s}, unit_tags(model, seed_version), CURRENT,
-            f"Unit models of {model.partition} (unit {model.unit}).",
+            f"Unit models of {model.partition} (unit {model.unit}).", unit_description(model, seed, seed_version), span,
+            _log_training(client, model, unit_tokens),
         )
         return mv, True
     if current_version(client, name) != mv.version:
@@ -109,11 +147,22 @@ def current_version(client: MlflowClient, name: str) -> str | None:
 
 
 def register_champion(client: MlflowClient, store: Path, pool: str, weights: Path, seed: Seed, mixture: list[str],
-                      scores: dict, champion_key: str) -> ModelVersion:
+                      scores: dict, champion_key: str, ranking_run: tuple[str, str], ranked_by: str) -> ModelVersion:
+    """The best mixture's merged model: a version per distinct mixture, its mixture and scores in its tags and
+    description, linked to the ranking run (experiment id, run id) that made it champion."""
     name, key = f"{pool}-champion", f"champion:{champion_key}"
+    exp_id, run_id = ranking_run
+    scored = ", ".join(f"{k} {v:.2f}" for k, v in sorted(scores.items()))
+    description = (f"Mixture **{' + '.join(mixture)}**, ranked #1 by {ranked_by} in ranking run "
+                   f"[{run_id[:8]}](#/experiments/{exp_id}/runs/{run_id}); perplexity {scored}.")
+    tags = {T + "model_key": key, T + "mixture": " + ".join(mixture), T + "seed_digest": seed.digest, T + "code_version": __version__,
+            T + "ranking_run_id": run_id, T + "macro": f"{macro(scores):.3f}", **{f"{T}ppl.{k}": f"{v:.3f}" for k, v in scores.items()}}
     if (mv := find_version(client, key)) is None:
-        tags = {T + "model_key": key, T + "mixture": " + ".join(mixture), T + "seed_digest": seed.digest, T + "code_version": __version__}
-        return _register_model_run(client, store, name, "champion " + " + ".join(mixture), weights, seed, {"mixture": ",".join(mixture)},
-                                   {f"ppl.{k}": v for k, v in scores.items()}, tags, CHAMPION, "The merged model of the best-ranked mixture.")
+        mv = _register_model_run(client, store, name, "champion " + " + ".join(mixture), weights, seed, {"mixture": ",".join(mixture)},
+                                 {f"ppl.{k}": v for k, v in scores.items()}, tags, CHAMPION, "The merged model of the best-ranked mixture.",
+                                 description)
+    else:  # the same mixture is champion again: point it at the newest ranking run
+        client.update_model_version(name, mv.version, description=description)
+        client.set_model_version_tag(name, mv.version, T + "ranking_run_id", run_id)
     client.set_registered_model_alias(name, CHAMPION, mv.version)
     return mv

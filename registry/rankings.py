@@ -23,13 +23,15 @@ def ranking_frame(ranking: list[RankedMixture]) -> pd.DataFrame:
     for r in ranking:
         row = {"rank": r.rank, "mixture": " + ".join(r.units), "k": r.k, "rank_in_size": r.rank_in_size, "macro": r.macro}
         row.update({f"ppl {s}": v for s, v in r.scores.items()})
-        row["rank_change"] = "new" if r.rank_change is None else f"{r.rank_change:+d}"
+        row["rank_change"] = r.rank_change  # places moved among mixtures ranked last time; None: new
         row["units"] = ",".join(r.units)
         row["evaluated_fraction"] = r.evaluated_fraction  # < 1: screened out on a slice
         for s, (lo, hi) in (r.intervals or {}).items():
             row[f"ppl {s} 95% interval"] = f"{lo:.2f} - {hi:.2f}"
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame["rank_change"] = pd.Series([r.rank_change for r in ranking], dtype=object)  # null for new, as in the JSON
+    return frame
 
 
 def plot_top(ranking: list[RankedMixture], seed_scores: dict[str, float], top: int = 12) -> Figure:
@@ -66,27 +68,67 @@ def eval_set_inputs(eval_sets: dict[str, dict]) -> list[DatasetInput]:
     return out
 
 
+def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_version: str | None = None) -> str:
+    """The ranking run's description (markdown): the champion, how far to trust the ranking, what it answers,
+    the top 5 and what changed."""
+    budget, fid, ch = snapshot["budget"], snapshot.get("fidelity") or {}, snapshot.get("changes") or {}
+    lines = [f"**Ranking of pool {pool}** ({len(ranking)} mixtures of {len(snapshot.get('units', {}))} unit models), "
+             f"ranked by {snapshot['ranked_by']} perplexity, lower is better.", ""]
+    champion = f"**Champion:** {' + '.join(ranking[0].units)} (macro perplexity {ranking[0].macro:.2f})"
+    if champion_version:
+        champion += f", model [{pool}-champion version {champion_version}](#/models/{pool}-champion/versions/{champion_version})"
+    lines += [champion + ".", ""]
+    if fid.get("measured"):
+        num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"**Fidelity** ({fid['budget']} budget, {fid['n_mixtures']} mixtures trained for real, {fid['when']}): "
+                     f"Spearman {num(fid['spearman'])}, pair accuracy {num(fid['decision_accuracy'])}, noise ceiling "
+                     f"{num(fid['ceiling_spearman'])} (share of ceiling {num(fid['share_of_ceiling'])}).")
+    else:
+        lines.append("**Fidelity:** not measured for this pool. Run `dataassess fidelity CORPUS` to train ground truth for "
+                     "sampled mixtures; the next ranking shows the figures.")
+    lines += ["", f"**Budget:** {budget['mode']}: {budget['score']}.", ""]
+    if snapshot.get("previous") and ch:
+        best = "new best (was " + " + ".join(ch["previous_best"]) + ")" if ch.get("new_best") else "best unchanged"
+        lines += [f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures, {len(ch['moved'])} changed order among "
+                  f"those ranked before, {best}.", ""]
+    else:
+        lines += ["**Changes:** first ranking of this pool.", ""]
+    lines += ["**Top 5**", "", "| rank | mixture | macro | change |", "|---|---|---|---|"]
+    for r in ranking[:5]:
+        change = "new" if r.rank_change is None else f"{r.rank_change:+d}"
+        lines.append(f"| {r.rank} | {' + '.join(r.units)} | {r.macro:.2f} | {change} |")
+    return "\n".join(lines)
+
+
 def log_snapshot(
     client: MlflowClient, store: Path, pool: str, snapshot: dict, ranking: list[RankedMixture], unit_versions: dict[str, str],
-    eval_sets: dict[str, dict], summary: dict, fidelity: dict | None = None,
+    eval_sets: dict[str, dict], summary: dict,
 ) -> str:
-    """Log one ranking run: params (pool state), table, plot, eval-set inputs, top-k metrics. Returns run id."""
+    """Log one ranking run: params (pool state), table, plot, eval-set inputs, metrics, description. Returns run id."""
+    fid = snapshot.get("fidelity") or {}
     tags = {
         T + "pool": pool, T + "ranked_by": snapshot["ranked_by"], T + "snapshot": snapshot["created"],
         T + "best_mixture": " + ".join(ranking[0].units),
         T + "quarantined": ("; ".join(snapshot.get("quarantined", [])) or "none")[:5000],
         T + "seed_digest": snapshot["seed_digest"],
         T + "budget": snapshot["budget"]["mode"], T + "score": snapshot["budget"]["score"],
+        T + "fidelity": "measured" if fid.get("measured") else "not measured",
+        "mlflow.note.content": describe(pool, snapshot, ranking),
     }
-    for k, v in (fidelity or {}).items():
-        tags[f"{T}fidelity.{k}"] = str(v)
     full = [r for r in ranking if r.evaluated_fraction == 1.0]  # slice scores are not comparable
-    metrics = {"best.macro": full[0].macro, "top5_mean.macro": sum(r.macro for r in full[:5]) / min(5, len(full))}
+    champion = ranking[0]
+    metrics = {"champion.macro": champion.macro, "top5_mean.macro": sum(r.macro for r in full[:5]) / min(5, len(full)),
+               "seed.macro": macro(snapshot["seed_scores"])}
     for s in ranking[0].scores:
-        metrics[f"best.{s}"] = min(r.scores[s] for r in full)
-        metrics[f"seed.{s}"] = snapshot["seed_scores"][s]
+        metrics[f"champion.ppl.{s}"] = champion.scores[s]
+        metrics[f"lowest_any_mixture.ppl.{s}"] = min(r.scores[s] for r in full)
+        metrics[f"seed.ppl.{s}"] = snapshot["seed_scores"][s]
     metrics.update({f"count.{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-    metrics.update({f"fidelity.{k}": float(v) for k, v in (fidelity or {}).items() if isinstance(v, (int, float))})
+    metrics["count.new_mixtures"] = float(len((snapshot.get("changes") or {}).get("new", [])))
+    metrics["count.reordered_mixtures"] = float(len((snapshot.get("changes") or {}).get("moved", [])))
+    if fid.get("measured"):
+        metrics.update({f"fidelity.{k}": float(fid[k]) for k in ("spearman", "pearson", "decision_accuracy", "ceiling_spearman",
+                                                                  "share_of_ceiling", "n_mixtures") if fid.get(k) is not None})
     params = {f"unit.{u}": v for u, v in sorted(unit_versions.items())}
     params.update({"pool": pool, "n_units": len(unit_versions), "n_mixtures": len(ranking), "ranked_by": snapshot["ranked_by"],
                    "budget": snapshot["budget"]["mode"], "budget_tokens": snapshot["budget"].get("tokens", "k x units.tokens")})
@@ -96,3 +138,9 @@ def log_snapshot(
         client.log_figure(run_id, plot_top(ranking, snapshot["seed_scores"]), "top_mixtures.png")
         client.log_inputs(run_id, datasets=eval_set_inputs(eval_sets))
     return run_id
+
+
+def link_champion(client: MlflowClient, run_id: str, pool: str, version: str, snapshot: dict, ranking: list[RankedMixture]) -> None:
+    """Name the champion's model version on the ranking run, in its tags and its description."""
+    client.set_tag(run_id, T + "champion_version", version)
+    client.set_tag(run_id, "mlflow.note.content", describe(pool, snapshot, ranking, version))

@@ -18,6 +18,8 @@ from dataassess.store import Store
 
 UNITS_EXPERIMENT = "dataassess-units"
 RANKINGS_EXPERIMENT = "dataassess-rankings"
+# MLflow 3 opens an experiment without this tag as a GenAI one (no Models tab, runs filed under "Evaluation runs")
+ML_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 # The one retry layer: MLflow's own HTTP retries, bounded so a dead server fails in seconds.
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # MLflow's hints about pandas schemas and dataset sources do not apply to what we log.
@@ -56,19 +58,31 @@ def connect(store: Path) -> MlflowClient:
     return client
 
 
+EXPERIMENT_NOTES = {
+    RANKINGS_EXPERIMENT: "One run per intake of a pool: the ranking of its mixtures (table, plot, description with the top 5, "
+                         "what changed and the fidelity figures), linked to the champion model version.",
+    UNITS_EXPERIMENT: "One run per unit model (training data as a dataset input, loss curve), the seed and each champion; "
+                      "their versions are in Models.",
+}
+
+
 def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     local = client.tracking_uri.startswith("sqlite:")
     root = Store(store).mlflow_artifacts().resolve().as_uri()
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None,
+                                    tags={**ML_EXPERIMENT, "mlflow.note.content": EXPERIMENT_NOTES.get(name, "")})
 
 
 @contextmanager
-def open_run(client: MlflowClient, experiment: str, store: Path, name: str, tags: dict[str, str]) -> Iterator[str]:
-    """A run in `experiment`, ended FINISHED (or FAILED on error); yields its id."""
-    run = client.create_run(experiment_id(client, experiment, store), run_name=name, tags=tags)
+def open_run(client: MlflowClient, experiment: str, store: Path, name: str, tags: dict[str, str],
+             span: tuple[float, float] | None = None) -> Iterator[str]:
+    """A run in `experiment`, ended FINISHED (or FAILED on error); yields its id.
+    span: (start, end) unix seconds of the work the run records, when it happened before the run is logged."""
+    start, end = (int(t * 1000) for t in span) if span else (None, None)
+    run = client.create_run(experiment_id(client, experiment, store), start_time=start, run_name=name, tags=tags)
     status = "FAILED"
     try:
         with warnings.catch_warnings():
@@ -76,7 +90,7 @@ def open_run(client: MlflowClient, experiment: str, store: Path, name: str, tags
             yield run.info.run_id
         status = "FINISHED"
     finally:
-        client.set_terminated(run.info.run_id, status)
+        client.set_terminated(run.info.run_id, status, end_time=end)
 
 
 def log_values(client: MlflowClient, run_id: str, params: dict | None = None, metrics: dict | None = None) -> None:

@@ -21,11 +21,11 @@ run() {  # name, store, then fidelity arguments; settings come from DATAASSESS_*
   mv "$OUT/$name.json.tmp" "$OUT/$name.json"
   echo "$name: $((SECONDS - start)) s"
 }
-DEMO_ARGS=(--corpus "$DEMO/corpus" --eval-sets "$DEMO/eval")
+DEMO_ARGS=("$DEMO/corpus" --eval-sets "$DEMO/eval")
 run demo-fixed demo "${DEMO_ARGS[@]}" --budget fixed
 run demo-union demo "${DEMO_ARGS[@]}" --budget union
-run shared-fixed shared --corpus "$OUT/shared-corpus" --budget fixed
-run shared-union shared --corpus "$OUT/shared-corpus" --budget union
+run shared-fixed shared "$OUT/shared-corpus" --budget fixed
+run shared-union shared "$OUT/shared-corpus" --budget union
 # the larger seed trains about 2.5x slower here: a smaller sample (the flags after SAMPLE win)
 DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
   run larger-seed-fixed larger "${DEMO_ARGS[@]}" --budget fixed --n "${N_LARGER:-12}" --ceiling "${CEILING_LARGER:-4}"

@@ -20,9 +20,9 @@ for p in scripture-law jargon drama-comedy; do cp -r "$DEMO/$p" "$WORK/corpus/";
 .venv/bin/dataassess serve "$WORK/corpus" --interval "$INTERVAL" > "$WORK/serve.log" 2>&1 &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null; wait $SERVE 2>/dev/null; [ "${KEEP:-}" ] || rm -rf "$WORK"' EXIT  # KEEP=1 keeps logs
-has_satire() { grep -q '"satire.u0"' "$STORE/rankings/latest.json" 2>/dev/null; }
+has_satire() { grep -q '"satire.u0"' "$STORE/rankings/corpus/latest.json" 2>/dev/null; }
 first=$(( $(date +%s) + 600 ))
-until [ -s "$STORE/rankings/latest.json" ]; do
+until [ -s "$STORE/rankings/corpus/latest.json" ]; do
   [ "$(date +%s)" -gt "$first" ] && { echo "FAIL: no first intake within 600 s"; tail -20 "$WORK/serve.log"; exit 1; }
   sleep 2
 done
@@ -54,7 +54,7 @@ async def main():
 asyncio.run(main())
 PY
 }
-until grep -q '"scripture-wisdom.u0"' "$STORE/rankings/latest.json" 2>/dev/null && triggered_run; do
+until grep -q '"scripture-wisdom.u0"' "$STORE/rankings/corpus/latest.json" 2>/dev/null && triggered_run; do
   [ $(( $(date +%s) - added )) -gt 240 ] && { echo "FAIL: no event-triggered intake"; tail -20 "$WORK/serve.log"; exit 1; }
   sleep 3
 done

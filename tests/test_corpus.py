@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataassess.corpus import Document, discover, is_heldout, load_partition_folder
+from dataassess.errors import UserError
 from tests.conftest import demo_docs, write_jsonl
 
 
@@ -111,7 +112,7 @@ def test_unsupported_file_and_missing_corpus(tmp_path):
     (tmp_path / "c" / "p" / "notes.pdf").write_bytes(b"%PDF-1.4")
     good, bad = discover(tmp_path / "c")
     assert not good and "unsupported file type" in str(bad[0]) and "notes.pdf" in str(bad[0])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="corpus not found"):
         discover(tmp_path / "nope")
 
 

@@ -1,18 +1,17 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import numpy as np
-
 from dataassess import pipeline
 from dataassess.calibration import loo_predictions
 from dataassess.fidelity import decision_accuracy, figures, sample_mixtures, top_k_agreement
-from dataassess.truth import Truth, budget_sequences, train_truth, union_sequences
 from dataassess.steps import Steps
 from dataassess.store import Store
+from dataassess.truth import Truth, budget_sequences, train_truth, union_sequences
 from flows.cli import app
 from tests.conftest import write_toml
 
@@ -124,7 +123,7 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
             "baseline_decision_accuracy", "ceiling_spearman", "ceiling_decision_accuracy"}
     reports = {}
     for budget in ("fixed", "union"):
-        res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", "--corpus", str(corpus), "--budget", budget,
+        res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--budget", budget,
                                        "--n", "9", "--k-max", "2", "--ceiling", "3", "--json", "--no-mlflow"])
         assert res.exit_code == 0, res.output
         report = reports[budget] = json.loads(res.stdout)
@@ -133,7 +132,7 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
             assert keys <= set(figs) and figs["n_mixtures"] == 9 and figs["ceiling_n_mixtures"] == 3
             assert all(v is None or -1 <= v <= 1 for k, v in figs.items() if k in ("pearson", "spearman", "kendall"))
             assert (budget == "union") == ("raw" in figs)
-    rows = json.loads((settings.store / "fidelity" / "latest.json").read_text())["rows"]
+    rows = json.loads((settings.store / "pools" / "corpus" / "fidelity.json").read_text())["rows"]
     singles = [r for r in rows if r["k"] == 1]
     assert singles and all(r["truth"] == r["proxy"] and r["truth_kind"] == "models" for r in singles)
     assert (settings.store / "pools" / "corpus" / "calibration.json").exists()
@@ -142,4 +141,9 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
     for row in ranking:
         assert set(row.intervals) == set(row.scores) == set(row.proxy_scores)
         assert all(lo < row.scores[s] < hi for s, (lo, hi) in row.intervals.items())
-    assert pipeline.latest_ranking(settings)["budget"]["calibrated"] is True
+    snapshot = pipeline.latest_ranking(settings)
+    assert snapshot["budget"]["calibrated"] is True
+    fidelity = snapshot["fidelity"]  # the pool's latest report (union), as every ranking shows it
+    assert fidelity["measured"] and fidelity["budget"] == "union" and fidelity["spearman"] == reports["union"]["macro"]["spearman"]
+    res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
+    assert res.exit_code == 0 and "fidelity (union budget, 9 mixtures trained" in res.stdout

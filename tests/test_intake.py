@@ -77,13 +77,35 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     assert ranking_run.info.run_id == summary["ranking_run_id"]
     artifacts = {a.path for a in client.list_artifacts(ranking_run.info.run_id)}
     assert {"ranking.json", "top_mixtures.png"} <= artifacts
-    assert ranking_run.data.metrics["best.macro"] > 0
+    snapshot = latest_ranking(settings)
+    best = snapshot["ranking"][0]
+    assert ranking_run.data.metrics["champion.macro"] == pytest.approx(best["macro"])
+    for name, ppl in best["scores"].items():
+        assert ranking_run.data.metrics[f"champion.ppl.{name}"] == pytest.approx(ppl)
+        assert ranking_run.data.metrics[f"lowest_any_mixture.ppl.{name}"] == pytest.approx(min(r["scores"][name] for r in snapshot["ranking"]))
     assert any(k.startswith("unit.") for k in ranking_run.data.params)
-    assert "not measured" in ranking_run.data.tags["dataassess.fidelity.status"]  # until `dataassess fidelity` runs
+    assert ranking_run.data.tags["dataassess.fidelity"] == "not measured"  # until `dataassess fidelity` runs
+    description = ranking_run.data.tags["mlflow.note.content"]
+    version = ranking_run.data.tags["dataassess.champion_version"]
+    assert f"**Champion:** {' + '.join(best['units'])}" in description and f"#/models/c-champion/versions/{version}" in description
+    assert "**Fidelity:** not measured" in description and "**Top 5**" in description
+    champion_version = client.get_model_version("c-champion", version)
+    assert champion_version.tags["dataassess.ranking_run_id"] == ranking_run.info.run_id
+    assert champion_version.tags["dataassess.mixture"] == " + ".join(best["units"]) and ranking_run.info.run_id in champion_version.description
+
+    unit = next(iter(snapshot["units"]))
+    unit_version = client.get_model_version(f"c.{unit}", "1")
+    unit_run = client.get_run(unit_version.run_id)
+    meta = json.loads((Store(settings.store).meta(snapshot["units"][unit]["key"])).read_text())
+    losses = client.get_metric_history(unit_run.info.run_id, "train_loss")
+    assert [m.step for m in losses] == list(range(1, meta["steps"] + 1)) and [m.value for m in losses] == pytest.approx(meta["losses"])
+    assert (unit_run.info.end_time - unit_run.info.start_time) / 1000 == pytest.approx(meta["wall_s"], abs=0.01)
+    [training] = unit_run.inputs.dataset_inputs
+    assert training.dataset.name == unit and training.tags[0].value == "training"
+    assert f"of partition **{meta['partition']}**" in unit_version.description and "seed tiny" in unit_version.description
     assert ranking_run.data.tags["dataassess.budget"] == "fixed" == latest_ranking(settings)["budget"]["mode"]
     assert ranking_run.data.params["budget_tokens"] == str(settings.units.tokens)
     inputs = ranking_run.inputs.dataset_inputs
-    snapshot = latest_ranking(settings)
     assert {d.dataset.name for d in inputs} == set(snapshot["eval_sets"])
     table = json.loads(open(client.download_artifacts(ranking_run.info.run_id, "ranking.json")).read())
     assert len(table["data"]) == len(snapshot["ranking"])
@@ -92,7 +114,6 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     mlflow.set_tracking_uri(embedded_uri(settings.store))
     champion = mlflow.pyfunc.load_model("models:/c-champion@champion")
     model = champion.unwrap_python_model().model
-    best = snapshot["ranking"][0]
     evalsets = EvalSets(Store(settings.store))
     for name, digest in snapshot["eval_sets"].items():
         score = score_model(model, evalsets.load(digest), settings.score.batch_size, resolve_device("cpu"))
@@ -268,9 +289,9 @@ def test_serve_runs_the_intake_on_its_schedule(settings, corpus, tmp_path):
     toml = write_toml(settings, tmp_path / "c.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1")
-    cli = [sys.executable, "-c", "from flows.cli import app; app()"]
+    cli = [sys.executable, "-c", "from flows.cli import main; main()"]
     log = tmp_path / "serve.log"
-    latest = settings.store / "rankings" / "latest.json"
+    latest = settings.store / "rankings" / "corpus" / "latest.json"
     with open(log, "w") as out:
         proc = subprocess.Popen([*cli, "--config", str(toml), "serve", str(corpus), "--interval", "5"], env=env,
                                 stdout=out, stderr=out, start_new_session=True)

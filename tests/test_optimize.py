@@ -130,7 +130,7 @@ def test_search_is_idempotent_and_a_warm_restart_scores_only_new_proxies(setting
 
 def test_optimize_cli_verifies_by_training_and_logs_to_mlflow(settings, corpus, tmp_path):
     toml = write_toml(settings, tmp_path / "o.toml")
-    res = CliRunner().invoke(app, ["--config", str(toml), "optimize", "--corpus", str(corpus), "--json", "--verify"])
+    res = CliRunner().invoke(app, ["--config", str(toml), "optimize", str(corpus), "--json", "--verify"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout[res.stdout.index("{"):])
     assert {"objective", "weights", "predicted", "surrogate", "verified"} <= set(report)
@@ -145,10 +145,10 @@ def test_optimize_cli_verifies_by_training_and_logs_to_mlflow(settings, corpus, 
     (run,) = client.search_runs([client.get_experiment_by_name("dataassess-optimize").experiment_id])
     assert run.data.metrics["verified.optimized.objective"] == pytest.approx(verified["objective"]["optimized"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"weights.json", "weights.png", "surrogate_fit.png", "verified.json"}
-    res = CliRunner().invoke(app, ["--config", str(toml), "optimize", "--corpus", str(corpus), "--no-mlflow"])
+    res = CliRunner().invoke(app, ["--config", str(toml), "optimize", str(corpus), "--no-mlflow"])
     assert res.exit_code == 0 and "mixture weights" in res.output and "scored now 0" in res.output, res.output
     bad = write_toml(settings.model_copy(update={"optimize": settings.optimize.model_copy(update={"objective": "nope"})}), tmp_path / "b.toml")
-    res = CliRunner().invoke(app, ["--config", str(bad), "optimize", "--corpus", str(corpus)])
+    res = CliRunner().invoke(app, ["--config", str(bad), "optimize", str(corpus)])
     assert res.exit_code == 2 and "optimize.objective 'nope'" in res.output
 
 

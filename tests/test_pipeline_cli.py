@@ -36,14 +36,21 @@ def test_cli_ranking_json_matches_the_latest_snapshot(settings, corpus):
     runner = CliRunner()
     res = runner.invoke(app, ["--config", str(toml), "rank", str(corpus), "--top", "5"])
     assert res.exit_code == 0, res.output
-    assert "rank  mixture" in res.output
+    res = runner.invoke(app, ["--config", str(toml), "ranking"])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "pool corpus: ranking of" in out and "budget: fixed" in out and "ranked by macro" in out
+    assert "fidelity: not measured" in out and "(seed, reference)" in out and "first ranking of this pool" in out
+    assert max(len(line) for line in out.splitlines()) <= 120
     res = runner.invoke(app, ["--config", str(toml), "ranking", "--json"])
     assert res.exit_code == 0, res.output
-    ranking = json.loads(res.stdout)
-    latest = pipeline.latest_ranking(settings)["ranking"]
-    assert ranking == latest
-    for row in ranking:
-        assert {"units", "scores", "macro", "rank"} <= set(row)
+    doc = json.loads(res.stdout)
+    latest = pipeline.latest_ranking(settings)
+    assert doc["rows"] == latest["ranking"] and doc["pool"] == "corpus" == latest["pool"]
+    assert doc["budget"]["mode"] == "fixed" and doc["ranked_by"] == "macro" and doc["fidelity"]["measured"] is False
+    assert doc["created"] == latest["created"] and doc["n_mixtures"] == len(doc["rows"])
+    for row in doc["rows"]:
+        assert {"units", "scores", "macro", "rank", "rank_in_size", "rank_change", "k"} <= set(row)
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
@@ -54,6 +61,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     bad.write_text("[train]\nlr = 'fast'\n")
     res = runner.invoke(app, ["--config", str(bad), "config"])
     assert res.exit_code == 2 and "invalid configuration" in res.output
+    assert "train.lr = 'fast' (from file" in res.output and "pydantic" not in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def test_config_env_overrides_file_and_defaults(tmp_path, monkeypatch):

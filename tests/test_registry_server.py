@@ -1,8 +1,5 @@
 """The registry against a real `mlflow server` on 127.0.0.1, and against none."""
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -11,39 +8,20 @@ from mlflow import MlflowClient
 
 from dataassess.pipeline import prepare
 from dataassess.steps import Steps
-from flows.serve import wait_until_healthy
 from registry import models
 from registry.tracking import RegistryUnavailable, connect
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, local_server
 
 
 @pytest.fixture()
 def mlflow_server(tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(f"{url}/health", proc, 90, "mlflow server")
-    except RuntimeError as e:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(str(e))
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    with local_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                       "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts")],
+                      env, f"{url}/health", 90) as proc:
+        yield url
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):  # no orphan left in the server's process group
         os.killpg(proc.pid, 0)

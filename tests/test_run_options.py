@@ -70,16 +70,26 @@ def test_a_bad_rank_by_fails_before_any_training(settings, corpus):
     assert not (settings.store / "models").exists()
 
 
-def test_rank_change_is_the_places_moved_since_the_previous_snapshot(settings, corpus):
+def test_rank_change_counts_only_moves_among_mixtures_ranked_both_times(settings, corpus):
     k1 = with_rank(settings, k_max=1)
-    before = {tuple(r.units): r.rank for r in pipeline.run(corpus, k1, progress=False).ranking}
+    singles = [tuple(r.units) for r in pipeline.run(corpus, k1, progress=False).ranking]
     after = pipeline.run(corpus, settings, progress=False).ranking  # pairs join the singles
-    for row in after:
-        old = before.get(tuple(row.units))
-        assert row.rank_change == (None if old is None else old - row.rank)
-    assert any(r.rank_change for r in after if r.rank_change is not None), "pairs outrank some singles"
+    pushed_down = [r for r in after if r.k == 1 and r.rank != singles.index(tuple(r.units)) + 1]
+    assert pushed_down, "some pair outranks a single"
+    assert all(r.rank_change == 0 for r in after if r.k == 1), "pushed down only by newcomers: not moved"
+    assert all(r.rank_change is None for r in after if r.k == 2)
     snapshot = pipeline.latest_ranking(settings)
-    assert snapshot["previous"] is not None and [r["rank_change"] for r in snapshot["ranking"]] == [r.rank_change for r in after]
+    changes = snapshot["changes"]
+    assert sorted(map(tuple, changes["new"])) == sorted(tuple(r.units) for r in after if r.k == 2) and changes["moved"] == []
+    assert changes["new_best"] == (tuple(after[0].units) != singles[0])
+
+    previous = [tuple(r.units) for r in after]
+    by_one_set = with_rank(settings, by=sorted(after[0].scores)[0])
+    resorted = pipeline.run(corpus, by_one_set, progress=False).ranking
+    for place, row in enumerate(resorted):
+        assert row.rank_change == previous.index(tuple(row.units)) - place  # every mixture was ranked both times
+    assert any(r.rank_change for r in resorted), "one set orders the mixtures differently from macro"
+    assert sorted(map(tuple, pipeline.latest_ranking(settings)["changes"]["moved"])) == sorted(tuple(r.units) for r in resorted if r.rank_change)
 
 
 def test_lost_weights_or_metadata_retrain_that_unit_once(settings, corpus):

@@ -1,0 +1,144 @@
+"""The CLI as a user meets it: the real `dataassess` executable, its errors, its speed, its ranking views."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dataassess import pipeline
+from dataassess.store import Store
+from flows.cli import app
+from tests.conftest import DEMO
+
+EXE = str(Path(sys.executable).with_name("dataassess"))
+
+
+def run_cli(args, cwd, env=None, timeout=120):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
+    full_env.update(env or {})
+    return subprocess.run([EXE, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+BAD_INPUTS = [
+    # (arguments after --config/--store, extra environment, config file text, what the error says)
+    (["intake", "no-such-corpus"], {}, "", "corpus not found: no-such-corpus"),
+    (["intake", "onlyfile"], {}, "", "no partition subfolders"),
+    (["intake", "mistyped/corpus/path"], {}, "", "corpus not found: mistyped/corpus/path"),
+    (["intake", "CORPUS"], {"DATAASSESS_RANK__BY": "no-such-set"}, "", "cannot rank by 'no-such-set'"),
+    (["serve", "no-such-corpus"], {}, "", "corpus not found"),
+    (["ranking", "--top", "0"], {}, "", "Invalid value for '--top'"),
+    (["ranking", "--top", "-2"], {}, "", "Invalid value for '--top'"),
+    (["score", "CORPUS", "-m", ","], {}, "", "names no units"),
+    (["config"], {}, "[train]\nlrr = 1e-4\n", "unknown key 'train.lrr' (from file"),
+    (["config"], {}, "[rank]\nk-max = 3\n", "unknown key 'rank.k-max'"),
+    (["config"], {"DATAASSESS_TRAIN__LRR": "1e-4"}, "", "unknown key 'train.lrr' (from env DATAASSESS_TRAIN__LRR)"),
+    (["config"], {"DATAASSESS_DEVICE": "tpu"}, "", "device = 'tpu' (from env DATAASSESS_DEVICE)"),
+    (["config"], {"DATAASSESS_STROE": "x"}, "", "unknown setting DATAASSESS_STROE"),
+    (["no-such-command"], {}, "", "No such command"),
+]
+
+
+def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
+    store = tmp_path / "store"  # empty: no seed, so anything trained would show
+    (tmp_path / "onlyfile").mkdir()
+    (tmp_path / "onlyfile" / "notes.txt").write_text("a file where partitions should be\n")
+    for args, env, toml, says in BAD_INPUTS:
+        config = tmp_path / "dataassess.toml"
+        config.write_text(toml)
+        args = [str(DEMO / "corpus") if a == "CORPUS" else a for a in args]
+        res = run_cli(["--config", str(config), "--store", str(store), *args], tmp_path, env)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], (args, res.stderr)
+        assert "Traceback" not in res.stderr + res.stdout and "pydantic.dev" not in res.stderr
+        assert not (store / "seeds").exists() and not (store / "models").exists(), f"{args} built or trained something"
+
+
+def test_help_and_config_are_fast_and_import_no_heavy_library(tmp_path):
+    probe = ("import sys; from flows.cli import app\n"
+             "try: app(['--help'])\nexcept SystemExit: pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'prefect', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    for args in (["--help"], ["--store", str(tmp_path / "s"), "config"]):
+        best = min(_timed(args, tmp_path) for _ in range(3))
+        assert best < 1.0, f"dataassess {' '.join(args)} took {best:.2f} s"
+
+
+def _timed(args, cwd) -> float:
+    start = time.perf_counter()
+    res = run_cli(args, cwd)
+    assert res.returncode == 0, res.stderr
+    return time.perf_counter() - start
+
+
+def test_commands_create_nothing_in_the_working_folder_and_prefect_lives_in_the_store(tmp_path):
+    work, store, root = tmp_path / "work", tmp_path / "elsewhere" / "store", tmp_path / "corpus"
+    work.mkdir()
+    root.mkdir()
+    run_cli(["--store", str(store), "ranking"], work)
+    run_cli(["--store", str(store), "config"], work)
+    res = run_cli(["--store", str(store), "add-partition", str(DEMO / "corpus" / "jargon"), "--corpus", str(root)], work,
+                  {"PREFECT_HOME": str(tmp_path / "not-here")})
+    assert res.returncode == 0, res.stderr
+    assert list(work.iterdir()) == []
+    assert (store / "prefect").is_dir() and not (tmp_path / "not-here").exists()
+
+
+def test_internal_errors_say_they_are_bugs_and_show_the_traceback_with_verbose(settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("weights")
+
+    monkeypatch.setattr(pipeline, "latest_ranking", broken)
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking"])
+    assert res.exit_code == 1 and "internal error (a bug in dataassess" in res.output and "KeyError: 'weights'" in res.output
+    assert "Traceback" not in res.output and "rerun with -v" in res.output
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "-v", "ranking"])
+    assert res.exit_code == 1 and "Traceback" in res.output
+
+
+def test_ranking_by_one_set_resorts_the_stored_scores(settings, corpus):
+    pipeline.run(corpus, settings, progress=False)
+    stored = pipeline.latest_ranking(settings)
+    target = sorted(stored["ranking"][0]["scores"])[-1]
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--by", target, "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["scores"] for r in rows] == sorted((r["scores"] for r in stored["ranking"]), key=lambda s: s[target])
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert pipeline.latest_ranking(settings)["created"] == stored["created"], "nothing recomputed or rewritten"
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--by", "no-such-set"])
+    assert res.exit_code == 2 and "cannot rank by 'no-such-set'" in res.output
+
+
+def test_rankings_are_per_pool(settings, corpus):
+    pipeline.run(corpus, settings, pool="first", progress=False)
+    pipeline.run(corpus, settings, pool="second", progress=False)
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking"])
+    assert res.exit_code == 2 and "several pools: first, second" in res.output
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--pool", "second", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["pool"] == "second"
+    assert json.loads(res.stdout)["previous"] is None, "a pool's changes are against its own previous ranking"
+
+
+def test_export_writes_the_merged_model_as_a_folder_from_pretrained_loads(settings, corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = pipeline.run(corpus, settings, progress=False)
+    a, b = sorted(result.models)[:2]
+    out = tmp_path / "exported"
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "export", f"{a},{b}", str(out)])
+    assert res.exit_code == 0, res.output
+    model = AutoModelForCausalLM.from_pretrained(out)
+    store = Store(settings.store)
+    wa, wb = (load_file(str(store.weights(result.models[u].key))) for u in (a, b))
+    state = model.state_dict()
+    for name, tensor in wa.items():
+        torch.testing.assert_close(state[name], (tensor + wb[name]) / 2)
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "export", f"{a},{b}", str(out)])
+    assert res.exit_code == 2 and "already exists" in res.output
