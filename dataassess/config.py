@@ -31,12 +31,12 @@ class TinySeedConfig(Section):
     """The built-in `tiny` seed: a small model and a byte-level BPE trained here."""
 
     arch: Literal["gpt2", "llama"] = "gpt2"
-    n_layer: int = 2
-    n_embd: int = 128
-    n_head: int = 4
-    vocab_size: int = 8192
-    tokens: int = 1_000_000  # pretraining token budget on the seed text
-    lr: float = 2e-3
+    n_layer: int = Field(2, ge=1)
+    n_embd: int = Field(128, ge=8)
+    n_head: int = Field(4, ge=1)
+    vocab_size: int = Field(8192, ge=256)
+    tokens: int = Field(1_000_000, gt=0)  # pretraining token budget on the seed text
+    lr: float = Field(2e-3, gt=0)
     min_lr: float = 2e-4
     warmup_steps: int = 20
     text: str | None = None  # seed text file/dir; None = the bundled FOLDOC cut
@@ -44,31 +44,31 @@ class TinySeedConfig(Section):
 
 class CorpusConfig(Section):
     heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    eval_max_tokens: int = 8192  # per evaluation set
+    eval_max_tokens: int = Field(8192, gt=0)  # per evaluation set
     eval_group: Literal["domain", "partition"] = "domain"  # held-out docs grouped by `domain` field or partition
     partition_field: str = "domain"  # when the corpus is one dataset (file or hub id) instead of a folder
-    min_tokens: int = 2048  # a partition with fewer training tokens is quarantined
+    min_tokens: int = Field(2048, ge=0)  # a partition with fewer training tokens is quarantined
 
 
 class UnitConfig(Section):
-    tokens: int = 65_536  # every unit holds exactly this many training tokens
+    tokens: int = Field(65_536, gt=0)  # every unit holds exactly this many training tokens
 
 
 class TrainConfig(Section):
-    lr: float = 3e-4
+    lr: float = Field(3e-4, gt=0)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    seq_len: int = 256
-    batch_tokens: int = 4096  # tokens per optimizer step; gradient accumulation reaches it
-    micro_batch: int = 16  # sequences per forward pass
+    seq_len: int = Field(256, ge=2)
+    batch_tokens: int = Field(4096, gt=0)  # tokens per optimizer step; gradient accumulation reaches it
+    micro_batch: int = Field(16, ge=1)  # sequences per forward pass
     seed: int = 0
 
 
 class ScoreConfig(Section):
-    batch_size: int = 16
-    stride: int | None = None  # rolling-window stride; None = half the context
+    batch_size: int = Field(16, ge=1)
+    stride: int | None = Field(None, gt=0)  # rolling-window stride; None = half the context
 
 
 class RankConfig(Section):
@@ -77,7 +77,7 @@ class RankConfig(Section):
     # predicted by a calibration fitted by `dataassess fidelity --budget union`
     budget: Literal["fixed", "union"] = "fixed"
     budget_tokens: int | None = Field(None, gt=0)  # the fixed budget B; None = units.tokens
-    k_max: int = 2
+    k_max: int = Field(2, ge=1)
     mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
     by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)
     weighting: Literal["uniform", "tokens"] = "uniform"
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     base_model: str = "tiny"  # "tiny", "tiny-llama", an HF model id or a local model folder
     gguf_file: str | None = None  # for a base_model folder holding a GGUF file
     device: str = "auto"  # "auto" = cuda when present, else cpu; or cpu, mps, cuda, cuda:N
-    threads: int | None = None  # torch CPU threads; None = torch's default
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = torch's default
     tiny: TinySeedConfig = TinySeedConfig()
     corpus: CorpusConfig = CorpusConfig()
     units: UnitConfig = UnitConfig()
@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     score: ScoreConfig = ScoreConfig()
     rank: RankConfig = RankConfig()
     optimize: OptimizeConfig = OptimizeConfig()
+
+    @field_validator("store")
+    @classmethod
+    def _store_is_a_folder(cls, v: Path) -> Path:
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{v} is a file; the store is a folder")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -176,4 +183,6 @@ def _describe(err: dict, toml: str | Path, overrides: dict) -> str:
         known = sorted(section.annotation.model_fields) if section is not None and hasattr(section.annotation, "model_fields") \
             else sorted(Settings.model_fields)
         return f"unknown key '{key}' (from {where}); known keys{f' of [{loc[0]}]' if len(loc) > 1 else ''}: {', '.join(known)}"
-    return f"{key} = {err.get('input')!r} (from {where}): {err['msg'].removeprefix('Value error, ')}"
+    value = err.get("input")
+    shown = f"'{value}'" if isinstance(value, Path) else repr(value)
+    return f"{key} = {shown} (from {where}): {err['msg'].removeprefix('Value error, ')}"

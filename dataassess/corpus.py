@@ -121,11 +121,19 @@ def _documents(ds: datasets.Dataset, partition: str, file: str) -> list[Document
     return docs
 
 
-def load_partition_folder(folder: Path, cache_dir: str | None = None) -> Partition:
-    """Read and validate one partition folder; raises CorpusError naming the file."""
+def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path | None = None) -> Partition:
+    """Read and validate one partition folder; raises CorpusError naming the file.
+    Symbolic links are followed only when they resolve inside `root` (the corpus root; default the folder):
+    a link out of it is refused before anything is read."""
     name = folder.name
     check_name(name)
+    inside = Path(root or folder).resolve()
+    if not folder.resolve().is_relative_to(inside):
+        raise CorpusError(name, f"the partition is a link out of the corpus root, to {folder.resolve()}", str(folder))
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for path in files:
+        if not path.resolve().is_relative_to(inside):
+            raise CorpusError(name, f"a link out of the corpus root, to {path.resolve()}; links must stay inside {inside}", str(path))
     if not files:
         raise CorpusError(name, "empty partition: no files", str(folder))
     entries, docs = [], []
@@ -210,7 +218,7 @@ def discover(source: str | Path, partition_field: str = "domain", cache_dir: str
         raise UserError(f"corpus {root}: no partition subfolders{held}; a partition is a subfolder of documents")
     for folder in folders:
         try:
-            good.append(load_partition_folder(folder, cache_dir))
+            good.append(load_partition_folder(folder, cache_dir, root))
         except CorpusError as e:
             bad.append(e)
     if stray:
@@ -224,7 +232,7 @@ def eval_sets_from_folder(root: Path, cache_dir: str | None = None) -> dict[str,
         raise UserError(f"evaluation sets not found: {root} is not a folder (one subfolder per evaluation set)")
     sets = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        sets[folder.name] = load_partition_folder(folder, cache_dir).documents
+        sets[folder.name] = load_partition_folder(folder, cache_dir, Path(root)).documents
     if not sets:
         raise CorpusError(Path(root).name, "no evaluation-set subfolders", str(root))
     return sets

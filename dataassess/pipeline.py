@@ -300,7 +300,8 @@ def export_mixture(settings: Settings, snapshot: dict, units: Sequence[str], out
         raise UserError(f"the seed of pool '{snapshot['pool']}' ({snapshot['seed_digest'][:12]}) is not in the store {store.root}")
     ordered = sorted(set(units))
     weights = None if settings.rank.weighting == "uniform" else tuple(float(known[u]["source_tokens"]) for u in ordered)
-    merged = materialize(store, Mixture(tuple(ordered), tuple(known[u]["key"] for u in ordered), weights))
+    digests = tuple(known[u].get("weights_digest", "") for u in ordered)
+    merged = materialize(store, Mixture(tuple(ordered), tuple(known[u]["key"] for u in ordered), weights, digests))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         for f in seed.iterdir():
@@ -344,7 +345,7 @@ def run(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None
     ranking, budget = apply_budget(settings, inputs, ranking)
     info = {
         "pool": inputs.pool, "corpus": str(corpus), "seed_digest": inputs.seed.digest, "seed_scores": seed_scores,
-        "units": {n: {k: getattr(m, k) for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss")}
+        "units": {n: {k: getattr(m, k) for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss", "weights_digest")}
                   for n, m in models.items()},
         "eval_sets": dict(inputs.eval_sets), "quarantined": inputs.quarantined, "counts": counts, "budget": budget,
     }

@@ -150,10 +150,22 @@ def _source_key(settings: Settings) -> str:
     return digest_json(key)[:16]
 
 
+def _seed_intact(folder: Path, meta: dict) -> bool:
+    """Do the seed's files match the digests recorded when it was built? A mismatch is reported and the seed rebuilt."""
+    for name, sha in meta["files"].items():
+        path = folder / name
+        if not path.exists() or sha256_file(path) != sha:
+            log.warning("store: seed file %s does not match the digest recorded when it was built: rebuilding the seed", path)
+            return False
+    return True
+
+
 def prepare_seed(settings: Settings, progress: bool = True) -> Seed:
     """Build or import the seed once; later calls return the stored one."""
     folder = Store(settings.store).seed_dir(_source_key(settings))
     meta_path = folder / "seed.json"
+    if meta_path.exists() and not _seed_intact(folder, read_json(meta_path)):
+        meta_path.unlink()
     if not meta_path.exists():
         with atomic_dir(folder) as tmp:
             if settings.base_model in TINY_PRESETS:

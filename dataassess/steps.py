@@ -5,6 +5,8 @@ never tensors, so an orchestrator can run it as a task on another thread, proces
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -17,11 +19,14 @@ from .evalsets import EvalSets
 from .merge import linear_merge
 from .scoring import Scorer
 from .seed import Seed
-from .store import Store, read_json, short_key, write_json
+from .store import Store, intact, read_json, short_key, write_json
 from .train import TrainResult, cpu_threads, resolve_device, to_sequences, train_lm
 from .types import Mixture, Unit, UnitModel
 from .units import unit_tokens
 from .weights import save_state, save_weights
+
+
+log = logging.getLogger(__name__)
 
 
 def unit_model_key(unit: Unit, seed: Seed, settings: Settings) -> str:
@@ -42,15 +47,15 @@ def train_seed_copy(store: Store, kind: str, key: str, sequences: torch.Tensor, 
         model = seed.load_model()
         result = train_lm(model, sequences, settings.train, tokens, resolve_device(settings.device), desc=desc,
                           progress=progress, **train_options)
-        save_weights(model.cpu(), store.weights(key, kind), metadata={"key": key, "seed_digest": seed.digest})
-    return result
+        digest = save_weights(model.cpu(), store.weights(key, kind))  # no metadata but its format: a byte-stable header
+    return dataclasses.replace(result, weights_digest=digest)
 
 
 def mixture_of(units: Sequence[str], models: Mapping[str, UnitModel], weighting: str) -> Mixture:
     """The mixture of these units, weighted uniformly or by their distinct (pre-upsampling) tokens."""
     ms = [models[u] for u in units]
     weights = None if weighting == "uniform" else tuple(float(m.source_tokens) for m in ms)
-    return Mixture(tuple(units), tuple(m.key for m in ms), weights)
+    return Mixture(tuple(units), tuple(m.key for m in ms), weights, tuple(m.weights_digest for m in ms))
 
 
 class Steps:
@@ -85,7 +90,7 @@ class Steps:
             train_config_hash=self.settings.train.digest(), tokens=result.tokens, source_tokens=unit.source_tokens,
             repeat=unit.repeat, steps=result.steps, final_loss=result.final_loss, wall_s=result.wall_s,
             code_version=__version__, train_config=self.settings.train.model_dump(),
-            losses=[round(x, 5) for x in result.losses], finished_at=time.time(),
+            losses=[round(x, 5) for x in result.losses], finished_at=time.time(), weights_digest=result.weights_digest,
         )
         write_json(self.store.meta(key), model.to_json())
         return model
@@ -101,7 +106,10 @@ class Steps:
         for name, digest in eval_sets.items():
             path = self.store.score(model_key, digest, self.settings.score.digest())
             if path.exists():
-                out[name] = read_json(path)
+                try:
+                    out[name] = read_json(path)
+                except ValueError:  # not the JSON written there: scored again
+                    log.warning("store: %s is not a valid score file: scoring again", path)
         return out
 
     def score(self, mixture: Mixture, eval_sets: Mapping[str, str]) -> dict[str, dict]:
@@ -129,7 +137,7 @@ class Steps:
 def materialize(store: Store, mixture: Mixture) -> Path:
     """A mixture's merged weights, written to the store once (for the registry's champion)."""
     path = store.mixture_weights(mixture.key)
-    if not path.exists():
+    if not intact(path):
         merged = linear_merge([store.weights(k) for k in mixture.model_keys], mixture.weights)
         save_state(merged, path, metadata={"units": ",".join(mixture.units)})
     return path

@@ -2,6 +2,9 @@
 
 Outputs are keyed by the digests of their inputs and written atomically (temp file,
 then rename). Metadata holds keys, never paths, so a store can be moved or shared.
+Every weights or tokens file has its size and SHA-256 recorded beside it (`<file>.sha256`)
+when written, and is checked against them before it is reused: a file that does not match
+is reported, removed and rebuilt.
 
     seeds/<source key>/              the seed as an HF folder (config, safetensors, tokenizer)
     streams/<key>.safetensors        a partition's training tokens
@@ -20,6 +23,7 @@ then rename). Metadata holds keys, never paths, so a store can be moved or share
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import shutil
@@ -27,6 +31,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+
+log = logging.getLogger(__name__)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -39,6 +46,45 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def digest_record(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def record_digest(path: Path) -> str:
+    """Record a just-written file's size and SHA-256 beside it; returns the SHA-256."""
+    sha = sha256_file(path)
+    with atomic_path(digest_record(path)) as tmp:
+        tmp.write_text(f"{path.stat().st_size} {sha}\n")
+    return sha
+
+
+def recorded_digest(path: Path) -> str | None:
+    record = digest_record(path)
+    return record.read_text().split()[1] if record.exists() else None
+
+
+def intact(path: Path) -> bool:
+    """Does the file exist as it was written? A file that does not match its recorded size and SHA-256 is
+    reported in one line and removed, with its record, so that its producer rebuilds it. A file written before
+    digests were recorded gets its record now."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    record = digest_record(path)
+    if not record.exists():
+        record_digest(path)
+        return True
+    size, sha = record.read_text().split()
+    actual = path.stat().st_size
+    if actual != int(size) or sha256_file(path) != sha:
+        what = f"{actual} bytes, {size} when written" if actual != int(size) else "its SHA-256 changed"
+        log.warning("store: %s does not match the digest recorded when it was written (%s): rebuilding it", path, what)
+        path.unlink()
+        record.unlink()
+        return False
+    return True
 
 
 def digest_json(obj) -> str:
@@ -132,9 +178,12 @@ class Store:
         return self.model_dir(key, kind) / "meta.json"
 
     def finished(self, key: str, kind: str = "models") -> dict | None:
-        """A finished model's metadata, or None (never trained, killed mid-way, or weights gone)."""
+        """A finished model's metadata, or None (never trained, killed mid-way, weights gone or corrupt)."""
         meta = self.meta(key, kind)
-        if not meta.exists() or not self.weights(key, kind).exists():
+        if not meta.exists():
+            return None
+        if not intact(self.weights(key, kind)):
+            meta.unlink()  # the model is retrained, and its new metadata written after its weights
             return None
         return read_json(meta)
 

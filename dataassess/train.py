@@ -58,6 +58,7 @@ class TrainResult:
     final_loss: float
     wall_s: float
     losses: list[float]
+    weights_digest: str = ""  # set once the weights are saved
 
 
 def to_sequences(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:

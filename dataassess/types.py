@@ -58,6 +58,7 @@ class UnitModel(JsonForm):
     train_config: dict = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)  # training loss per optimizer step
     finished_at: float = 0.0  # unix time training ended (0: unknown)
+    weights_digest: str = ""  # SHA-256 of its weights file: mixtures and their scores are keyed by it
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,15 @@ class Mixture(JsonForm):
     units: tuple[str, ...]
     model_keys: tuple[str, ...]
     weights: tuple[float, ...] | None = None
+    digests: tuple[str, ...] = ()  # of the models' weights files: a rebuilt model that differs gives new keys
 
     @property
     def key(self) -> str:
-        """Order-free: the same models with the same weights give the same key."""
-        pairs = sorted(zip(self.model_keys, self.weights or [1.0] * len(self.model_keys)))
-        return short_key({"models": [list(p) for p in pairs]})
+        """Order-free: the same models (and weights files) with the same weights give the same key."""
+        weights = self.weights or [1.0] * len(self.model_keys)
+        if self.digests and all(self.digests):
+            return short_key({"models": [list(p) for p in sorted(zip(self.model_keys, weights, self.digests))]})
+        return short_key({"models": [list(p) for p in sorted(zip(self.model_keys, weights))]})
 
     @property
     def label(self) -> str:

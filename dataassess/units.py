@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from .config import Settings
 from .corpus import CorpusError, Partition
 from .seed import Seed, tokenize_stream
-from .store import Store, digest_json, short_key, write_json
+from .store import Store, digest_json, intact, short_key, write_json
 from .types import Unit
 from .weights import save_state
 
@@ -21,7 +21,7 @@ def unit_tokens(store: Store, unit: Unit) -> torch.Tensor:
 def _stream(store: Store, partition: Partition, seed: Seed, tokenizer, settings: Settings) -> torch.Tensor:
     """The partition's training tokens (held-out documents removed), cached by content."""
     path = store.stream(short_key([partition.digest, seed.tokenizer_digest, settings.corpus.heldout_fraction]))
-    if path.exists():
+    if intact(path):
         return load_file(str(path))["tokens"]
     train, _ = partition.split(settings.corpus.heldout_fraction)
     tokens = tokenize_stream(tokenizer, [d.text for d in train])
@@ -60,7 +60,7 @@ def cut_units(store: Store, partition: Partition, seed: Seed, tokenizer, setting
             "heldout": settings.corpus.heldout_fraction, "index": i, "n_units": n_units,
         })
         path = store.unit_tokens(digest)
-        if not path.exists():
+        if not intact(path):
             save_state({"tokens": resample(chunk, budget)}, path)
         unit = Unit(
             name=f"{partition.name}.u{i}", partition=partition.name, index=i, n_units=n_units, digest=digest,

@@ -6,18 +6,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_file, save_model
 
-from .store import atomic_path
+from .store import atomic_path, record_digest
 
 
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Model weights to `path` atomically; tied aliases are stored once."""
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Model weights to `path` atomically; tied aliases are stored once. Returns the file's SHA-256 (recorded beside it)."""
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=metadata)
+    return record_digest(path)
 
 
-def save_state(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_state(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Tensors to `path` atomically; returns the file's SHA-256 (recorded beside it)."""
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    return record_digest(path)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:

@@ -284,7 +284,9 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
     """One Prefect intake: train new or changed units, register them, re-score, publish a ranking."""
     from dataassess.pipeline import prepare
     from flows.runtime import embedded_prefect
+    from registry.tracking import connect
 
+    connect(settings().store)  # a tracking server that is down fails here, before any training
     inputs = prepare(corpus, settings(), eval_sets, pool, refresh_eval)  # bad input fails here, before Prefect or training
     with embedded_prefect():
         from flows.intake import intake as intake_flow
@@ -307,7 +309,9 @@ def serve(
     """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
     from dataassess.pipeline import prepare
     from flows.runtime import ensure_prefect_home
+    from registry.tracking import connect
 
+    connect(settings().store)
     prepare(corpus, settings(), eval_sets)  # bad input fails here, before any server starts
     ensure_prefect_home()
     from flows.serve import prefect_server
@@ -378,6 +382,10 @@ def fidelity(
     s, pool = settings(), pool or pool_name(corpus)
     if weighted and (budget or s.rank.budget) != "fixed":
         raise UserError("--weighted mixtures are measured at the fixed budget: pass --budget fixed")
+    if log_mlflow:
+        from registry.tracking import connect
+
+        connect(s.store)  # a tracking server that is down fails before the ground truths are trained
     if weighted:
         result = run_weighted_fidelity(corpus, s, eval_sets, n, ceiling, pool=pool)
     else:
@@ -422,6 +430,10 @@ def optimize(
     from dataassess.optimize import run_optimize
 
     s = settings()
+    if log_mlflow:
+        from registry.tracking import connect
+
+        connect(s.store)  # a tracking server that is down fails before the search
     result = run_optimize(corpus, s, eval_sets, pool, verify)
     report = _finite(result.report)
     if log_mlflow:

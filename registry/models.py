@@ -42,9 +42,10 @@ def unit_tags(model: UnitModel, seed_version: str | None) -> dict[str, str]:
     return {T + k: str(v) for k, v in tags.items()}
 
 
-def find_version(client: MlflowClient, model_key: str) -> ModelVersion | None:
-    """Is this (unit, seed, train config) already registered? One registry query."""
-    found = client.search_model_versions(f"tags.`{T}model_key` = '{model_key}'", max_results=1)
+def find_version(client: MlflowClient, name: str, model_key: str) -> ModelVersion | None:
+    """Is this (unit, seed, train config) already registered under this pool's name? One registry query.
+    Pools that share a unit (a copied or renamed corpus root, a superset) each get their own version."""
+    found = client.search_model_versions(f"name = '{name}' and tags.`{T}model_key` = '{model_key}'", max_results=1)
     return found[0] if found else None
 
 
@@ -113,7 +114,7 @@ def _log_training(client: MlflowClient, model: UnitModel, unit_tokens: Path | No
 
 def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> ModelVersion:
     key = f"seed:{seed.digest}"
-    if (mv := find_version(client, key)) is not None:
+    if (mv := find_version(client, f"{pool}-seed", key)) is not None:
         return mv
     tags = {T + "seed_digest": seed.digest, T + "model_key": key, T + "source": seed.source, T + "code_version": __version__}
     return _register_model_run(client, store, f"{pool}-seed", f"seed {seed.source}", seed.path / "model.safetensors", seed,
@@ -124,7 +125,7 @@ def register_unit(client: MlflowClient, store: Path, pool: str, model: UnitModel
                   seed_version: str | None, unit_tokens: Path | None = None) -> tuple[ModelVersion, bool]:
     """Register a trained unit model once; returns (version, newly_registered). Re-points `current`."""
     name = f"{pool}.{model.unit}"
-    mv = find_version(client, model.key)
+    mv = find_version(client, name, model.key)
     if mv is None:
         span = (model.finished_at - model.wall_s, model.finished_at) if model.finished_at else None
         mv = _register_model_run(
@@ -157,7 +158,7 @@ def register_champion(client: MlflowClient, store: Path, pool: str, weights: Pat
                    f"[{run_id[:8]}](#/experiments/{exp_id}/runs/{run_id}); perplexity {scored}.")
     tags = {T + "model_key": key, T + "mixture": " + ".join(mixture), T + "seed_digest": seed.digest, T + "code_version": __version__,
             T + "ranking_run_id": run_id, T + "macro": f"{macro(scores):.3f}", **{f"{T}ppl.{k}": f"{v:.3f}" for k, v in scores.items()}}
-    if (mv := find_version(client, key)) is None:
+    if (mv := find_version(client, name, key)) is None:
         mv = _register_model_run(client, store, name, "champion " + " + ".join(mixture), weights, seed, {"mixture": ",".join(mixture)},
                                  {f"ppl.{k}": v for k, v in scores.items()}, tags, CHAMPION, "The merged model of the best-ranked mixture.",
                                  description)

@@ -14,6 +14,7 @@ from typing import Iterator
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
+from dataassess.errors import UserError
 from dataassess.store import Store
 
 UNITS_EXPERIMENT = "dataassess-units"
@@ -26,7 +27,7 @@ HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BAC
 QUIET = ".*(Inferred schema contains integer|can be interpreted in multiple ways|Add type hints).*"
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(UserError):
     """The tracking server could not be reached; nothing was written."""
 
 

@@ -39,6 +39,10 @@ BAD_INPUTS = [
     (["config"], {"DATAASSESS_TRAIN__LRR": "1e-4"}, "", "unknown key 'train.lrr' (from env DATAASSESS_TRAIN__LRR)"),
     (["config"], {"DATAASSESS_DEVICE": "tpu"}, "", "device = 'tpu' (from env DATAASSESS_DEVICE)"),
     (["config"], {"DATAASSESS_STROE": "x"}, "", "unknown setting DATAASSESS_STROE"),
+    (["config"], {"DATAASSESS_RANK__K_MAX": "0"}, "", "rank.k_max = '0' (from env DATAASSESS_RANK__K_MAX)"),
+    (["config"], {}, "[units]\ntokens = 0\n", "units.tokens = 0 (from file"),
+    (["config"], {}, "[rank]\nbudget_tokens = -5\n", "rank.budget_tokens = -5"),
+    (["--store", "onlyfile/notes.txt", "config"], {}, "", "is a file; the store is a folder"),
     (["no-such-command"], {}, "", "No such command"),
 ]
 

@@ -282,7 +282,6 @@ def test_the_champion_pyfunc_predicts_perplexity(settings, corpus):
         assert ppl == pytest.approx(score_model(model, es, 4, "cpu").perplexity, rel=1e-5)
 
 
-@pytest.mark.slow  # in `make test-slow`: in full clean-clone runs, serve outlived its Ctrl-C wait (open, see the README)
 def test_serve_runs_the_intake_on_its_schedule(settings, corpus, tmp_path):
     from tests.conftest import write_toml
 

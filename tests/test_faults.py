@@ -1,0 +1,98 @@
+"""Faults a store meets in real use: corrupted files, links out of the corpus, pools sharing units, a dead tracking server."""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from dataassess import pipeline
+from dataassess.corpus import discover
+from dataassess.steps import materialize, mixture_of
+from dataassess.store import Store
+from registry.publish import register_models
+from registry.tracking import embedded_uri
+from tests.conftest import DEMO, demo_docs, free_port, write_jsonl
+
+
+def test_corrupt_unit_weights_are_reported_and_retrained_not_reused(settings, corpus, caplog):
+    first = pipeline.run(corpus, settings, progress=False)
+    store = Store(settings.store)
+    truncated, flipped = (store.weights(first.models[u].key) for u in sorted(first.models)[:2])
+    size, original = truncated.stat().st_size, truncated.read_bytes()
+    with open(truncated, "r+b") as f:
+        f.truncate(1000)
+    data = bytearray(flipped.read_bytes())
+    data[-5] ^= 0xFF  # same size, one byte of a tensor changed
+    flipped.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="dataassess"):
+        second = pipeline.run(corpus, settings, progress=False)
+    assert sorted(second.trained) == sorted(first.models)[:2]
+    assert truncated.stat().st_size == size and truncated.read_bytes() == original, "retrained, and training is deterministic"
+    assert sum("does not match the digest recorded" in r.getMessage() for r in caplog.records) == 2
+    assert second.counts["scored"] == 0, "the same weights again: the mixtures' scores still hold"
+
+
+def test_corrupt_merges_scores_and_unit_tokens_are_rebuilt(settings, corpus):
+    result = pipeline.run(corpus, settings, progress=False)
+    store = Store(settings.store)
+    pair = mixture_of(sorted(result.models)[:2], result.models, "uniform")
+    merged = materialize(store, pair)
+    good = merged.read_bytes()
+    merged.write_bytes(good[: len(good) // 2])
+    assert materialize(store, pair).read_bytes() == good
+
+    score_file = store.score(pair.key, next(iter(result.inputs.eval_sets.values())), settings.score.digest())
+    score_file.write_text("{")
+    unit = result.inputs.units[0]
+    store.unit_tokens(unit.digest).write_bytes(b"not tensors")
+    again = pipeline.run(corpus, settings, progress=False)
+    assert again.counts["scored"] == 1 and again.trained == []
+    assert [r.scores for r in again.ranking] == [r.scores for r in result.ranking]
+
+
+def test_links_out_of_the_corpus_are_refused_before_reading(tmp_path):
+    root = tmp_path / "corpus"
+    write_jsonl(root / "good" / "a.jsonl", demo_docs("satire", 5))
+    outside = write_jsonl(tmp_path / "secret" / "s.jsonl", demo_docs("jargon", 5))
+    (root / "leaky").mkdir()
+    (root / "leaky" / "a.jsonl").symlink_to(outside)
+    (root / "linked-dir").symlink_to(outside.parent, target_is_directory=True)
+    write_jsonl(root / "inside" / "b.jsonl", demo_docs("jargon", 3))
+    (root / "inside" / "c.jsonl").symlink_to(root / "good" / "a.jsonl")  # inside the root: followed
+    good, bad = discover(root)
+    assert sorted(p.name for p in good) == ["good", "inside"]
+    assert sorted(e.partition for e in bad) == ["leaky", "linked-dir"]
+    assert all("a link out of the corpus root" in str(e) or "is a link out of the corpus root" in str(e) for e in bad)
+
+
+def test_pools_sharing_units_each_register_their_own_versions(settings, corpus, tmp_path):
+    copy = tmp_path / "corpusB"
+    shutil.copytree(corpus, copy)
+    write_jsonl(copy / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
+    client = MlflowClient(embedded_uri(settings.store))
+    Path(settings.store).mkdir(parents=True, exist_ok=True)
+    a = pipeline.run(corpus, settings, progress=False)
+    versions_a, _ = register_models(client, settings, a)
+    b = pipeline.run(copy, settings, progress=False)  # a superset under another name: shares every unit of the first
+    versions_b, new_b = register_models(client, settings, b)
+    assert set(a.models) < set(b.models) and sorted(new_b) == sorted(b.models)
+    for pool, versions in (("corpus", versions_a), ("corpusB", versions_b)):
+        for unit, version in versions.items():
+            mv = client.get_model_version(f"{pool}.{unit}", version)
+            assert mv.tags["dataassess.model_key"] == (a if pool == "corpus" else b).models[unit].key
+    again, new = register_models(client, settings, b)
+    assert again == versions_b and new == [], "registered once per pool"
+
+
+def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
+    store = tmp_path / "store"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
+    res = subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--store", str(store), "intake", str(DEMO / "corpus")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "unreachable" in lines[0] and "Nothing was registered" in lines[0], res.stderr
+    assert not (store / "seeds").exists() and not (store / "models").exists()
