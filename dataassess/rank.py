@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from typing import Iterable, Sequence
 
 from .errors import UserError
@@ -131,7 +132,7 @@ def format_table(ranking: Sequence[RankedMixture], top: int | None = None, by: s
     if top and len(ranking) > top:
         lines.append(f"... {len(ranking) - top} more (dataassess ranking --top {len(ranking)}, or --json)")
     if legend:
-        lines.append(legend)
+        lines.append(textwrap.fill(legend, columns, subsequent_indent="      ", break_on_hyphens=False))
     if reduced:
         lines.append("per-set perplexities: dataassess ranking --json")
     return "\n".join(lines)

@@ -146,3 +146,20 @@ def test_export_writes_the_merged_model_as_a_folder_from_pretrained_loads(settin
         torch.testing.assert_close(state[name], (tensor + wb[name]) / 2)
     res = CliRunner().invoke(app, ["--store", str(settings.store), "export", f"{a},{b}", str(out)])
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_the_table_fits_120_columns_whatever_the_names():
+    from dataassess.rank import format_table, rank
+    from dataassess.types import RankedMixture
+
+    sets = [f"a-rather-long-evaluation-set-name-{i}" for i in range(6)]
+    units = [f"partition-with-a-long-name-{i}.u0" for i in range(4)]
+    rows = [RankedMixture([a, b], {s: 100.0 + i + j for j, s in enumerate(sets)}, {s: 1.0 for s in sets})
+            for i, (a, b) in enumerate([(units[0], units[1]), (units[2], units[3]), (units[0], units[3])])]
+    table = format_table(rank(rows), seed_scores={s: 200.0 for s in sets})
+    assert max(map(len, table.splitlines())) <= 120
+    assert "sets: s1 = a-rather-long-evaluation-set-name-0" in table and "(seed, reference)" in table
+    many = [f"set{i}" for i in range(30)]
+    wide = [RankedMixture([units[0]], {s: 50.0 for s in many}, {s: 1.0 for s in many})]
+    table = format_table(rank(wide))
+    assert max(map(len, table.splitlines())) <= 120 and "per-set perplexities: dataassess ranking --json" in table
