@@ -4,7 +4,7 @@ from safetensors import safe_open
 from dataassess.corpus import discover
 from dataassess.pipeline import prepare
 from dataassess.steps import Steps, finished_unit_model, unit_model_key
-from dataassess.store import Store
+from dataassess.store import Store, recorded_digest, sha256_file
 from dataassess.units import resample, unit_tokens
 
 
@@ -54,8 +54,8 @@ def test_unit_training_writes_safetensors_and_metadata_once(settings, corpus):
     assert (model.unit_digest, model.seed_digest, model.train_config_hash) == (unit.digest, pool.seed.digest, settings.train.digest())
     assert model.tokens == settings.units.tokens and model.final_loss > 0 and model.wall_s > 0
     weights = settings.store / "models" / model.key / "model.safetensors"
+    assert recorded_digest(weights) == model.weights_digest == sha256_file(weights)  # checked before every reuse
     with safe_open(str(weights), framework="pt") as f:
-        assert f.metadata()["key"] == model.key and f.metadata()["seed_digest"] == pool.seed.digest
         names = set(f.keys())
     assert len(names & {"transformer.wte.weight", "lm_head.weight"}) == 1  # tied, stored once
     # the weights moved away from the seed, and a second call trains nothing
