@@ -113,7 +113,7 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     for name, docs in sorted(heldout.items()):
         try:
             eval_sets[name] = evalsets.save(build_eval_set(name, docs, tokenizer, ctx, settings.score.stride, settings.corpus.eval_max_tokens))
-        except ValueError as e:
+        except UserError as e:
             log.warning("evaluation set skipped: %s", e)
     if not units:
         raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(map(str, quarantined)), str(corpus))

@@ -25,7 +25,6 @@ from .types import Mixture, Unit, UnitModel
 from .units import unit_tokens
 from .weights import save_state, save_weights
 
-
 log = logging.getLogger(__name__)
 
 

@@ -23,15 +23,14 @@ is reported, removed and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from mlflow import MlflowClient
 
 from dataassess.config import Settings
+from dataassess.errors import UserError
 from dataassess.optimize import after_run
 from dataassess.pipeline import RunResult, serial_map
 from dataassess.steps import materialize, mixture_of
@@ -55,7 +56,7 @@ def publish_weights(client: MlflowClient, settings: Settings, result: RunResult,
         return {"skipped": f"one partition ({', '.join(partitions)}): no weights to choose"}
     try:
         opt = after_run(result, settings, serial_map(progress))
-    except ValueError as e:  # bounds or objective that do not fit this pool: the ranking stands
+    except UserError as e:  # bounds or objective that do not fit this pool: the ranking stands
         return {"skipped": str(e)}
     run_id = log_optimization(client, settings.store, result.inputs.pool, opt.report, opt.cv, ranking_run_id)
     return {"weights": opt.report["weights"], "change": opt.report.get("change"), "optimize_run_id": run_id,
