@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import textwrap
 import traceback
 from functools import wraps
 from pathlib import Path
@@ -534,7 +535,7 @@ def _changes_line(snap: dict) -> str:
              f"{len(ch['moved'])} changed order among those ranked before" if ch["moved"] else "the order of those ranked before is unchanged"]
     best = " + ".join(ch["best"])
     parts.append(f"new best: {best} (was {' + '.join(ch['previous_best'])})" if ch["new_best"] else f"best unchanged: {best}")
-    return "since the previous ranking: " + "; ".join(parts)
+    return textwrap.fill("since the previous ranking: " + "; ".join(parts), 120, subsequent_indent="  ")
 
 
 def _print_weights(weights: dict | None) -> None:
@@ -547,9 +548,10 @@ def _print_weights(weights: dict | None) -> None:
     change = weights.get("change") or {}
     cells = [f"{p} {s:.2f}" + (f" ({change[p]:+.2f})" if p in change else " (new)" if change else "")
              for p, s in sorted(weights["weights"].items(), key=lambda kv: -kv[1])]
-    typer.echo(f"\nmixture weights (shares of the fixed budget{', change since the last optimization' if change else ''}; "
-               f"surrogate cross-validated Spearman {weights['surrogate_spearman']:.2f}):")
-    typer.echo("  " + ", ".join(cells))
+    typer.echo("")
+    typer.echo(textwrap.fill(f"mixture weights (shares of the fixed budget{', change since the last optimization' if change else ''}; "
+                             f"surrogate cross-validated Spearman {weights['surrogate_spearman']:.2f}):", 120))
+    typer.echo(textwrap.fill(", ".join(cells), 120, initial_indent="  ", subsequent_indent="  "))
     typer.echo("  details and the verified comparison: dataassess optimize CORPUS --verify")
 
 
