@@ -57,8 +57,10 @@ def rank_changes(ranking: list[RankedMixture], previous: list[dict] | None) -> d
     them (0: none; None: new). A mixture pushed down only by newcomers has not moved.
     """
     if previous is None:
-        return {"new": [], "moved": [], "best": ranking[0].units if ranking else None, "previous_best": None, "new_best": False}
+        return {"new": [], "moved": [], "dropped": [], "best": ranking[0].units if ranking else None, "previous_best": None,
+                "new_best": False}
     before = {tuple(r["units"]): i for i, r in enumerate(previous)}
+    now = {tuple(r.units) for r in ranking}
     common = [row for row in ranking if tuple(row.units) in before]
     old_place = {tuple(r.units): i for i, r in enumerate(sorted(common, key=lambda r: before[tuple(r.units)]))}
     for row in ranking:
@@ -67,6 +69,7 @@ def rank_changes(ranking: list[RankedMixture], previous: list[dict] | None) -> d
         row.rank_change = old_place[tuple(row.units)] - place
     previous_best = previous[0]["units"] if previous else None
     return {"new": [r.units for r in ranking if r.rank_change is None], "moved": [r.units for r in common if r.rank_change],
+            "dropped": [r["units"] for r in previous if tuple(r["units"]) not in now],  # a unit gone: its partition removed or changed
             "best": ranking[0].units if ranking else None, "previous_best": previous_best,
             "new_best": bool(ranking) and previous_best is not None and ranking[0].units != previous_best}
 

@@ -20,7 +20,7 @@ from .config import Settings
 from .errors import UserError
 from .store import Store, atomic_dir, digest_json, read_json, sha256_file, write_json
 from .train import resolve_device, to_sequences, train_lm, warmup_cosine
-from .weights import save_state
+from .weights import os_errors, save_state
 
 log = logging.getLogger(__name__)
 TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
@@ -109,7 +109,8 @@ def _build_tiny(settings: Settings, arch: str, out: Path, progress: bool) -> Non
         lr_at=warmup_cosine(cfg.lr, cfg.min_lr, cfg.warmup_steps), desc="seed", progress=progress,
     )
     log.info("tiny seed: %d steps, final loss %.3f, %.0f s", result.steps, result.final_loss, result.wall_s)
-    model.cpu().save_pretrained(out)
+    with os_errors(out):
+        model.cpu().save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_json(out / "seed_train.json", {"steps": result.steps, "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": result.wall_s})
 
@@ -128,7 +129,8 @@ def _import_model(settings: Settings, out: Path) -> None:
     if tokenizer.eos_token_id is None:
         raise UserError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")
     try:
-        model.save_pretrained(out)
+        with os_errors(out):
+            model.save_pretrained(out)
     except ValueError:  # GGUF-loaded models are dequantized floats but refuse save_pretrained
         config = model.config
         if hasattr(config, "quantization_config"):

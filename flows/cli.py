@@ -3,6 +3,7 @@ per unit from a shared seed, and ranks candidate mixtures by the perplexity of t
 unit models (Na et al. 2024), refreshed by Prefect intakes and tracked in MLflow."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -33,6 +34,7 @@ Top = Annotated[Optional[int], typer.Option("--top", min=1, metavar="N", help="S
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None, pretty_exceptions_enable=False)
 DATA = Path(__file__).resolve().parents[1] / "dataassess" / "data"
 _state: dict = {"verbose": False}
+STORAGE_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
 def settings() -> Settings:
@@ -60,6 +62,10 @@ def friendly(fn):
             _error("interrupted; finished work is kept in the store and the next run resumes from it")
             raise typer.Exit(130) from None
         except Exception as e:
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:  # the machine's, not ours: permissions, a full disk
+                _error(f"cannot write {e.filename or settings().store}: {e.strerror}; nothing half-written is kept, "
+                       "and the next run resumes from what finished")
+                raise typer.Exit(2) from None
             if _state["verbose"]:
                 traceback.print_exc()
             _error(f"internal error (a bug in dataassess, please report it): {type(e).__name__}: {e}"
@@ -531,7 +537,10 @@ def _changes_line(snap: dict) -> str:
     ch = snap.get("changes")
     if not snap.get("previous") or not ch:
         return "first ranking of this pool"
+    dropped = ch.get("dropped") or []
+    gone = sorted({u for units in dropped for u in units} - {u for r in snap["ranking"] for u in r["units"]})
     parts = [f"{len(ch['new'])} new mixture(s)" if ch["new"] else "no new mixtures",
+             *([f"{len(dropped)} dropped (units no longer in the corpus: {', '.join(gone)})"] if dropped else []),
              f"{len(ch['moved'])} changed order among those ranked before" if ch["moved"] else "the order of those ranked before is unchanged"]
     best = " + ".join(ch["best"])
     parts.append(f"new best: {best} (was {' + '.join(ch['previous_best'])})" if ch["new_best"] else f"best unchanged: {best}")

@@ -89,8 +89,9 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
     lines += ["", f"**Budget:** {budget['mode']}: {budget['score']}.", ""]
     if snapshot.get("previous") and ch:
         best = "new best (was " + " + ".join(ch["previous_best"]) + ")" if ch.get("new_best") else "best unchanged"
-        lines += [f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures, {len(ch['moved'])} changed order among "
-                  f"those ranked before, {best}.", ""]
+        dropped = f", {len(ch['dropped'])} dropped (their units left the corpus)" if ch.get("dropped") else ""
+        lines += [f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures{dropped}, {len(ch['moved'])} changed "
+                  f"order among those ranked before, {best}.", ""]
     else:
         lines += ["**Changes:** first ranking of this pool.", ""]
     lines += ["**Top 5**", "", "| rank | mixture | macro | change |", "|---|---|---|---|"]

@@ -14,7 +14,7 @@ from dataassess.steps import materialize, mixture_of
 from dataassess.store import Store
 from registry.publish import register_models
 from registry.tracking import embedded_uri
-from tests.conftest import DEMO, demo_docs, free_port, write_jsonl
+from tests.conftest import DEMO, demo_docs, free_port, small_settings, write_jsonl, write_toml
 
 
 def test_corrupt_unit_weights_are_reported_and_retrained_not_reused(settings, corpus, caplog):
@@ -96,3 +96,40 @@ def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "unreachable" in lines[0] and "Nothing was registered" in lines[0], res.stderr
     assert not (store / "seeds").exists() and not (store / "models").exists()
+
+
+def test_a_removed_partition_drops_its_mixtures_and_the_ranking_says_so(settings, corpus):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    before = pipeline.run(corpus, settings, progress=False).ranking
+    shutil.rmtree(corpus / "drama")
+    after = pipeline.run(corpus, settings, progress=False).ranking
+    changes = pipeline.latest_ranking(settings)["changes"]
+    with_drama = sorted(r.units for r in before if any(u.startswith("drama.") for u in r.units))
+    assert with_drama and sorted(changes["dropped"]) == with_drama
+    assert not any(u.startswith("drama.") for r in after for u in r.units)
+    res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking"])
+    assert res.exit_code == 0 and f"{len(with_drama)} dropped (units no longer in the corpus: drama." in res.stdout
+
+
+def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(tmp_path):
+    import pytest
+
+    store = tmp_path / "store"
+    store.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(store)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        toml = write_toml(small_settings(store), tmp_path / "dataassess.toml")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
+        res = subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "seed"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+        lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert res.returncode == 2 and len(lines) == 1 and "No space left on device" in lines[0], res.stderr[-2000:]
+        assert "Traceback" not in res.stderr
+        assert not [p for p in (store / "seeds").glob("*") if not p.name.startswith(".")], "no half-built seed under its final name"
+        assert not list((store / "seeds").glob(".*.tmp")), "the temporary folder was removed"
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
