@@ -19,7 +19,7 @@ from dataassess.store import Store
 
 UNITS_EXPERIMENT = "dataassess-units"
 RANKINGS_EXPERIMENT = "dataassess-rankings"
-# MLflow 3 opens an experiment without this tag as a GenAI one (no Models tab, runs filed under "Evaluation runs")
+# the experiment type MLflow 3 shows (its sidebar still starts in the GenAI view: one click on "Model training")
 ML_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 # The one retry layer: MLflow's own HTTP retries, bounded so a dead server fails in seconds.
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -63,7 +63,7 @@ EXPERIMENT_NOTES = {
     RANKINGS_EXPERIMENT: "One run per intake of a pool: the ranking of its mixtures (table, plot, description with the top 5, "
                          "what changed and the fidelity figures), linked to the champion model version.",
     UNITS_EXPERIMENT: "One run per unit model (training data as a dataset input, loss curve), the seed and each champion; "
-                      "their versions are in Models.",
+                      "their versions are in the Model registry.",
 }
 
 
