@@ -1,6 +1,7 @@
 """The Prefect intake over a real sqlite-backed MLflow: incremental, idempotent, safe."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,30 @@ def test_two_concurrent_intakes_leave_one_version_per_unit(settings, corpus):
     assert sorted(r["trained"] for r in results)[0] == 0  # the second found the work done
     names = [v.name for v in unit_versions(settings)]
     assert len(names) == len(set(names)) == max(r["trained"] for r in results)
+
+
+def test_two_intakes_of_two_roots_sharing_units_register_one_version_per_unit_per_pool(settings, corpus, tmp_path):
+    copy = tmp_path / "renamed"
+    shutil.copytree(corpus, copy)  # a renamed corpus root: every unit shared with the first
+    results, errors = {}, []
+
+    def go(root):
+        try:
+            results[root.name] = run(root, settings)
+        except Exception as e:  # pragma: no cover - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(root,)) for root in (corpus, copy)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(r["trained"] for r in results.values())[0] == 0, "the second found every unit trained"
+    assert results["corpus"]["registered"] == results["renamed"]["registered"] > 0, "each pool registers its own versions"
+    names = [v.name for v in unit_versions(settings)]
+    assert len(names) == len(set(names)) == 2 * results["corpus"]["registered"]
+    assert {n.split(".")[0] for n in names} == {"corpus", "renamed"}
 
 
 KILL_IN_SECOND_TRAINING = """
