@@ -89,10 +89,7 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     store = Store(settings.store)
     pool = pool or pool_name(corpus)
     cache = str(store.hf_cache())
-    found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=cache)  # bad paths fail before the seed is built
-    if eval_sets_dir is not None and not Path(eval_sets_dir).is_dir():
-        raise UserError(f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)")
-    check_rank_by(settings.rank.by, _eval_set_names(store, found, settings, eval_sets_dir, pool, refresh_eval))
+    found, quarantined = check_inputs(corpus, settings, eval_sets_dir, pool, refresh_eval)
     seed = prepare_seed(settings, progress=progress)
     tokenizer = seed.load_tokenizer()
     units: list[Unit] = []
@@ -125,6 +122,18 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     return Inputs(pool, seed, units, [str(e) for e in quarantined], eval_sets)
 
 
+def check_inputs(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None = None, pool: str | None = None,
+                 refresh_eval: bool = False) -> tuple[list, list[CorpusError]]:
+    """The corpus's partitions (and the quarantined ones), with every check that needs no seed: the paths,
+    the partitions, and that rank.by names an evaluation set. Bad input fails here, before anything is built."""
+    store = Store(settings.store)
+    found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=str(store.hf_cache()))
+    if eval_sets_dir is not None and not Path(eval_sets_dir).is_dir():
+        raise UserError(f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)")
+    check_rank_by(settings.rank.by, _eval_set_names(store, found, settings, eval_sets_dir, pool or pool_name(corpus), refresh_eval))
+    return found, quarantined
+
+
 def _eval_set_names(store: Store, found: Sequence, settings: Settings, eval_sets_dir, pool: str, refresh_eval: bool) -> set[str]:
     """The names the evaluation sets can have, known before the seed is built: the folder's subfolders,
     else the held-out groups (and the pool's pinned sets)."""
@@ -152,9 +161,10 @@ def _context_length(seed: Seed) -> int:
 
 def train_units(steps: Steps, units: Sequence[Unit], map_fn: MapFn) -> tuple[dict[str, UnitModel], list[str]]:
     """A model per unit, training only those the store lacks; returns (models by unit, units trained now)."""
-    pending = [u for u in units if not steps.is_trained(u)]
+    done = {u.name: steps.trained(u) for u in units}  # one check (and weights hash) per unit
+    pending = [u for u in units if done[u.name] is None]
     trained = dict(zip((u.name for u in pending), map_fn("train", steps.train, pending, lambda u: u.name)))
-    models = {u.name: trained[u.name] if u.name in trained else steps.train(u) for u in units}
+    models = {u.name: done[u.name] or trained[u.name] for u in units}
     return models, [u.name for u in pending]
 
 

@@ -74,8 +74,9 @@ class Steps:
 
     # ---- train -------------------------------------------------------------------------
 
-    def is_trained(self, unit: Unit) -> bool:
-        return finished_unit_model(self.store, unit_model_key(unit, self.seed, self.settings)) is not None
+    def trained(self, unit: Unit) -> UnitModel | None:
+        """The unit's finished model (its weights checked), or None when it must be trained."""
+        return finished_unit_model(self.store, unit_model_key(unit, self.seed, self.settings))
 
     def train(self, unit: Unit) -> UnitModel:
         """Continue-pretrain the seed on one unit. Idempotent: a finished model is returned as it is."""

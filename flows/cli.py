@@ -289,17 +289,17 @@ def demo():
 @command()
 def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, refresh_eval: RefreshEval = False):
     """One Prefect intake: train new or changed units, register them, re-score, publish a ranking."""
-    from dataassess.pipeline import prepare
+    from dataassess.pipeline import check_inputs, pool_name
     from flows.runtime import embedded_prefect
     from registry.tracking import connect
 
     connect(settings().store)  # a tracking server that is down fails here, before any training
-    inputs = prepare(corpus, settings(), eval_sets, pool, refresh_eval)  # bad input fails here, before Prefect or training
+    check_inputs(corpus, settings(), eval_sets, pool, refresh_eval)  # bad input fails here, before Prefect or training
     with embedded_prefect():
         from flows.intake import intake as intake_flow
 
-        summary = intake_flow(corpus, settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None, inputs.pool, True,
-                              refresh_eval)
+        summary = intake_flow(corpus, settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None,
+                              pool or pool_name(corpus), True, refresh_eval)
     typer.echo(_summary_line(summary))
     _report_quarantined(summary["quarantined_partitions"])
     _print_snapshot(_latest(summary["pool"]), top=25)
@@ -314,12 +314,12 @@ def serve(
     eval_sets: EvalSets = None,
 ):
     """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
-    from dataassess.pipeline import prepare
+    from dataassess.pipeline import check_inputs
     from flows.runtime import ensure_prefect_home
     from registry.tracking import connect
 
     connect(settings().store)
-    prepare(corpus, settings(), eval_sets)  # bad input fails here, before any server starts
+    check_inputs(corpus, settings(), eval_sets)  # bad input fails here, before any server starts
     ensure_prefect_home()
     from flows.serve import prefect_server
     from flows.serve import serve as serve_flow

@@ -40,6 +40,16 @@ def wait_until_healthy(health_url: str, proc: subprocess.Popen, timeout_s: float
             time.sleep(0.5)
 
 
+def stop_process_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM a server started in its own session, and SIGKILL its whole group if it has not ended in time."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def prefect_server(store: Path, timeout_s: float = 120):
     """A local Prefect server on 127.0.0.1 unless PREFECT_API_URL names one. The ephemeral
@@ -66,11 +76,7 @@ def prefect_server(store: Path, timeout_s: float = 120):
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         Store(store).prefect_api_file().unlink(missing_ok=True)
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
 
 
 def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: str | None = None) -> None:

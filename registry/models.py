@@ -14,15 +14,17 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from dataassess import __version__
 from dataassess.rank import macro
 from dataassess.seed import Seed
 from dataassess.types import UnitModel
 
-from .tracking import UNITS_EXPERIMENT, log_values, open_run
+from .tracking import UNITS_EXPERIMENT, dataset_input, log_values, open_run
 
 PYFUNC_CODE = str(Path(__file__).with_name("unit_pyfunc.py"))
 REQUIREMENTS = ["torch", "transformers", "safetensors", "dataassess"]
@@ -68,7 +70,7 @@ def _register_model_run(client: MlflowClient, store: Path, name: str, run_name: 
                         params: dict, metrics: dict, tags: dict, alias: str, description: str, version_description: str = "",
                         span: tuple[float, float] | None = None, log_extra=None) -> ModelVersion:
     """A run holding the model as a pyfunc, then a version of `name` with all its tags, and the alias on it."""
-    run_tags = {**tags, "mlflow.note.content": version_description} if version_description else tags
+    run_tags = {**tags, MLFLOW_RUN_NOTE: version_description} if version_description else tags
     with open_run(client, UNITS_EXPERIMENT, store, run_name, run_tags, span) as run_id:
         log_values(client, run_id, params, metrics)
         if log_extra:
@@ -90,26 +92,16 @@ def unit_description(model: UnitModel, seed: Seed, seed_version: str | None) -> 
             f"final loss {model.final_loss:.3f}. Unit digest {model.unit_digest[:12]}, train config {model.train_config_hash}.")
 
 
-def _log_training(client: MlflowClient, model: UnitModel, unit_tokens: Path | None):
-    """The loss curve (one point per step) and the unit's tokens as the run's training dataset."""
-    def log(run_id: str) -> None:
-        import pandas as pd
-        from mlflow.data import from_pandas
-        from mlflow.entities import DatasetInput, InputTag, Metric
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        start = int((model.finished_at - model.wall_s) * 1000) if model.finished_at else int(time.time() * 1000)
-        step_ms = int(model.wall_s * 1000 / max(1, len(model.losses)))
-        points = [Metric("train_loss", float(v), start + i * step_ms, i + 1) for i, v in enumerate(model.losses)]
-        for i in range(0, len(points), 1000):
-            client.log_batch(run_id, metrics=points[i:i + 1000])
-        df = pd.DataFrame([{"unit": model.unit, "partition": model.partition, "tokens": model.tokens,
-                            "source_tokens": model.source_tokens, "repeat": model.repeat, "unit_digest": model.unit_digest}])
-        source = str(unit_tokens.resolve()) if unit_tokens else model.unit_digest
-        dataset = from_pandas(df, source=source, name=model.unit, digest=model.unit_digest[:32])._to_mlflow_entity()
-        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
-
-    return log
+def log_training(client: MlflowClient, run_id: str, model: UnitModel, unit_tokens: Path | None) -> None:
+    """The loss curve (one point per step, at the times training took) and the unit's tokens as the run's training dataset."""
+    start = int((model.finished_at - model.wall_s) * 1000) if model.finished_at else int(time.time() * 1000)
+    step_ms = int(model.wall_s * 1000 / max(1, len(model.losses)))
+    points = [Metric("train_loss", float(v), start + i * step_ms, i + 1) for i, v in enumerate(model.losses)]
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i:i + 1000])
+    row = {k: getattr(model, k) for k in ("unit", "partition", "tokens", "source_tokens", "repeat", "unit_digest")}
+    source = str(unit_tokens.resolve()) if unit_tokens else model.unit_digest
+    client.log_inputs(run_id, datasets=[dataset_input(row, model.unit, source, "training", model.unit_digest[:32])])
 
 
 def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> ModelVersion:
@@ -132,7 +124,7 @@ def register_unit(client: MlflowClient, store: Path, pool: str, model: UnitModel
             client, store, name, model.unit, weights, seed, {f"train.{k}": v for k, v in model.train_config.items()},
             {"final_loss": model.final_loss, "train_wall_s": model.wall_s}, unit_tags(model, seed_version), CURRENT,
             f"Unit models of {model.partition} (unit {model.unit}).", unit_description(model, seed, seed_version), span,
-            _log_training(client, model, unit_tokens),
+            lambda run_id: log_training(client, run_id, model, unit_tokens),
         )
         return mv, True
     if current_version(client, name) != mv.version:

@@ -6,14 +6,13 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
-from mlflow.data import from_pandas
-from mlflow.entities import DatasetInput, InputTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.entities import DatasetInput
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from dataassess.rank import macro
 from dataassess.types import RankedMixture
 
-from .tracking import RANKINGS_EXPERIMENT, log_values, open_run
+from .tracking import RANKINGS_EXPERIMENT, dataset_input, log_values, open_run
 
 T = "dataassess."
 
@@ -60,12 +59,8 @@ def plot_top(ranking: list[RankedMixture], seed_scores: dict[str, float], top: i
 
 def eval_set_inputs(eval_sets: dict[str, dict]) -> list[DatasetInput]:
     """The evaluation sets as MLflow dataset inputs (digest, size and source path of each)."""
-    out = []
-    for name, info in sorted(eval_sets.items()):
-        df = pd.DataFrame([{"eval_set": name, **{k: v for k, v in info.items() if k != "path"}}])
-        dataset = from_pandas(df, name=name, source=info["path"])._to_mlflow_entity()
-        out.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "evaluation")]))
-    return out
+    return [dataset_input({"eval_set": name, **{k: v for k, v in info.items() if k != "path"}}, name, info["path"], "evaluation")
+            for name, info in sorted(eval_sets.items())]
 
 
 def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_version: str | None = None) -> str:
@@ -114,7 +109,7 @@ def log_snapshot(
         T + "seed_digest": snapshot["seed_digest"],
         T + "budget": snapshot["budget"]["mode"], T + "score": snapshot["budget"]["score"],
         T + "fidelity": "measured" if fid.get("measured") else "not measured",
-        "mlflow.note.content": describe(pool, snapshot, ranking),
+        MLFLOW_RUN_NOTE: describe(pool, snapshot, ranking),
     }
     full = [r for r in ranking if r.evaluated_fraction == 1.0]  # slice scores are not comparable
     champion = ranking[0]
@@ -144,4 +139,4 @@ def log_snapshot(
 def link_champion(client: MlflowClient, run_id: str, pool: str, version: str, snapshot: dict, ranking: list[RankedMixture]) -> None:
     """Name the champion's model version on the ranking run, in its tags and its description."""
     client.set_tag(run_id, T + "champion_version", version)
-    client.set_tag(run_id, "mlflow.note.content", describe(pool, snapshot, ranking, version))
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, describe(pool, snapshot, ranking, version))

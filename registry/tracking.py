@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from dataassess.errors import UserError
 from dataassess.store import Store
@@ -74,7 +75,7 @@ def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
     local = client.tracking_uri.startswith("sqlite:")
     root = Store(store).mlflow_artifacts().resolve().as_uri()
     return client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None,
-                                    tags={**ML_EXPERIMENT, "mlflow.note.content": EXPERIMENT_NOTES.get(name, "")})
+                                    tags={**ML_EXPERIMENT, MLFLOW_RUN_NOTE: EXPERIMENT_NOTES.get(name, "")})
 
 
 @contextmanager
@@ -92,6 +93,15 @@ def open_run(client: MlflowClient, experiment: str, store: Path, name: str, tags
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status, end_time=end)
+
+
+def dataset_input(row: dict, name: str, source: str, context: str, digest: str | None = None) -> DatasetInput:
+    """A dataset described by one row, as an MLflow dataset input in a context ("training", "evaluation")."""
+    import pandas as pd
+    from mlflow.data import from_pandas
+
+    dataset = from_pandas(pd.DataFrame([row]), source=source, name=name, digest=digest)._to_mlflow_entity()
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def log_values(client: MlflowClient, run_id: str, params: dict | None = None, metrics: dict | None = None) -> None:

@@ -4,11 +4,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
 import socket
 import subprocess
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,22 +113,14 @@ def free_port() -> int:
 @contextmanager
 def local_server(args: list[str], env: dict, health_url: str, timeout_s: float = 120):
     """A server process in its own process group, healthy before the block and gone (the whole group) after it."""
+    from flows.serve import stop_process_group, wait_until_healthy  # imports Prefect: only tests that start servers pay for it
+
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(health_url, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"{args[0]} did not become healthy at {health_url} within {timeout_s:.0f} s")
-                time.sleep(0.5)
+        try:
+            wait_until_healthy(health_url, proc, timeout_s, args[0])
+        except RuntimeError as e:
+            pytest.fail(str(e))
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
