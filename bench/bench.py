@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from dataassess.config import Settings
-
 from dataassess.merge import LinearMerge, linear_merge, revolving_door, running_merges
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +171,7 @@ def bench_scoring(work: Path | None = None) -> None:
     from dataassess.corpus import eval_sets_from_folder
     from dataassess.evalsets import build_eval_set
     from dataassess.scoring import Scorer
-    from dataassess.seed import train_tokenizer, tiny_config
+    from dataassess.seed import tiny_config, train_tokenizer
 
     docs = eval_sets_from_folder(ROOT / "dataassess" / "data" / "demo" / "eval")
     texts = [d.text for ds in docs.values() for d in ds]
@@ -369,6 +368,65 @@ def metric_name(figure: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in figure).replace("/", "per")
 
 
+def paired(name: str, baseline, candidate, pairs: int, target: float, detail: str = "") -> float:
+    """candidate/baseline wall time, measured as interleaved pairs (A, B, A, B ...) so that both sides see the
+    same load; the figure is the median of the per-pair ratios, and it is "noisy" (not failed) when their
+    spread straddles the target."""
+    ratios, times = [], []
+    for _ in range(pairs):
+        a, b = baseline(), candidate()
+        times.append((a, b))
+        ratios.append(b / a)
+    ratios.sort()
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+    straddles = ratios[0] <= target < ratios[-1]
+    ok = None if straddles and median > target else median <= target
+    spread = f"pairs {', '.join(f'{r:.3f}' for r in ratios)}" + ("; noisy: the spread straddles the target" if ok is None else "")
+    record(name, median, f"<= {target}", ok, f"{spread}; {detail}; seconds {[(round(a, 1), round(b, 1)) for a, b in times]}")
+    return median
+
+
+def bench_dask(work: Path, n_units: int = 4, pairs: int = 3) -> None:
+    """Training n_units demo units on a local Dask cluster of 2 single-threaded workers against 1, through the
+    intake's own task runner and task map (a Prefect server is started for the workers)."""
+    from prefect import flow
+
+    from dataassess import pipeline
+    from dataassess.steps import Steps
+    from flows.intake import task_map, task_runner_for, warm_dask_workers
+    from flows.serve import prefect_server
+
+    base = Settings(store=BENCH_STORE)
+    inputs = pipeline.prepare(DEMO / "corpus", base, DEMO / "eval", progress=False)
+    units = inputs.units[:n_units]
+
+    @flow(name="bench-dask-train")
+    def train(config: dict) -> float:
+        settings = Settings.model_validate(config)
+        warm_dask_workers(settings)  # the cluster's start and imports are not the work measured
+        with Steps(settings, inputs.seed) as steps:
+            start = time.perf_counter()
+            _, trained = pipeline.train_units(steps, units, task_map())
+            assert len(trained) == len(units)
+            return time.perf_counter() - start
+
+    runs = iter(range(2 * pairs))
+
+    def timed(workers: int):
+        def fn() -> float:
+            store = work / f"dask-{next(runs)}"
+            store.mkdir()
+            for d in ("seeds", "units"):  # the seed and the cut units; no unit model yet
+                (store / d).symlink_to(BENCH_STORE / d)
+            s = base.model_copy(update={"store": store, "run": base.run.model_copy(update={"task_runner": "dask", "dask_workers": workers})})
+            return train.with_options(task_runner=task_runner_for(s))(s.model_dump(mode="json"))
+        return fn
+
+    with prefect_server(work, announce=False):
+        paired(f"dask: train {n_units} units, 2 workers / 1 worker", timed(1), timed(2), pairs, 0.6,
+               f"{units[0].tokens} tokens each, single-threaded workers")
+
+
 @contextmanager
 def section(name: str):
     start = time.perf_counter()
@@ -376,7 +434,7 @@ def section(name: str):
     print(f"  [{name}: {time.perf_counter() - start:.0f} s]", flush=True)
 
 
-SECTIONS = ("merge", "scoring", "intake", "screening", "scale", "mergekit")
+SECTIONS = ("merge", "scoring", "intake", "screening", "scale", "mergekit", "dask")
 
 
 def main() -> None:
@@ -405,7 +463,8 @@ def main() -> None:
                 with section("mergekit"):
                     bench_mergekit(paths, big)
             shutil.rmtree(paths[0].parent, ignore_errors=True)
-        for name, fn in (("scoring", bench_scoring), ("intake", bench_intake), ("screening", bench_screening), ("scale", bench_scale)):
+        for name, fn in (("scoring", bench_scoring), ("intake", bench_intake), ("screening", bench_screening), ("scale", bench_scale),
+                         ("dask", bench_dask)):
             if name in only:
                 with section(name):
                     fn(work)

@@ -31,8 +31,8 @@ configure_process(ROOT / "bench" / ".store")  # as a command runs: offline, quie
 from dataassess.config import Settings  # noqa: E402
 from dataassess.pipeline import latest_ranking  # noqa: E402
 from dataassess.seed import prepare_seed  # noqa: E402
-from dataassess.store import Store, read_json  # noqa: E402
 from dataassess.steps import mixture_of  # noqa: E402
+from dataassess.store import Store, read_json  # noqa: E402
 from dataassess.types import UnitModel  # noqa: E402
 from flows.intake import intake  # noqa: E402
 from flows.runtime import embedded_prefect  # noqa: E402

@@ -108,6 +108,14 @@ class OptimizeConfig(Section):
     seed: int = 0
 
 
+class RunConfig(Section):
+    """Where an intake's work items (unit trainings, mixture scorings) run. Not part of any store key."""
+
+    task_runner: Literal["thread", "dask"] = "thread"  # thread: one at a time in the flow's process
+    dask_address: str | None = None  # a running Dask scheduler (tcp://host:port); None = a local cluster
+    dask_workers: int = Field(2, ge=1)  # worker processes of the local cluster, one thread each
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DATAASSESS_", env_nested_delimiter="__", toml_file="dataassess.toml", extra="forbid"
@@ -125,6 +133,7 @@ class Settings(BaseSettings):
     score: ScoreConfig = ScoreConfig()
     rank: RankConfig = RankConfig()
     optimize: OptimizeConfig = OptimizeConfig()
+    run: RunConfig = RunConfig()
 
     @field_validator("store")
     @classmethod

@@ -106,7 +106,7 @@ def train_lm(
         for micro in idx.split(cfg.micro_batch):
             x = sequences[micro].to(device)
             with autocast(device):
-                loss = model(input_ids=x, labels=x).loss * (len(micro) / len(idx))
+                loss = model(input_ids=x, labels=x, use_cache=False).loss * (len(micro) / len(idx))  # no KV cache in training
             loss.backward()
             step_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

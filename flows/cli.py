@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sys
 import textwrap
 import traceback
@@ -275,7 +276,7 @@ def demo():
     """The bundled demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
     from flows.runtime import embedded_prefect
 
-    with embedded_prefect():
+    with embedded_prefect(settings()):
         from flows.demo import run_demo
 
         waves = run_demo(settings(), echo=typer.echo)
@@ -295,7 +296,7 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
 
     connect(settings().store)  # a tracking server that is down fails here, before any training
     check_inputs(corpus, settings(), eval_sets, pool, refresh_eval)  # bad input fails here, before Prefect or training
-    with embedded_prefect():
+    with embedded_prefect(settings()):
         from flows.intake import intake as intake_flow
 
         summary = intake_flow(corpus, settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None,
@@ -575,8 +576,11 @@ def _print_ui_hint(pool: str) -> None:
     uri = tracking_uri(settings().store)
     exp = connect(settings().store).get_experiment_by_name(RANKINGS_EXPERIMENT)
     runs = f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else ""
-    typer.echo(f"\nMLflow ({uri}): `make ui`, then http://127.0.0.1:5000/{runs} : the ranking runs of pool '{pool}' (the latest "
-               f"on top); Model registry: '{pool}.<unit>' and '{pool}-champion'. Prefect flow runs: `make prefect-ui`.")
+    server = uri.startswith("http")
+    ui = f"{uri.rstrip('/')}/{runs}" if server else f"`make ui`, then http://127.0.0.1:5000/{runs}"
+    prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or "`make prefect-ui`"
+    typer.echo(f"\nMLflow ({uri}): {ui} : the ranking runs of pool '{pool}' (the latest "
+               f"on top); Model registry: '{pool}.<unit>' and '{pool}-champion'. Prefect flow runs: {prefect}.")
 
 
 def _report_quarantined(quarantined: list[str]) -> None:

@@ -3,6 +3,10 @@
 Orchestration only: the sequence is dataassess.pipeline's, the MLflow side registry's. Every
 step is cached in the store, so a killed intake is resumed by the next one, and a store-wide
 lock makes two intakes started together do the work once.
+
+The work items (unit trainings, mixture scorings) run on the flow's task runner: one at a time
+in this process (run.task_runner = "thread"), or as remote tasks on Dask workers ("dask"), which
+receive units and mixtures (paths and digests) and read and write the shared store.
 """
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ from datetime import datetime
 from filelock import FileLock
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.settings import get_current_settings
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from dataassess import pipeline
 from dataassess.config import Settings
+from dataassess.errors import UserError
 from dataassess.store import Store
 from registry.publish import publish_ranking, publish_weights, register_models
 from registry.tracking import connect
@@ -39,15 +46,68 @@ def store_lock(store: Store):
         yield
 
 
-def task_map(progress: bool = False) -> pipeline.MapFn:
-    """pipeline.MapFn over Prefect tasks: one task run per item, named after it; a progress bar when asked."""
+def task_map(progress: bool = False, groups: dict[str, int] | None = None) -> pipeline.MapFn:
+    """pipeline.MapFn over Prefect tasks: one task run per item, named after it; a progress bar when asked.
+
+    groups: for remote workers, a step's items go in at most this many task runs (a short
+    scoring is not worth a remote task's round trip); e.g. {"score": 16}.
+    """
 
     def map_fn(name, fn, items, label):
-        step = task(fn, name=name, cache_policy=NO_CACHE)
-        futures = [step.with_options(task_run_name=f"{name} {label(item)}").submit(item) for item in items]
-        return [f.result() for f in tqdm(futures, desc=name, disable=not progress or not futures)]
+        n = (groups or {}).get(name)
+        if n is None or len(items) <= n:
+            step = task(fn, name=name, cache_policy=NO_CACHE)
+            futures = [step.with_options(task_run_name=f"{name} {label(item)}").submit(item) for item in items]
+            sizes = [1] * len(futures)
+        else:
+            step = task(lambda group: [fn(x) for x in group], name=name, cache_policy=NO_CACHE)
+            chunks = [list(items[i::n]) for i in range(n)]  # strided, so that each holds a share of every size
+            futures = [step.with_options(task_run_name=f"{name} {len(c)} items from {label(c[0])}").submit(c) for c in chunks]
+            sizes = [len(c) for c in chunks]
+        results = []
+        with tqdm(total=len(items), desc=name, disable=not progress or not items) as bar:
+            for future, size in zip(futures, sizes):
+                results.append(future.result())
+                bar.update(size)
+        if n is None or len(items) <= n:
+            return results
+        out: list = [None] * len(items)
+        for i, chunk_results in enumerate(results):
+            out[i::n] = chunk_results
+        return out
 
     return map_fn
+
+
+def task_runner_for(settings: Settings) -> TaskRunner:
+    """The task runner run.task_runner names: Dask at run.dask_address, else a local cluster of
+    run.dask_workers single-threaded processes on 127.0.0.1."""
+    if settings.run.task_runner == "thread":
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_dask import DaskTaskRunner
+
+    if settings.run.dask_address:
+        return DaskTaskRunner(address=settings.run.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.run.dask_workers, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": None})
+
+
+def _on_dask() -> bool:
+    runner = FlowRunContext.get().task_runner
+    return type(runner).__name__ == "DaskTaskRunner"
+
+
+def _import_steps() -> None:
+    import dataassess.steps  # noqa: F401  (torch and transformers: seconds on a fresh worker)
+
+
+def warm_dask_workers(settings: Settings) -> int:
+    """Start the flow's Dask cluster (or connect to it) and import the steps on every worker; returns the worker count."""
+    client = FlowRunContext.get().task_runner.client
+    if not settings.run.dask_address:
+        client.wait_for_workers(settings.run.dask_workers, timeout=300)
+    client.run(_import_steps)
+    return len(client.scheduler_info()["workers"])
 
 
 def run_name() -> str:
@@ -83,10 +143,20 @@ def intake(
     documents, pinned at the pool's first intake (refresh_eval=True re-pins them).
     """
     settings = Settings.model_validate(config or {})
+    if settings.run.task_runner == "dask" and not _on_dask():
+        if not get_current_settings().api.url:  # else each Dask worker would start its own Prefect server
+            raise UserError("run.task_runner = 'dask' needs a Prefect server for its workers to report to: set PREFECT_API_URL")
+        remote = {**settings.model_dump(mode="json"), "store": str(settings.store.resolve())}  # one path on every worker
+        return intake.with_options(task_runner=task_runner_for(settings))(corpus_root, remote, eval_sets, pool, progress, refresh_eval)
     logger = get_run_logger()
     connect(settings.store)  # a tracking server that is down should not cost a training run
+    groups = None
+    if _on_dask():
+        workers = warm_dask_workers(settings)
+        logger.info("work items on %d Dask workers", workers)
+        groups = {"score": 4 * workers}
     with store_lock(Store(settings.store)):
-        result = pipeline.run(corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress), progress)
+        result = pipeline.run(corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress, groups), progress)
         for msg in result.inputs.quarantined:
             logger.warning("quarantined: %s", msg)
         logger.info("units: %d trained (%s), %d reused", len(result.trained), ", ".join(result.trained) or "none", len(result.reused))

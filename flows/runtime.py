@@ -46,8 +46,11 @@ def ensure_prefect_home() -> None:
 
 
 @contextmanager
-def embedded_prefect() -> Iterator[None]:
+def embedded_prefect(settings=None) -> Iterator[None]:
     """Within the block, flow runs on Prefect's in-process ephemeral API send no heartbeats.
+
+    With run.task_runner = "dask" and no PREFECT_API_URL, a local Prefect server runs for the
+    block instead: Dask workers are other processes, and an ephemeral API is this one's only.
 
     Prefect emits a flow-run heartbeat every 180 s by default, for a server that watches for
     crashed runs, and its heartbeat thread (1 s sleeps) holds each flow run up to 1 s at its
@@ -56,6 +59,12 @@ def embedded_prefect() -> Iterator[None]:
     name) is set.
     """
     ensure_prefect_home()
+    if settings is not None and settings.run.task_runner == "dask" and not os.environ.get("PREFECT_API_URL"):
+        from flows.serve import prefect_server
+
+        with prefect_server(settings.store, announce=False):
+            yield
+        return
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
     chosen = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")

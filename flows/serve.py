@@ -51,9 +51,10 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
 
 
 @contextmanager
-def prefect_server(store: Path, timeout_s: float = 120):
+def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
     """A local Prefect server on 127.0.0.1 unless PREFECT_API_URL names one. The ephemeral
-    server runs no scheduler or triggers service, so schedules and events need a real one."""
+    server runs no scheduler or triggers service, so schedules and events need a real one.
+    announce: record its URL in the store, where `add-partition` finds the server to notify."""
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
@@ -70,13 +71,29 @@ def prefect_server(store: Path, timeout_s: float = 120):
         wait_until_healthy(f"{url}/health", proc, timeout_s, "the local Prefect server")
         os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
         Store(store).root.mkdir(parents=True, exist_ok=True)
-        Store(store).prefect_api_file().write_text(url)
+        if announce:
+            Store(store).prefect_api_file().write_text(url)
         with temporary_settings(updates={PREFECT_API_URL: url}):  # this process read its settings when Prefect was imported
             yield url
     finally:
+        _drain_to(url)
         os.environ.pop("PREFECT_API_URL", None)
-        Store(store).prefect_api_file().unlink(missing_ok=True)
+        if announce:
+            Store(store).prefect_api_file().unlink(missing_ok=True)
         stop_process_group(proc)
+
+
+def _drain_to(url: str) -> None:
+    """Send the log lines and events still queued for a server before it stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        for worker in (APILogWorker, EventsWorker):
+            try:
+                worker.drain_all(timeout=5)
+            except Exception:  # the server may already be gone; nothing to keep then
+                pass
 
 
 def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: str | None = None) -> None:

@@ -235,9 +235,12 @@ def test_prefect_yaml_declares_the_intake_on_a_schedule_and_the_partition_event(
     from flows.serve import EVENT, corpus_resource
 
     root = Path(__file__).resolve().parents[1]
-    (deployment,) = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
-    path, func = deployment["entrypoint"].split(":")
-    assert load_flow_from_entrypoint(f"{root / path}:{func}").name == intake.name
+    deployments = {d["name"]: d for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]}
+    assert set(deployments) == {"intake", "on-demand"}
+    assert "schedules" not in deployments["on-demand"] and "triggers" not in deployments["on-demand"]
+    deployment = deployments["intake"]
+    for d in deployments.values():  # a module path: Dask workers import the flow's tasks by module name
+        assert load_flow_from_entrypoint(d["entrypoint"]).name == intake.name
     assert deployment["schedules"][0]["interval"] > 0 and deployment["concurrency_limit"] == 1
     trigger = DeploymentEventTrigger.model_validate({k: v for k, v in deployment["triggers"][0].items() if k != "type"})
     assert trigger.expect == {EVENT}

@@ -1,0 +1,140 @@
+"""The intake on Dask workers against an MLflow server on PostgreSQL, started by deploy/stack.py
+in a folder and on ports of its own (`make test-distributed`)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import write_toml
+
+pytestmark = pytest.mark.distributed
+ROOT = Path(__file__).resolve().parents[1]
+DA = str(Path(sys.executable).with_name("dataassess"))
+
+
+def load_stack():
+    spec = importlib.util.spec_from_file_location("dataassess_test_stack", ROOT / "deploy" / "stack.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_base(stack) -> int:
+    """A port base whose every offset is free on 127.0.0.1."""
+    for base in range(41000, 64000, 1000):
+        with socket.socket() as s:
+            if all(s.connect_ex(("127.0.0.1", base + o)) != 0 for o in stack.OFFSETS.values()):
+                return base
+    pytest.fail("no free port range for the test stack")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """PostgreSQL, an MLflow server on it, a Prefect server on it, a Dask scheduler and two workers."""
+    st = load_stack()
+    state = Path(tempfile.mkdtemp(prefix="dataassess-stack-"))
+    state.chmod(0o755)  # PostgreSQL runs as its own user and must reach its folder
+    st.configure(state, free_base(st))
+    for d in ("pids", "logs", "prefect", "store"):
+        (state / d).mkdir()
+    wanted = {"mlflow", "prefect-server", "dask-scheduler", "dask-workers"}
+    services = [s for s in st.services(artifacts=str(state / "artifacts")) if s.name in wanted]
+    try:
+        st.postgres_up()
+        for service in services:
+            service.up()
+        yield st
+    finally:
+        for service in reversed(services):
+            if (pid := st.recorded_pid(service.name)) is not None:
+                st.stop_group(service.name, pid)
+        st.postgres_down()
+        for port in st.PORTS.values():
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after the stack stopped"
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def intake_env(stack, settings, tmp_path, **extra) -> dict:
+    config = write_toml(settings, tmp_path / "dataassess.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAASSESS_", "PREFECT_API_URL"))}
+    return {**env, "DATAASSESS_CONFIG": str(config), "MLFLOW_TRACKING_URI": stack.urls()["MLFLOW_TRACKING_URI"],
+            "PREFECT_HOME": str(tmp_path / "prefect"), **extra}
+
+
+def versions_by_unit(stack, pool: str) -> dict[str, list[str]]:
+    client = MlflowClient(stack.urls()["MLFLOW_TRACKING_URI"])
+    out: dict[str, list[str]] = {}
+    for v in client.search_model_versions(f"name LIKE '{pool}.%'"):
+        out.setdefault(v.name.removeprefix(pool + "."), []).append(v.version)
+    return out
+
+
+def ranking_runs(stack, pool: str) -> list:
+    client = MlflowClient(stack.urls()["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("dataassess-rankings")
+    return client.search_runs([exp.experiment_id], f"tags.`dataassess.pool` = '{pool}'") if exp else []
+
+
+def test_intake_on_a_local_dask_cluster_of_two_workers_against_mlflow_on_postgres(stack, settings, corpus, tmp_path):
+    # no PREFECT_API_URL: the command starts a local Prefect server for the cluster's workers to report to
+    env = intake_env(stack, settings, tmp_path, DATAASSESS_RUN__TASK_RUNNER="dask", DATAASSESS_RUN__DASK_WORKERS="2")
+    done = subprocess.run([DA, "intake", str(corpus), "--pool", "local"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = {p.name for p in (settings.store / "models").iterdir() if (p / "meta.json").exists()}
+    versions = versions_by_unit(stack, "local")
+    assert len(trained) >= 4 and len(versions) == len(trained)
+    assert all(v == ["1"] for v in versions.values()), versions
+    (run,) = ranking_runs(stack, "local")
+    assert {k.removeprefix("unit.") for k in run.data.params if k.startswith("unit.")} == set(versions)
+    assert run.data.tags["dataassess.champion_version"] == "1"
+    assert not (settings.store / "mlflow.db").exists(), "everything went to the server"
+
+
+def executing_training(client) -> dict[str, list[str]]:
+    """The train tasks each Dask worker is executing now, by worker address."""
+    return client.run(lambda dask_worker: [str(k) for k, ts in dask_worker.state.tasks.items()
+                                           if ts.state == "executing" and str(k).startswith("train")])
+
+
+def test_a_worker_killed_during_training_loses_no_unit_and_adds_no_version(stack, settings, corpus, tmp_path):
+    from distributed import Client
+
+    slow = settings.model_copy(update={"units": settings.units.model_copy(update={"tokens": 24576})})  # trainings of seconds
+    env = intake_env(stack, slow, tmp_path, DATAASSESS_RUN__TASK_RUNNER="dask", PREFECT_API_URL=stack.urls()["PREFECT_API_URL"],
+                     DATAASSESS_RUN__DASK_ADDRESS=stack.urls()["DASK_SCHEDULER_ADDRESS"])
+    log = tmp_path / "intake.log"
+    with open(log, "w") as out, Client(stack.urls()["DASK_SCHEDULER_ADDRESS"], timeout=30) as client:
+        proc = subprocess.Popen([DA, "intake", str(corpus), "--pool", "killed"], env=env, stdout=out, stderr=out)
+        victim = None
+        deadline = time.time() + 600
+        while victim is None and proc.poll() is None and time.time() < deadline:
+            busy = {addr: keys for addr, keys in executing_training(client).items() if keys}
+            if busy:
+                addr = sorted(busy)[0]
+                victim = (addr, client.run(os.getpid, workers=[addr])[addr])
+            else:
+                time.sleep(0.2)
+        assert victim is not None, "no training was seen running on a Dask worker:\n" + log.read_text()[-2000:]
+        os.kill(victim[1], signal.SIGKILL)
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    trained = {p.name for p in (slow.store / "models").iterdir() if (p / "meta.json").exists()}
+    versions = versions_by_unit(stack, "killed")
+    assert len(versions) == len(trained) >= 2 and all(v == ["1"] for v in versions.values()), versions
+    again = subprocess.run([DA, "intake", str(corpus), "--pool", "killed"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained 0," in again.stdout, again.stdout[-1500:]
+    assert versions_by_unit(stack, "killed") == versions, "the rerun registered nothing new"
+    assert len(ranking_runs(stack, "killed")) == 2
+    assert not list(slow.store.rglob("*.tmp")), "no half-written file"
