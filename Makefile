@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup browser demo test test-slow test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
+.PHONY: setup browser demo test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -91,7 +91,12 @@ prefect-ui: setup
 
 test: setup
 	@mkdir -p "$(PREFECT_HOME)"
-	$(PY) -m pytest -q -m "not slow and not distributed"
+	$(PY) -m pytest -q -m "not slow and not distributed and not faults"
+
+# Intakes killed (SIGKILL) during scoring, registration and publish, then resumed
+test-faults: setup
+	@mkdir -p "$(PREFECT_HOME)"
+	$(PY) -m pytest -q -m faults
 
 # Intakes on Dask against MLflow and Prefect servers on PostgreSQL (Debian's postgresql, installed when root)
 test-distributed: setup

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,13 +42,6 @@ def best_of(fn, repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def copy_bandwidth(gib: float = 1.0) -> float:
-    """Bytes per second of a large in-memory copy (torch, all threads)."""
-    n = int(gib * (1 << 30) / 4)
-    src, dst = torch.ones(n), torch.empty(n)
-    return n * 4 / best_of(lambda: dst.copy_(src), 5)
 
 
 def make_models(cfg: GPT2Config, k: int, folder: Path) -> list[Path]:
@@ -110,27 +104,24 @@ def bench_merge(name: str, cfg: GPT2Config, ks=(2, 4, 8, 16)) -> list[Path]:
     return paths
 
 
-def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int) -> None:
+def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int, pairs: int = 5) -> None:
+    """Each figure is interleaved pairs (see paired): this machine's bandwidth drifts within a run."""
     k = len(sub)
-    bw = copy_bandwidth()  # measured next to each figure: this machine's bandwidth drifts
-    t_into = best_of(lambda: method.merge(sub, out=into), reps)
-    t_fresh = best_of(lambda: method.merge(sub), reps)
-    ratio = k * model_bytes / t_into / bw
-    record(f"merge {name} k={k}: bandwidth / copy", ratio, ">= 0.5", ratio >= 0.5,
-           f"{k * model_bytes / t_into / 1e9:.2f} vs {bw / 1e9:.2f} GB/s, into a model's state dict")
-    fresh = k * model_bytes / t_fresh / bw
+    n_copy = int((1 << 30) / 4)
+    src, dst = torch.ones(n_copy), torch.empty(n_copy)
+    t_copy = lambda: best_of(lambda: dst.copy_(src), reps)  # noqa: E731  (1 GiB, torch, all threads)
+    t_into = lambda: best_of(lambda: method.merge(sub, out=into), reps)  # noqa: E731
+    paired(f"merge {name} k={k}: bandwidth / copy", t_into, t_copy, pairs, 0.5, at_least=True, scale=k * model_bytes / (n_copy * 4),
+           detail="bytes read per second merging into a model's state dict / a 1 GiB copy's")
+    fresh = k * model_bytes / best_of(lambda: method.merge(sub), reps) / (n_copy * 4 / t_copy())
     record(f"merge {name} k={k}: bandwidth / copy, new tensors", fresh, "info", None,
            "allocating the output: first-touch page faults of a fresh buffer included")
     if k * model_bytes * 2 > NAIVE_MAX_BYTES:  # the naive way holds k models plus their stack
         record(f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB")
         naive_ok = False
     else:
-        t_naive = best_of(lambda: naive_merge(sub), reps)
-        t_naive_load = best_of(lambda: load_into(into, naive_merge(sub)), reps)
-        record(f"merge {name} k={k}: naive time / ours", t_naive_load / t_into, ">= 3", t_naive_load / t_into >= 3,
-               "into a model to score: naive loads, stacks, averages, then copies in")
-        record(f"merge {name} k={k}: naive time / ours, new tensors", t_naive / t_fresh, "info", None,
-               "both return fresh tensors")
+        paired(f"merge {name} k={k}: naive time / ours", t_into, lambda: best_of(lambda: load_into(into, naive_merge(sub)), reps),
+               pairs, 3.0, at_least=True, detail="into a model to score: naive loads, stacks, averages, then copies in")
         naive_ok = True
     if name != "tiny":
         peak = peak_rss_bytes("ours", sub)
@@ -368,21 +359,18 @@ def metric_name(figure: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in figure).replace("/", "per")
 
 
-def paired(name: str, baseline, candidate, pairs: int, target: float, detail: str = "") -> float:
-    """candidate/baseline wall time, measured as interleaved pairs (A, B, A, B ...) so that both sides see the
-    same load; the figure is the median of the per-pair ratios, and it is "noisy" (not failed) when their
-    spread straddles the target."""
-    ratios, times = [], []
-    for _ in range(pairs):
-        a, b = baseline(), candidate()
-        times.append((a, b))
-        ratios.append(b / a)
-    ratios.sort()
-    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
-    straddles = ratios[0] <= target < ratios[-1]
-    ok = None if straddles and median > target else median <= target
-    spread = f"pairs {', '.join(f'{r:.3f}' for r in ratios)}" + ("; noisy: the spread straddles the target" if ok is None else "")
-    record(name, median, f"<= {target}", ok, f"{spread}; {detail}; seconds {[(round(a, 1), round(b, 1)) for a, b in times]}")
+def paired(name: str, baseline, candidate, pairs: int, target: float, at_least: bool = False, scale: float = 1.0,
+           detail: str = "") -> float:
+    """scale x candidate() / baseline(), both returning seconds, measured as interleaved pairs (A, B, A, B ...)
+    so that both sides see the same load. The figure is the median of the per-pair ratios; it is "noisy" (n/a,
+    not FAIL) when the median misses the target but the pairs' spread straddles it."""
+    times = [(baseline(), candidate()) for _ in range(pairs)]
+    ratios = sorted(scale * b / a for a, b in times)
+    median = statistics.median(ratios)
+    meets = (lambda r: r >= target) if at_least else (lambda r: r <= target)
+    ok = True if meets(median) else (None if meets(ratios[-1] if at_least else ratios[0]) else False)
+    spread = f"{len(ratios)} pairs {ratios[0]:.3f}-{ratios[-1]:.3f}" + ("; noisy: the pairs straddle the target" if ok is None else "")
+    record(name, median, f"{'>=' if at_least else '<='} {target}", ok, f"{spread}; {detail}".rstrip("; "))
     return median
 
 
@@ -424,7 +412,7 @@ def bench_dask(work: Path, n_units: int = 4, pairs: int = 3) -> None:
 
     with prefect_server(work, announce=False):
         paired(f"dask: train {n_units} units, 2 workers / 1 worker", timed(1), timed(2), pairs, 0.6,
-               f"{units[0].tokens} tokens each, single-threaded workers")
+               detail=f"{units[0].tokens} tokens each, single-threaded workers")
 
 
 @contextmanager

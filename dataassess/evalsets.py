@@ -6,6 +6,7 @@ from typing import Mapping
 
 from .corpus import Document
 from .errors import UserError
+from .seed import encode
 from .store import Store, digest_json, read_json, write_json
 from .types import EvalSet
 
@@ -36,7 +37,7 @@ def build_eval_set(name: str, docs: list[Document], tokenizer, ctx: int, stride:
     for doc in sorted(docs, key=lambda d: d.digest):
         if n_tokens >= max_tokens:
             break
-        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        ids = encode(tokenizer, [doc.text], eos=False, limit=max_tokens - n_tokens + 1).tolist()  # one more: was it cut?
         text_bytes = len(doc.text.encode("utf-8"))
         if n_tokens + len(ids) > max_tokens:
             ids = ids[: max_tokens - n_tokens]

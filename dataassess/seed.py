@@ -9,9 +9,11 @@ import gzip
 import json
 import logging
 import threading
+from array import array
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
@@ -84,14 +86,59 @@ def tiny_config(arch: str, cfg, vocab_size: int, ctx: int, eos_id: int):
     )
 
 
+PIECE_CHARS = 1 << 16  # a longer document is tokenized in pieces of at most this many characters
+BATCH_CHARS = 1 << 20  # characters per tokenizer call
+
+
+def text_pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at most `size` characters, each cut just before a space that follows a
+    non-space (where a byte-level BPE's pre-tokens begin anyway), so that memory stays bounded
+    whatever the document's length."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + 1, start + size)
+        while cut > start and text[cut - 1].isspace():
+            cut = text.rfind(" ", start + 1, cut)
+        cut = cut if cut > start else start + size
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def encode(tokenizer, texts: Iterable[str], eos: bool = True, limit: int | None = None) -> torch.Tensor:
+    """Token ids of `texts`, one after another (each ended by EOS when `eos`), as int32, in bounded
+    memory: long documents go in pieces, and pieces in batches. Stops after `limit` ids."""
+    out = array("i")
+    batch: list[tuple[str, bool]] = []  # (piece, ends its document)
+
+    def flush() -> None:
+        if not batch:
+            return
+        for (_, last), ids in zip(batch, tokenizer([p for p, _ in batch], add_special_tokens=False)["input_ids"]):
+            out.extend(ids)
+            if last and eos:
+                out.append(tokenizer.eos_token_id)
+        batch.clear()
+
+    chars = 0
+    for text in texts:
+        pieces = list(text_pieces(text))
+        for i, piece in enumerate(pieces):
+            batch.append((piece, i == len(pieces) - 1))
+            chars += len(piece)
+            if chars >= BATCH_CHARS:
+                flush()
+                chars = 0
+                if limit is not None and len(out) >= limit:
+                    return torch.frombuffer(out, dtype=torch.int32)[:limit].clone()
+    flush()
+    ids = torch.frombuffer(out, dtype=torch.int32) if len(out) else torch.zeros(0, dtype=torch.int32)
+    return (ids if limit is None else ids[:limit]).clone()
+
+
 def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     """Documents joined into one token stream, each ended by EOS."""
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc)
-        ids.append(eos)
-    return torch.tensor(ids, dtype=torch.int32)
+    return encode(tokenizer, texts)
 
 
 def _build_tiny(settings: Settings, arch: str, out: Path, progress: bool) -> None:

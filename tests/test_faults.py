@@ -133,3 +133,30 @@ def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(tmp_path):
         assert not list((store / "seeds").glob(".*.tmp")), "the temporary folder was removed"
     finally:
         subprocess.run(["umount", str(store)], check=True)
+
+
+PREPARE = """
+import resource, sys
+from dataassess import pipeline
+from dataassess.config import Settings
+inputs = pipeline.prepare(sys.argv[1], Settings.model_validate_json(sys.argv[2]), progress=False)
+print(sorted({u.partition for u in inputs.units}), "|", "; ".join(inputs.quarantined))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+"""
+
+
+def test_a_20_mb_single_line_document_is_cut_in_bounded_memory_beside_latin1_text(settings, tmp_path):
+    root = tmp_path / "corpus"
+    write_jsonl(root / "good" / "a.jsonl", demo_docs("satire", 40))
+    text = " ".join(d["text"].replace("\n", " ") for d in demo_docs("jargon"))
+    (root / "long").mkdir()
+    (root / "long" / "one-line.txt").write_text((text + " ") * (20_000_000 // (len(text) + 1) + 1))
+    (root / "latin1").mkdir()
+    (root / "latin1" / "a.txt").write_bytes(("café naïve déjà vu. " * 2000).encode("latin-1"))
+    done = subprocess.run([sys.executable, "-c", PREPARE, str(root), settings.model_dump_json()], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    partitions, peak_mib = done.stdout.strip().splitlines()
+    assert partitions.startswith("['good', 'long'] |") and "latin1" in partitions and "not valid UTF-8" in partitions
+    # torch and transformers take about 450 MiB; tokenizing 20 MB in one call took over 3 GiB
+    assert int(peak_mib) < 1200, f"peak {peak_mib} MiB"

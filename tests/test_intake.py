@@ -224,6 +224,69 @@ def test_resume_after_intake_is_killed_mid_training(settings, corpus, tmp_path):
     assert not list(settings.store.rglob("*.tmp"))
 
 
+KILL_AT = """
+import json, os, signal, sys
+point, calls = sys.argv[3], []
+
+def dies_on(call, original):  # the wrapped function kills the process after its call number `call` returns
+    def wrapped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    return wrapped
+
+if point == "scoring":  # after the first mixture's scores are written
+    import dataassess.steps as steps
+    steps.Steps.score_weights = dies_on(1, steps.Steps.score_weights)
+elif point == "registration":  # after the first unit's version (the seed's is the first version made)
+    from mlflow import MlflowClient
+    MlflowClient.create_model_version = dies_on(2, MlflowClient.create_model_version)
+elif point == "publish":  # after the ranking run is logged, before the champion is registered
+    import registry.publish as publish
+    publish.log_snapshot = dies_on(1, publish.log_snapshot)
+from flows.intake import intake
+intake(sys.argv[1], json.loads(sys.argv[2]), pool="k")
+"""
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("point", ["scoring", "registration", "publish"])
+def test_killed_during_scoring_registration_or_publish_the_rerun_finishes_without_duplicates(point, settings, corpus, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", KILL_AT, str(corpus), settings.model_dump_json(), point],
+                                env=env, stdout=out, stderr=out, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=300)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    models = settings.store / "models"
+    finished = len(list(models.glob("*/meta.json")))
+    before = unit_versions(settings)
+    assert len(before) == {"scoring": 0, "registration": 1, "publish": finished}[point]
+    summary = run(corpus, settings, pool="k")
+    assert summary["trained"] == 0 and summary["skipped"] == finished, "every unit finished before the kill is reused"
+    if point == "scoring":
+        assert summary["reused"] >= 1, "the scores written before the kill are reused"
+    assert summary["registered"] == finished - len(before)
+    names = [v.name for v in unit_versions(settings)]
+    assert len(names) == len(set(names)) == finished, "one version per unit"
+    client = client_for(settings)
+    assert str(client.get_model_version_by_alias("k-champion", "champion").version) == "1"
+    exp = client.get_experiment_by_name(RANKINGS_EXPERIMENT)
+    assert len(client.search_runs([exp.experiment_id])) == (2 if point == "publish" else 1)
+    assert not list(settings.store.rglob("*.tmp")), "no half-written file"
+    for score in settings.store.glob("scores/*/score.json"):
+        json.loads(score.read_text())
+
+
 def test_prefect_yaml_declares_the_intake_on_a_schedule_and_the_partition_event():
     import fnmatch
     from pathlib import Path
