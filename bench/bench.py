@@ -109,7 +109,7 @@ def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, m
     k = len(sub)
     n_copy = int((1 << 30) / 4)
     src, dst = torch.ones(n_copy), torch.empty(n_copy)
-    t_copy = lambda: best_of(lambda: dst.copy_(src), reps)  # noqa: E731  (1 GiB, torch, all threads)
+    t_copy = lambda: best_of(lambda: dst.copy_(src), 5)  # noqa: E731  (1 GiB, torch, all threads)
     t_into = lambda: best_of(lambda: method.merge(sub, out=into), reps)  # noqa: E731
     paired(f"merge {name} k={k}: bandwidth / copy", t_into, t_copy, pairs, 0.5, at_least=True, scale=k * model_bytes / (n_copy * 4),
            detail="bytes read per second merging into a model's state dict / a 1 GiB copy's")
