@@ -60,10 +60,13 @@ def embedded_prefect(settings=None) -> Iterator[None]:
     """
     ensure_prefect_home()
     if settings is not None and settings.run.task_runner == "dask" and not os.environ.get("PREFECT_API_URL"):
-        from flows.serve import prefect_server
+        from flows.serve import drain_to_server, prefect_server
 
         with prefect_server(settings.store, announce=False):
-            yield
+            try:
+                yield
+            finally:
+                drain_to_server()  # the intake's last log lines reach the server before it stops
         return
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -76,24 +77,28 @@ def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
         with temporary_settings(updates={PREFECT_API_URL: url}):  # this process read its settings when Prefect was imported
             yield url
     finally:
-        _drain_to(url)
         os.environ.pop("PREFECT_API_URL", None)
         if announce:
             Store(store).prefect_api_file().unlink(missing_ok=True)
         stop_process_group(proc)
 
 
-def _drain_to(url: str) -> None:
-    """Send the log lines and events still queued for a server before it stops."""
+def drain_to_server(timeout_s: float = 10) -> None:
+    """Send the log lines and events this process still has queued for the Prefect server, before it
+    stops; bounded, in a thread of its own, so that a stuck queue cannot hold the command."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    def drain() -> None:
         for worker in (APILogWorker, EventsWorker):
             try:
-                worker.drain_all(timeout=5)
-            except Exception:  # the server may already be gone; nothing to keep then
+                worker.drain_all(timeout=timeout_s / 2)
+            except Exception:  # nothing queued, or the server is gone: nothing to keep then
                 pass
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
 
 
 def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: str | None = None) -> None:
