@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import textwrap
 import traceback
@@ -325,6 +326,8 @@ def serve(
     from flows.serve import prefect_server
     from flows.serve import serve as serve_flow
 
+    # Ctrl-C stops it even when started where SIGINT is ignored (a shell's background job, nohup)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with prefect_server(settings().store) as url:
         typer.echo(f"Prefect API {url} (UI: {url.removesuffix('/api')}); serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
         serve_flow(corpus, settings(), interval, str(eval_sets) if eval_sets else None)
