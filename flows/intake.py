@@ -55,7 +55,8 @@ def task_map(progress: bool = False, groups: dict[str, int] | None = None) -> pi
 
     def map_fn(name, fn, items, label):
         n = (groups or {}).get(name)
-        if n is None or len(items) <= n:
+        grouped = n is not None and len(items) > n
+        if not grouped:
             step = task(fn, name=name, cache_policy=NO_CACHE)
             futures = [step.with_options(task_run_name=f"{name} {label(item)}").submit(item) for item in items]
             sizes = [1] * len(futures)
@@ -69,7 +70,7 @@ def task_map(progress: bool = False, groups: dict[str, int] | None = None) -> pi
             for future, size in zip(futures, sizes):
                 results.append(future.result())
                 bar.update(size)
-        if n is None or len(items) <= n:
+        if not grouped:
             return results
         out: list = [None] * len(items)
         for i, chunk_results in enumerate(results):
