@@ -73,7 +73,7 @@ $(MERGEKIT_VENV)/.tried:
 	@mkdir -p $(MERGEKIT_VENV) && touch $@
 
 bench-intake: setup
-	$(PY) bench/intake_bench.py
+	$(PY) bench/bench.py --only intake
 
 ui: setup
 	@mkdir -p $(STORE)

@@ -1,4 +1,4 @@
-"""make bench-intake: adding one partition to a pool of n, against rebuilding all n+1 from scratch.
+"""make bench-intake (bench.py --only intake): adding one partition to a pool of n, against rebuilding all n+1 from scratch.
 
 Both sides run the real Prefect intake (training, registration, scoring, publishing) on the
 demo corpus with its fixed evaluation sets; the seed is built once beforehand and shared.
@@ -6,18 +6,15 @@ demo corpus with its fixed evaluation sets; the seed is built once beforehand an
 0. A warm-up intake of one partition on its own store (not timed): imports, Prefect's
    ephemeral API and MLflow start once per process, and neither side should pay for them.
 1. The rebuild (timed): one intake of all n+1 partitions on an empty store.
-2. The add (timed), `repeats` times, each on a fresh store holding the pool of n as earlier
-   intakes leave it: the old units' models and the old mixtures' scores (copied from the
-   rebuild, which made the same files), registered by an intake of the n partitions (not timed).
-   The add is one unit and a few mixtures, so one run is noisy; the mean of repeats is reported.
+2. The add (timed), on a fresh store holding the pool of n as earlier intakes leave it: the
+   old units' models and the old mixtures' scores (copied from the rebuild just before, which
+   made the same files), registered by an intake of the n partitions (not timed).
+Rebuilds and adds alternate (bench.paired), so that both sides see the same load.
 """
 from __future__ import annotations
 
-import json
 import shutil
-import statistics
 import sys
-import tempfile
 import time
 from itertools import combinations
 from pathlib import Path
@@ -35,7 +32,6 @@ from dataassess.steps import mixture_of  # noqa: E402
 from dataassess.store import Store, read_json  # noqa: E402
 from dataassess.types import UnitModel  # noqa: E402
 from flows.intake import intake  # noqa: E402
-from flows.runtime import embedded_prefect  # noqa: E402
 
 DEMO = ROOT / "dataassess" / "data" / "demo"
 NEW = "satire"
@@ -80,52 +76,30 @@ def seed_pool(rebuilt: Settings, pool: Settings, old_partitions: set[str]) -> No
                     shutil.copy2(src.score(key, digest, score_config), dst.score(key, digest, score_config))
 
 
-def run(work: Path, repeats: int = 3) -> dict:
+def sides(work: Path):
+    """The figure's two sides for bench.paired, as callables returning seconds: a rebuild, then an add on
+    the pool that rebuild leaves. Also returns each side's intake summaries and n."""
     prepare_seed(Settings(store=SEED_STORE), progress=False)
     parts = sorted(p for p in (DEMO / "corpus").iterdir() if p.is_dir())
     old = [p for p in parts if p.name != NEW]
-
     timed_intake(*fresh(work, "warm-up", old[:1]))
+    runs: dict[str, list] = {"rebuilt": [], "added": []}
 
-    corpus, rebuilt = fresh(work, "rebuild", parts)
-    t_full, full = timed_intake(corpus, rebuilt)
+    def rebuild() -> float:
+        corpus, s = fresh(work, f"rebuild-{len(runs['rebuilt'])}", parts)
+        elapsed, summary = timed_intake(corpus, s)
+        runs["rebuilt"].append((s, summary))
+        return elapsed
 
-    adds = []
-    for i in range(repeats):
-        corpus, pool = fresh(work, f"add-{i}", old)
-        seed_pool(rebuilt, pool, {p.name for p in old})
+    def add() -> float:
+        corpus, pool = fresh(work, f"add-{len(runs['added'])}", old)
+        seed_pool(runs["rebuilt"][-1][0], pool, {p.name for p in old})
         prepared = timed_intake(corpus, pool)[1]  # registers the pool; trains and scores nothing
         if prepared["trained"] or prepared["rescored"]:
             raise RuntimeError(f"the pool was not fully reused from the rebuild: {prepared}")
         shutil.copytree(DEMO / "corpus" / NEW, corpus / NEW)
-        adds.append(timed_intake(corpus, pool))
-    t_add = statistics.mean(t for t, _ in adds)
-    added = adds[-1][1]
-    n = len(old)
-    return {
-        "n": n, "ratio": t_add / t_full, "target": 1.3 / (n + 1), "t_add": t_add, "t_full": t_full,
-        "t_adds": [round(t, 2) for t, _ in adds],
-        "added": {k: added[k] for k in ("trained", "trained_units", "rescored", "mixtures", "seconds")},
-        "full": {k: full[k] for k in ("trained", "rescored", "mixtures", "seconds")},
-    }
+        elapsed, summary = timed_intake(corpus, pool)
+        runs["added"].append(summary)
+        return elapsed
 
-
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-intake-", dir=ROOT / "bench"))
-    try:
-        with embedded_prefect():
-            r = run(work)
-        ok = "PASS" if r["ratio"] <= r["target"] else "FAIL"
-        print(f"intake: add 1 partition to n={r['n']} / rebuild n+1      {r['ratio']:.3f}  target <= {r['target']:.3f}  {ok}")
-        print(f"  add: {r['t_add']:.1f} s (mean of {r['t_adds']}), trained {r['added']['trained']} unit(s) {r['added']['trained_units']}, "
-              f"scored {r['added']['rescored']} of {r['added']['mixtures']} mixtures")
-        print(f"  rebuild: {r['t_full']:.0f} s, trained {r['full']['trained']} units, scored {r['full']['rescored']} mixtures")
-        print(f"  phases (s): add {r['added']['seconds']}, rebuild {r['full']['seconds']}")
-        out = ROOT / "bench" / "results" / f"intake-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-        out.write_text(json.dumps(r, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    return rebuild, add, runs, len(old)

@@ -71,11 +71,12 @@ def suffix_of(path: Path) -> str | None:
 
 
 def check_name(name: str) -> None:
-    if not NAME_RE.match(name) or ".." in name:
-        raise CorpusError(
-            name, "invalid partition name: it would escape the store "
-            "(use letters, digits, '.', '_', '-'; no '..' or '/')"
-        )
+    if "/" in name or "\\" in name or ".." in name:
+        raise CorpusError(name, "invalid partition name: it would escape the store "
+                                "(use letters, digits, '.', '_', '-'; no '..' or '/')")
+    if not NAME_RE.match(name):
+        raise CorpusError(name, "invalid partition name: it names store keys and MLflow models, so it may hold only "
+                                "ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (rename it)")
 
 
 def _raw_bytes(path: Path, partition: str) -> bytes:

@@ -41,7 +41,7 @@ class Seed:
 
     def load_model(self) -> torch.nn.Module:
         with _load_lock:
-            return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32)
+            return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, use_safetensors=True)
 
     def load_tokenizer(self):
         return AutoTokenizer.from_pretrained(self.path)
@@ -163,15 +163,16 @@ def _build_tiny(settings: Settings, arch: str, out: Path, progress: bool) -> Non
 
 
 def _import_model(settings: Settings, out: Path) -> None:
-    """An HF hub id or local folder (optionally a GGUF file in it), saved as safetensors."""
-    kwargs = {"gguf_file": settings.gguf_file} if settings.gguf_file else {}
+    """An HF hub id or local folder (optionally a GGUF file in it), saved as safetensors. Weights are read
+    from safetensors or GGUF only (never a pickled .bin), and no code from the model's repository runs."""
+    kwargs = {"gguf_file": settings.gguf_file} if settings.gguf_file else {"use_safetensors": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(settings.base_model, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32, trust_remote_code=False, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(settings.base_model, trust_remote_code=False, gguf_file=settings.gguf_file)
     except OSError as e:
         raise UserError(
-            f"cannot load base_model '{settings.base_model}': {e}. Use a local model folder, "
-            "an HF hub id reachable from here, or 'tiny'."
+            f"cannot load base_model '{settings.base_model}': {e}. Use a local model folder or an HF hub id reachable "
+            "from here with model.safetensors (pickled .bin weights are not read), a GGUF file (gguf_file), or 'tiny'."
         ) from None
     if tokenizer.eos_token_id is None:
         raise UserError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")

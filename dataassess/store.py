@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from dataassess.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -143,6 +145,16 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
+
+    def check_writable(self) -> None:
+        """Create the root if needed and prove this user can write it, before any work starts."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write the store {self.root}: {e.strerror}; "
+                            "run as a user who can write it, or pass --store DIR") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Store) and self.root.resolve() == other.root.resolve()

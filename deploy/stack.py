@@ -418,10 +418,11 @@ def services(artifacts: str | None = None) -> list[Service]:
                 lambda: http_ok(f"{u['PREFECT_API_URL']}/health"), timeout_s=180, after=create_pool,
                 env=lambda: {**prefect_env(), "PREFECT_API_URL": "", "PREFECT_UI_API_URL": u["PREFECT_API_URL"],
                              "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("prefect", "postgresql+asyncpg")}),
+        # --no-dashboard still serves /health and metrics on the dashboard address, on every interface by default
         Service("dask-scheduler", lambda: [str(BIN / "dask"), "scheduler", "--host", HOST, "--port", str(PORTS["dask"]),
-                                           "--no-dashboard"], dask_ready(0), env=workers_env),
+                                           "--no-dashboard", "--dashboard-address", f"{HOST}:0"], dask_ready(0), env=workers_env),
         Service("dask-workers", lambda: [str(BIN / "dask"), "worker", u["DASK_SCHEDULER_ADDRESS"], "--nworkers", "2", "--nthreads", "1",
-                                         "--host", HOST, "--no-dashboard", "--name", "dataassess"],
+                                         "--host", HOST, "--no-dashboard", "--dashboard-address", f"{HOST}:0", "--name", "dataassess"],
                 dask_ready(2), env=workers_env, cwd=ROOT),
         Service("prefect-worker", lambda: [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1",
                                            "--name", "dataassess-local"], worker_online, env=workers_env, cwd=ROOT),

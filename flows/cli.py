@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
 
 from dataassess.config import Settings, load_settings
 from dataassess.errors import UserError
+from dataassess.store import Store
 
 CORPUS_HELP = "Corpus: a folder with one subfolder per partition, a dataset file (.jsonl, .parquet, ...) or hf://owner/name."
 Corpus = Annotated[str, typer.Argument(help=CORPUS_HELP, show_default=False, metavar="CORPUS")]
@@ -47,13 +48,16 @@ def _error(message: str) -> None:
     typer.secho("error: " + " ".join(str(message).split()), err=True, fg="red")
 
 
-def friendly(fn):
+def friendly(fn, writes: bool = True):
     """Bad input ends in one `error:` line on stderr and exit code 2. Anything else is a bug:
-    one line saying so (exit 1), and its traceback with -v."""
+    one line saying so (exit 1), and its traceback with -v. A command that writes first checks
+    that the store can be written."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if writes:
+                Store(settings().store).check_writable()
             return fn(*args, **kwargs)
         except UserError as e:
             _error(str(e))
@@ -77,9 +81,9 @@ def friendly(fn):
     return wrapper
 
 
-def command(*args, **kwargs):
+def command(*args, writes: bool = True, **kwargs):
     """app.command, with every command's errors handled by `friendly`."""
-    return lambda fn: app.command(*args, **kwargs)(friendly(fn))
+    return lambda fn: app.command(*args, **kwargs)(friendly(fn, writes))
 
 
 def main() -> None:
@@ -123,7 +127,7 @@ def _main(
     configure_process(_state["settings"].store, verbose)  # before Prefect is imported
 
 
-@command()
+@command(writes=False)
 def config():
     """Print the effective configuration (defaults, file and DATAASSESS_* overrides)."""
     typer.echo(json.dumps(settings().model_dump(mode="json"), indent=2))
@@ -216,7 +220,7 @@ def rank(
     )
 
 
-@command()
+@command(writes=False)
 def ranking(
     pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="The pool to show (default: the store's only pool)."),
     by: Optional[str] = typer.Option(None, "--by", metavar="SET", help="Re-sort the stored scores by an evaluation set (or 'macro'); nothing is recomputed."),

@@ -73,6 +73,13 @@ def _bad_corpus(tmp_path):
     (root / "badjson").mkdir()
     (root / "badjson" / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
     (root / "nofiles").mkdir()
+    (root / "truncgz").mkdir()
+    packed = gzip.compress("".join(json.dumps({"text": d["text"]}) + "\n" for d in demo_docs("satire", 30)).encode())
+    (root / "truncgz" / "a.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    (root / "noparquettext").mkdir()
+    pq.write_table(pa.table({"body": [d["text"] for d in demo_docs("satire", 5)]}), root / "noparquettext" / "a.parquet")
+    write_jsonl(root / "café notes" / "a.jsonl", demo_docs("satire", 30))
+    write_jsonl(root / "spaced" / "notes été 1.jsonl", demo_docs("satire", 30))  # file names may hold anything
     return root
 
 
@@ -85,12 +92,15 @@ def _bad_corpus(tmp_path):
         ("notext", "a.jsonl", "no 'text' field"),
         ("badjson", "a.jsonl", "could not be parsed"),
         ("nofiles", None, "empty partition"),
+        ("truncgz", "a.jsonl.gz", "not a valid gzip file"),
+        ("noparquettext", "a.parquet", "no 'text' field (fields: body)"),
+        ("café notes", None, "may hold only ASCII letters"),
     ],
 )
 def test_bad_partitions_get_a_clear_error_and_the_rest_proceed(tmp_path, name, file, reason):
     root = _bad_corpus(tmp_path)
     good, bad = discover(root)
-    assert [p.name for p in good] == ["good"]
+    assert [p.name for p in good] == ["good", "spaced"]
     err = {e.partition: e for e in bad}[name]
     assert reason in str(err)
     assert f"partition '{name}'" in str(err)

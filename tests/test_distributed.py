@@ -139,3 +139,43 @@ def test_a_worker_killed_during_training_loses_no_unit_and_adds_no_version(stack
     assert len(ranking_runs(stack, "killed")) == 2
     assert not list(slow.store.rglob("*.tmp")), "no half-written file"
 
+
+def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket these processes listen on, from /proc."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except (FileNotFoundError, PermissionError):
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addr, port = fields[1].split(":")
+                raw = bytes.fromhex(addr)
+                ip = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                                      b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+                found.add((ip, int(port, 16)))
+    return found
+
+
+def test_every_server_of_the_stack_listens_on_loopback_only(stack):
+    leaders = {stack.recorded_pid(name) for name in ("mlflow", "prefect-server", "dask-scheduler", "dask-workers")}
+    postmaster = int((stack.pg_dir() / "data" / "postmaster.pid").read_text().split()[0])
+    pids = {postmaster}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) in leaders or int(fields[1]) == postmaster:  # same process group, or a child of PostgreSQL
+            pids.add(int(stat.parent.name))
+    addresses = listening_addresses(pids)
+    ports = {port for _, port in addresses}
+    assert {stack.PORTS[n] for n in ("postgres", "mlflow", "prefect", "dask")} <= ports, addresses
+    assert {ip for ip, _ in addresses} == {"127.0.0.1"}, addresses

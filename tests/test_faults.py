@@ -98,6 +98,35 @@ def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
     assert not (store / "seeds").exists() and not (store / "models").exists()
 
 
+def test_a_store_this_user_cannot_write_fails_in_one_line_before_any_work(tmp_path):
+    """As root, dropping the capabilities that bypass file modes makes root a user like any other."""
+    import pytest
+
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o555)
+    as_user = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv can write anywhere")
+        as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_") and k != "MLFLOW_TRACKING_URI"}
+    dataassess = str(Path(sys.executable).with_name("dataassess"))
+    try:
+        for args in (["intake", str(DEMO / "corpus")], ["seed"]):
+            res = subprocess.run(as_user + [dataassess, "--store", str(store), *args], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=120)
+            lines = res.stderr.strip().splitlines()
+            assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+            assert lines[0] == f"error: cannot write the store {store}: Permission denied; run as a user who can write it, or pass --store DIR"
+        assert not list(store.iterdir())
+        res = subprocess.run(as_user + [dataassess, "--store", str(store), "config"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and str(store) in res.stdout, "reading the config needs no write"
+    finally:
+        store.chmod(0o755)
+
+
 def test_a_removed_partition_drops_its_mixtures_and_the_ranking_says_so(settings, corpus):
     from typer.testing import CliRunner
 

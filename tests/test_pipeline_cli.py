@@ -97,6 +97,20 @@ def test_a_local_model_folder_is_a_base_model(seed, tmp_path, corpus):
     assert len(result.ranking) == len(result.trained)
 
 
+def test_a_model_folder_with_only_pickled_weights_is_refused(seed, tmp_path):
+    import torch
+
+    folder = tmp_path / "pickled"
+    model = seed.load_model()
+    model.config.save_pretrained(folder)
+    seed.load_tokenizer().save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    s = small_settings(tmp_path / "store", base_model=str(folder))
+    with pytest.raises(ValueError, match=r"cannot load base_model .*model\.safetensors.*pickled \.bin weights are not read"):
+        prepare_seed(s, progress=False)
+    assert not list((tmp_path / "store" / "seeds").glob("*/model.safetensors"))
+
+
 def test_unknown_hub_id_fails_clearly(tmp_path):
     s = small_settings(tmp_path / "s", base_model="no-such-org/no-such-model")
     with pytest.raises(ValueError, match="cannot load base_model"):
