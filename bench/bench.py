@@ -17,14 +17,19 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, GPT2Config
-
-from dataassess.config import Settings
-from dataassess.merge import LinearMerge, linear_merge, revolving_door, running_merges
+from flows.runtime import configure_process, ensure_prefect_home
 
 ROOT = Path(__file__).resolve().parents[1]
+configure_process(ROOT / "bench" / ".store")  # as a command runs: offline, quiet; before transformers and Prefect are imported
+ensure_prefect_home()
+
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import AutoModelForCausalLM, GPT2Config  # noqa: E402
+
+from dataassess.config import Settings  # noqa: E402
+from dataassess.merge import LinearMerge, linear_merge, revolving_door, running_merges  # noqa: E402
+
 RESULTS: list[dict] = []
 NAIVE_MAX_BYTES = 12 << 30
 
@@ -104,7 +109,7 @@ def bench_merge(name: str, cfg: GPT2Config, ks=(2, 4, 8, 16)) -> list[Path]:
     return paths
 
 
-def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int, pairs: int = 5) -> None:
+def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int, pairs: int = 4) -> None:
     """Each figure is interleaved pairs (see paired): this machine's bandwidth drifts within a run."""
     k = len(sub)
     n_copy = int((1 << 30) / 4)
@@ -212,7 +217,7 @@ def rank_timed(store: Path, models: dict, eval_sets: dict, **rank) -> tuple[floa
     return time.perf_counter() - start, ranking, counts
 
 
-def bench_intake(work: Path, pairs: int = 3) -> None:
+def bench_intake(work: Path, pairs: int = 2) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import intake_bench
 
@@ -223,6 +228,7 @@ def bench_intake(work: Path, pairs: int = 3) -> None:
         paired(f"intake: add 1 partition to n={n} / rebuild n+1", rebuild, add, pairs, round(1.3 / (n + 1), 3))
     added, full = runs["added"][-1], runs["rebuilt"][-1][1]
     print(f"  intake phases (s): add {added['seconds']}; rebuild {full['seconds']}", flush=True)
+    intake_bench.keep_models(runs["rebuilt"][-1][0], BENCH_STORE)  # the demo unit models later sections reuse
     trainings = {a["trained"] for a in runs["added"]}
     record("intake: trainings on add", max(trainings), "= 1 (new units)", trainings == {1},
            f"trained {added['trained_units']}, scored {added['rescored']} of {added['mixtures']} mixtures; "
@@ -260,8 +266,8 @@ def bench_screening(work: Path, k_max: int = 3, top: int = 5) -> None:
            "same order" if got == want else f"exhaustive {want}, screened {got}")
 
 
-def bench_scale(work: Path, points=((2, 4), (2, 8), (2, 12), (2, 16), (3, 4), (3, 8), (3, 12)), rounds: int = 2,
-                fraction: float = 1 / 16) -> None:
+def bench_scale(work: Path, points=((2, 4), (2, 8), (2, 12), (2, 16), (3, 4), (3, 8), (3, 10)), rounds: int = 2,
+                fraction: float = 1 / 32) -> None:
     """Ranking refresh time against the number of mixtures, on perturbed copies of the seed. The
     (k_max, n) points are timed in `rounds` interleaved rounds (forward, then backward, ...), so that
     load drifting during the section reaches every point; each point's figure is its fastest round."""
@@ -394,7 +400,7 @@ def paired(name: str, baseline, candidate, pairs: int, target: float, at_least: 
     return median
 
 
-def bench_dask(work: Path, n_units: int = 4, pairs: int = 2) -> None:
+def bench_dask(work: Path, n_units: int = 4, pairs: int = 2, unit_tokens: int = 32_768) -> None:
     """Training n_units demo units on a local Dask cluster of 2 single-threaded workers against 1, through the
     intake's own task runner and task map (a Prefect server is started for the workers)."""
     from prefect import flow
@@ -402,9 +408,9 @@ def bench_dask(work: Path, n_units: int = 4, pairs: int = 2) -> None:
     from dataassess import pipeline
     from dataassess.steps import Steps
     from flows.intake import task_map, task_runner_for, warm_dask_workers
-    from flows.serve import prefect_server
+    from flows.serve import drain_to_server, prefect_server
 
-    base = Settings(store=BENCH_STORE)
+    base = Settings(store=BENCH_STORE, units={"tokens": unit_tokens})
     inputs = pipeline.prepare(DEMO / "corpus", base, DEMO / "eval", progress=False)
     units = inputs.units[:n_units]
 
@@ -433,6 +439,7 @@ def bench_dask(work: Path, n_units: int = 4, pairs: int = 2) -> None:
     with prefect_server(work, announce=False):
         paired(f"dask: train {n_units} units, 2 workers / 1 worker", timed(1), timed(2), pairs, 0.6,
                detail=f"{units[0].tokens} tokens each, single-threaded workers")
+        drain_to_server()  # the flows' last log lines reach the server before it stops
 
 
 @contextmanager
@@ -452,9 +459,6 @@ def main() -> None:
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections (repeatable)")
     args = ap.parse_args()
     only = set(args.only or SECTIONS)
-    from flows.runtime import configure_process
-
-    configure_process(BENCH_STORE)  # as a command runs: offline, quiet, before Prefect is imported
     started = time.perf_counter()
     print(f"{'figure':<58} {'ratio':>9}  {'target':<17} detail", flush=True)
     big = GPT2Config()

@@ -22,14 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.runtime import configure_process  # noqa: E402
-
-configure_process(ROOT / "bench" / ".store")  # as a command runs: offline, quiet, before Prefect is imported
 from dataassess.config import Settings  # noqa: E402
 from dataassess.pipeline import latest_ranking  # noqa: E402
 from dataassess.seed import prepare_seed  # noqa: E402
 from dataassess.steps import mixture_of  # noqa: E402
-from dataassess.store import Store, read_json  # noqa: E402
+from dataassess.store import Store, atomic_dir, read_json  # noqa: E402
 from dataassess.types import UnitModel  # noqa: E402
 from flows.intake import intake  # noqa: E402
 
@@ -74,6 +71,17 @@ def seed_pool(rebuilt: Settings, pool: Settings, old_partitions: set[str]) -> No
                 if src.score(key, digest, score_config).exists():
                     dst.score(key, digest, score_config).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src.score(key, digest, score_config), dst.score(key, digest, score_config))
+
+
+def keep_models(rebuilt: Settings, store: Path) -> None:
+    """Copy the rebuild's unit models into `store` where missing (keys are digests of their inputs: the same
+    units, seed and training config give the same key, so a store may take them as its own)."""
+    src, dst = Store(rebuilt.store), Store(store)
+    for meta_path in (src.root / "models").glob("*/meta.json"):
+        key = meta_path.parent.name
+        if not dst.meta(key).exists():
+            with atomic_dir(dst.model_dir(key)) as tmp:
+                shutil.copytree(src.model_dir(key), tmp, dirs_exist_ok=True)
 
 
 def sides(work: Path):

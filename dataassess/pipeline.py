@@ -46,7 +46,8 @@ def serial_map(progress: bool = True) -> MapFn:
     """Run the items one after another in this process, with a progress bar."""
 
     def map_fn(name, fn, items, label):
-        return [fn(item) for item in tqdm(items, desc=name, disable=not progress or not items)]
+        with tqdm(items, desc=name, disable=not progress or not items) as bar:  # closed before an error is printed
+            return [fn(item) for item in bar]
 
     return map_fn
 

@@ -52,10 +52,15 @@ def bundled_seed_text() -> Path:
 
 
 def read_texts(path: Path) -> list[str]:
-    """Texts of a .jsonl(.gz) file (field `text`) or a .txt/.md file, or of every such file in a folder."""
+    """Texts of a .jsonl(.gz) file (field `text`) or a .txt/.md file, or of every such file in a folder
+    (where links are followed only when they resolve inside it)."""
     path = Path(path)
     if path.is_dir():
-        return [t for p in sorted(path.rglob("*")) if p.is_file() for t in read_texts(p)]
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        for p in files:
+            if not p.resolve().is_relative_to(path.resolve()):
+                raise UserError(f"tiny.text: {p} is a link out of {path}, to {p.resolve()}; links must stay inside it")
+        return [t for p in files for t in read_texts(p)]
     if path.name.endswith((".jsonl", ".jsonl.gz")):
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:

@@ -96,25 +96,26 @@ def train_lm(
     order = torch.empty(0, dtype=torch.long)
     losses: list[float] = []
     start = time.perf_counter()
-    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        if order.numel() < seqs_per_step:  # next epoch, reshuffled
-            order = torch.cat([order, torch.randperm(len(sequences), generator=gen)])
-        idx, order = order[:seqs_per_step], order[seqs_per_step:]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps) if lr_at else cfg.lr
-        step_loss = 0.0
-        for micro in idx.split(cfg.micro_batch):
-            x = sequences[micro].to(device)
-            with autocast(device):
-                loss = model(input_ids=x, labels=x, use_cache=False).loss * (len(micro) / len(idx))  # no KV cache in training
-            loss.backward()
-            step_loss += loss.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        if on_step is not None:
-            on_step(step, step_loss)
+    with tqdm(range(steps), desc=desc, disable=not progress, leave=False) as bar:  # closed before an error is printed
+        for step in bar:
+            if order.numel() < seqs_per_step:  # next epoch, reshuffled
+                order = torch.cat([order, torch.randperm(len(sequences), generator=gen)])
+            idx, order = order[:seqs_per_step], order[seqs_per_step:]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps) if lr_at else cfg.lr
+            step_loss = 0.0
+            for micro in idx.split(cfg.micro_batch):
+                x = sequences[micro].to(device)
+                with autocast(device):
+                    loss = model(input_ids=x, labels=x, use_cache=False).loss * (len(micro) / len(idx))  # no KV cache in training
+                loss.backward()
+                step_loss += loss.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            if on_step is not None:
+                on_step(step, step_loss)
     tail = losses[-max(1, steps // 10):]
     return TrainResult(steps, steps * seqs_per_step * seq_len, sum(tail) / len(tail), time.perf_counter() - start, losses)
 

@@ -41,6 +41,7 @@ BAD_INPUTS = [
     (["config"], {"DATAASSESS_STROE": "x"}, "", "unknown setting DATAASSESS_STROE"),
     (["config"], {"DATAASSESS_RANK__K_MAX": "0"}, "", "rank.k_max = '0' (from env DATAASSESS_RANK__K_MAX)"),
     (["config"], {}, "[units]\ntokens = 0\n", "units.tokens = 0 (from file"),
+    (["config"], {}, '[train]\nlr = "fast"\n', "train.lr = 'fast' (from file"),
     (["config"], {}, "[rank]\nbudget_tokens = -5\n", "rank.budget_tokens = -5"),
     (["--store", "onlyfile/notes.txt", "config"], {}, "", "is a file; the store is a folder"),
     (["no-such-command"], {}, "", "No such command"),

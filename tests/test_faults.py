@@ -68,6 +68,30 @@ def test_links_out_of_the_corpus_are_refused_before_reading(tmp_path):
     assert all("a link out of the corpus root" in str(e) or "is a link out of the corpus root" in str(e) for e in bad)
 
 
+def test_links_out_of_eval_sets_added_partitions_and_seed_text_are_refused(tmp_path):
+    import pytest
+    from typer.testing import CliRunner
+
+    from dataassess.corpus import eval_sets_from_folder
+    from dataassess.errors import UserError
+    from dataassess.seed import read_texts
+    from flows.cli import app
+
+    outside = write_jsonl(tmp_path / "secret" / "s.jsonl", demo_docs("jargon", 5))
+    for folder in ("evals/leaky", "incoming", "seedtext"):
+        write_jsonl(tmp_path / folder / "a.jsonl", demo_docs("satire", 5))
+        (tmp_path / folder / "b.jsonl").symlink_to(outside)
+    with pytest.raises(UserError, match="a link out of the corpus root"):
+        eval_sets_from_folder(tmp_path / "evals")
+    with pytest.raises(UserError, match="is a link out of"):
+        read_texts(tmp_path / "seedtext")
+    (tmp_path / "corpus").mkdir()
+    res = CliRunner().invoke(app, ["--store", str(tmp_path / "store"), "add-partition", str(tmp_path / "incoming"),
+                                   "--corpus", str(tmp_path / "corpus")])
+    assert res.exit_code == 2 and "a link out of the corpus root" in res.stderr and str(outside) in res.stderr
+    assert not list((tmp_path / "corpus").iterdir()), "nothing copied"
+
+
 def test_pools_sharing_units_each_register_their_own_versions(settings, corpus, tmp_path):
     copy = tmp_path / "corpusB"
     shutil.copytree(corpus, copy)
@@ -91,11 +115,13 @@ def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
-    res = subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--store", str(store), "intake", str(DEMO / "corpus")],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and "unreachable" in lines[0] and "Nothing was registered" in lines[0], res.stderr
-    assert not (store / "seeds").exists() and not (store / "models").exists()
+    for command in ("intake", "serve", "fidelity", "optimize"):
+        res = subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--store", str(store), command, str(DEMO / "corpus")],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, (command, res.stderr)
+        assert "unreachable" in lines[0] and "Nothing was registered" in lines[0], (command, res.stderr)
+        assert not (store / "seeds").exists() and not (store / "models").exists(), command
 
 
 def test_a_store_this_user_cannot_write_fails_in_one_line_before_any_work(tmp_path):
@@ -143,23 +169,49 @@ def test_a_removed_partition_drops_its_mixtures_and_the_ranking_says_so(settings
     assert res.exit_code == 0 and f"{len(with_drama)} dropped (units no longer in the corpus: drama." in res.stdout
 
 
-def test_a_full_disk_ends_in_one_line_and_leaves_nothing_half_written(tmp_path):
+def test_a_full_disk_ends_in_one_line_leaves_nothing_half_written_and_the_next_run_resumes(tmp_path, corpus):
+    """The store on a small tmpfs: full while the seed is written, then while the second unit model is."""
     import pytest
 
     store = tmp_path / "store"
     store.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(store)], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        toml = write_toml(small_settings(store), tmp_path / "dataassess.toml")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
-        res = subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "seed"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300)
+    toml = write_toml(small_settings(store), tmp_path / "dataassess.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_") and k != "MLFLOW_TRACKING_URI"}
+
+    def dataassess(*args):
+        return subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    def assert_one_full_disk_line(res):
         lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert res.returncode == 2 and len(lines) == 1 and "No space left on device" in lines[0], res.stderr[-2000:]
         assert "Traceback" not in res.stderr
+        assert not list(store.rglob("*.tmp")), "temporary files are removed"
+
+    def resize(size: int):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(store)], check=True)
+
+    try:
+        assert_one_full_disk_line(dataassess("seed"))
         assert not [p for p in (store / "seeds").glob("*") if not p.name.startswith(".")], "no half-built seed under its final name"
-        assert not list((store / "seeds").glob(".*.tmp")), "the temporary folder was removed"
+
+        resize(64 << 20)
+        assert dataassess("units", str(corpus)).returncode == 0
+        model_bytes = next(store.glob("seeds/*/model.safetensors")).stat().st_size
+        resize(shutil.disk_usage(store).used + model_bytes * 3 // 2)  # room for one unit model, not two
+        assert_one_full_disk_line(dataassess("train", str(corpus)))
+        finished = {p.parent: p.stat().st_mtime_ns for p in store.glob("models/*/meta.json")}
+        assert len(finished) == 1
+        assert {p.parent for p in store.glob("models/*/model.safetensors")} == set(finished), "no weights without their meta.json"
+
+        resize(64 << 20)
+        res = dataassess("train", str(corpus))
+        assert res.returncode == 0, res.stderr[-2000:]
+        after = {p.parent: p.stat().st_mtime_ns for p in store.glob("models/*/meta.json")}
+        assert len(after) == res.stdout.count("final loss") > 1
+        assert all(after[d] == t for d, t in finished.items()), "the model finished before the disk filled is reused"
     finally:
         subprocess.run(["umount", str(store)], check=True)
 

@@ -68,6 +68,15 @@ def test_intake_trains_only_new_units_and_is_idempotent(settings, corpus, tmp_pa
     assert third["trained"] == 0 and third["registered"] == 0 and third["rescored"] == 0
     assert len(unit_versions(settings)) == n + len(new_units)
 
+    write_jsonl(corpus / "drama" / "a.jsonl", demo_docs("drama-comedy", 4))  # a changed partition
+    fourth = run(corpus, settings, pool="t")
+    changed = fourth["trained_units"]
+    assert changed and all(u.startswith("drama.") for u in changed)
+    before = {v.name for v in versions}
+    for unit in changed:
+        current = client.get_model_version_by_alias(f"t.{unit}", "current")
+        assert int(current.version) == (2 if f"t.{unit}" in before else 1) and current.tags["dataassess.partition"] == "drama"
+
 
 def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     summary = run(corpus, settings, pool="c")
