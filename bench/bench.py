@@ -400,7 +400,7 @@ def paired(name: str, baseline, candidate, pairs: int, target: float, at_least: 
     return median
 
 
-def bench_dask(work: Path, n_units: int = 4, pairs: int = 2, unit_tokens: int = 32_768) -> None:
+def bench_dask(work: Path, n_units: int = 4, pairs: int = 2, unit_tokens: int = 65_536) -> None:
     """Training n_units demo units on a local Dask cluster of 2 single-threaded workers against 1, through the
     intake's own task runner and task map (a Prefect server is started for the workers)."""
     from prefect import flow
