@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from dataassess import pipeline
@@ -69,7 +70,6 @@ def test_links_out_of_the_corpus_are_refused_before_reading(tmp_path):
 
 
 def test_links_out_of_eval_sets_added_partitions_and_seed_text_are_refused(tmp_path):
-    import pytest
     from typer.testing import CliRunner
 
     from dataassess.corpus import eval_sets_from_folder
@@ -111,6 +111,7 @@ def test_pools_sharing_units_each_register_their_own_versions(settings, corpus, 
     assert again == versions_b and new == [], "registered once per pool"
 
 
+@pytest.mark.faults  # a minute or more: `make test-faults`
 def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
@@ -126,8 +127,6 @@ def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
 
 def test_a_store_this_user_cannot_write_fails_in_one_line_before_any_work(tmp_path):
     """As root, dropping the capabilities that bypass file modes makes root a user like any other."""
-    import pytest
-
     store = tmp_path / "store"
     store.mkdir()
     store.chmod(0o555)
@@ -169,10 +168,9 @@ def test_a_removed_partition_drops_its_mixtures_and_the_ranking_says_so(settings
     assert res.exit_code == 0 and f"{len(with_drama)} dropped (units no longer in the corpus: drama." in res.stdout
 
 
+@pytest.mark.faults  # a minute or more: `make test-faults`
 def test_a_full_disk_ends_in_one_line_leaves_nothing_half_written_and_the_next_run_resumes(tmp_path, corpus):
     """The store on a small tmpfs: full while the seed is written, then while the second unit model is."""
-    import pytest
-
     store = tmp_path / "store"
     store.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(store)], capture_output=True).returncode != 0:
