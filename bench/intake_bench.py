@@ -14,22 +14,19 @@ Rebuilds and adds alternate (bench.paired), so that both sides see the same load
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from itertools import combinations
 from pathlib import Path
 
+from dataassess.config import Settings
+from dataassess.pipeline import latest_ranking
+from dataassess.seed import prepare_seed
+from dataassess.steps import mixture_of
+from dataassess.store import Store, atomic_dir, read_json
+from dataassess.types import UnitModel
+from flows.intake import intake
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dataassess.config import Settings  # noqa: E402
-from dataassess.pipeline import latest_ranking  # noqa: E402
-from dataassess.seed import prepare_seed  # noqa: E402
-from dataassess.steps import mixture_of  # noqa: E402
-from dataassess.store import Store, atomic_dir, read_json  # noqa: E402
-from dataassess.types import UnitModel  # noqa: E402
-from flows.intake import intake  # noqa: E402
-
 DEMO = ROOT / "dataassess" / "data" / "demo"
 NEW = "satire"
 SEED_STORE = ROOT / "bench" / ".store"  # kept between runs: the seed is built once

@@ -390,7 +390,7 @@ def fidelity(
 
     from dataassess.fidelity import run_fidelity, run_weighted_fidelity
     from dataassess.pipeline import pool_name
-    from dataassess.store import Store, write_json
+    from dataassess.store import write_json
 
     if budget not in (None, "fixed", "union"):
         raise UserError(f"--budget must be 'fixed' or 'union', not '{budget}'")
