@@ -65,10 +65,13 @@ MERGEKIT_VENV := bench/.mergekit-venv
 bench: setup $(MERGEKIT_VENV)/.tried
 	$(PY) bench/bench.py
 
-# mergekit (LGPL) in a venv of its own, only for the comparison; a failed install is reported, not fatal
+# mergekit (LGPL) in a venv of its own, only for the comparison; it reads torch and transformers from the
+# project's venv through a .pth file instead of installing them twice; a failed install is reported, not fatal
+PURELIB := import sysconfig; print(sysconfig.get_paths()['purelib'])
 bench-mergekit: $(MERGEKIT_VENV)/.tried
-$(MERGEKIT_VENV)/.tried:
-	-python3 -m venv $(MERGEKIT_VENV) && $(MERGEKIT_VENV)/bin/python -m pip install -q "torch==2.13.0" \
+$(MERGEKIT_VENV)/.tried: $(VENV)/.installed
+	-python3 -m venv $(MERGEKIT_VENV) \
+	  && $(PY) -c "$(PURELIB)" > "$$($(MERGEKIT_VENV)/bin/python -c "$(PURELIB)")/project-venv.pth" \
 	  && $(MERGEKIT_VENV)/bin/python -m pip install -q "mergekit>=0.1.4"
 	@mkdir -p $(MERGEKIT_VENV) && touch $@
 

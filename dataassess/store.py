@@ -234,6 +234,9 @@ class Store:
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 
+    def mlflow_db_lock(self) -> Path:
+        return self.root / ".mlflow.db.lock"
+
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"
 

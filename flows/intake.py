@@ -10,11 +10,12 @@ receive units and mixtures (paths and digests) and read and write the shared sto
 """
 from __future__ import annotations
 
+import sys
 import threading
 from contextlib import contextmanager
 from datetime import datetime
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -35,15 +36,31 @@ _thread_locks_guard = threading.Lock()
 
 
 @contextmanager
-def store_lock(store: Store):
+def store_lock(store: Store, on_wait=None):
     """One intake per store at a time: across processes (file lock) and threads (filelock
-    does not block a second thread of the same process)."""
+    does not block a second thread of the same process). on_wait() is called once when the
+    lock is held by another intake, before waiting for it."""
     path = str(store.lock().resolve())
     store.root.mkdir(parents=True, exist_ok=True)
     with _thread_locks_guard:
         lock = _thread_locks.setdefault(path, threading.Lock())
-    with lock, FileLock(path):
-        yield
+    file_lock = FileLock(path)
+    if not lock.acquire(blocking=False):
+        on_wait and on_wait()
+        on_wait = None
+        lock.acquire()
+    try:
+        try:
+            file_lock.acquire(timeout=0)
+        except Timeout:
+            on_wait and on_wait()
+            file_lock.acquire()
+        try:
+            yield
+        finally:
+            file_lock.release()
+    finally:
+        lock.release()
 
 
 def task_map(progress: bool = False, groups: dict[str, int] | None = None) -> pipeline.MapFn:
@@ -89,8 +106,12 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 
     if settings.run.dask_address:
         return DaskTaskRunner(address=settings.run.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.run.dask_workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": None})
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(settings.run.dask_workers))
+
+
+def local_cluster_kwargs(workers: int) -> dict:
+    """A distributed.LocalCluster of single-threaded worker processes; it and its HTTP port (a free one) on 127.0.0.1."""
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
 
 
 def _on_dask() -> bool:
@@ -156,7 +177,15 @@ def intake(
         workers = warm_dask_workers(settings)
         logger.info("work items on %d Dask workers", workers)
         groups = {"score": 4 * workers}
-    with store_lock(Store(settings.store)):
+    store = Store(settings.store)
+
+    def waiting() -> None:
+        message = f"another intake is running on the store {store.root}: waiting for it to finish"
+        logger.warning(message)
+        if progress:  # on a terminal, not only in the flow run's log
+            tqdm.write(message, file=sys.stderr)
+
+    with store_lock(store, waiting):
         result = pipeline.run(corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress, groups), progress)
         for msg in result.inputs.quarantined:
             logger.warning("quarantined: %s", msg)

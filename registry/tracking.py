@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
@@ -46,11 +47,13 @@ def connect(store: Path) -> MlflowClient:
     uri = tracking_uri(store)
     for name, value in HTTP_RETRIES.items():
         os.environ.setdefault(name, value)
-    if uri.startswith("sqlite:"):
+    local = uri.startswith("sqlite:")
+    if local:
         Path(store).mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri, uri)
     try:
-        client.search_experiments(max_results=1)
+        with creating_tables(store) if local else nullcontext():
+            client = MlflowClient(uri, uri)
+            client.search_experiments(max_results=1)
     except Exception as e:  # connection errors surface as several exception types
         tries = int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) + 1
         raise RegistryUnavailable(
@@ -58,6 +61,21 @@ def connect(store: Path) -> MlflowClient:
             "Nothing was registered; start the server or unset MLFLOW_TRACKING_URI to use the embedded store."
         ) from None
     return client
+
+
+@contextmanager
+def creating_tables(store: Path) -> Iterator[None]:
+    """One process at a time where a client may create the embedded database's tables (two at once collide)."""
+    lock = FileLock(str(Store(store).mlflow_db_lock()))
+    try:
+        lock.acquire()
+    except OSError:  # a store this process cannot write, where it creates nothing either
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 EXPERIMENT_NOTES = {

@@ -112,6 +112,48 @@ def test_pools_sharing_units_each_register_their_own_versions(settings, corpus, 
 
 
 @pytest.mark.faults  # a minute or more: `make test-faults`
+def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_register_per_pool(settings, corpus, tmp_path):
+    """Two `dataassess intake` processes started while the store is locked (as by a running intake): both
+    say they wait, both start MLflow and Prefect on the store at once, then run one after the other."""
+    import re
+    import time
+
+    from filelock import FileLock
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(corpus, renamed)  # every unit shared with the first root
+    toml = write_toml(settings, tmp_path / "dataassess.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAASSESS_", "PREFECT_")) and k != "MLFLOW_TRACKING_URI"}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+    waiting = "another intake is running on the store"
+    held = FileLock(str(Store(settings.store).lock()))
+    held.acquire()
+    procs, logs = [], []
+    try:
+        for root in (corpus, renamed):
+            logs.append(tmp_path / f"{root.name}.err")
+            procs.append(subprocess.Popen([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake", str(root)],
+                                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=open(logs[-1], "w"), text=True))
+        deadline = time.monotonic() + 300
+        while not all(waiting in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.5)
+    finally:
+        held.release()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out, log in zip(procs, outs, logs):
+        assert p.returncode == 0, log.read_text()[-3000:]
+        assert sum(waiting in line for line in log.read_text().splitlines()) == 1
+    trained = sorted(int(re.search(r"^trained (\d+), skipped", out, re.M).group(1)) for out in outs)
+    n_units = len(list(Store(settings.store).root.glob("models/*/meta.json")))
+    assert trained == [0, n_units] and n_units >= 4, (trained, outs)
+    names = [v.name for v in MlflowClient(embedded_uri(settings.store)).search_model_versions()
+             if "." in v.name and not v.name.endswith(("-seed", "-champion"))]
+    assert len(names) == len(set(names)) == 2 * n_units, "one version per unit per pool"
+    assert {n.split(".")[0] for n in names} == {"corpus", "renamed"}
+
+
+@pytest.mark.faults  # a minute or more: `make test-faults`
 def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
