@@ -55,10 +55,9 @@ def make_models(cfg: GPT2Config, k: int, folder: Path) -> list[Path]:
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(cfg).state_dict()
     base = {n: t for n, t in base.items() if n != "lm_head.weight"}  # tied: stored once, as we store units
-    noise = {n: 0.01 * torch.randn_like(t) for n, t in base.items() if t.is_floating_point()}
     paths = []
-    for i in range(k):  # distinct models from one draw of noise: a merge's cost does not depend on the values
-        state = {n: t + noise[n] * (1 + i / k) if n in noise else t for n, t in base.items()}
+    for i in range(k):
+        state = {n: (t + 0.01 * torch.randn_like(t)) if t.is_floating_point() else t for n, t in base.items()}
         paths.append(folder / f"m{i}.safetensors")
         save_file({n: t.contiguous() for n, t in state.items()}, str(paths[-1]))
     return paths
