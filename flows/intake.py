@@ -45,15 +45,22 @@ def store_lock(store: Store, on_wait=None):
     with _thread_locks_guard:
         lock = _thread_locks.setdefault(path, threading.Lock())
     file_lock = FileLock(path)
+    said = False
+
+    def wait() -> None:
+        nonlocal said
+        if on_wait is not None and not said:
+            on_wait()
+        said = True
+
     if not lock.acquire(blocking=False):
-        on_wait and on_wait()
-        on_wait = None
+        wait()
         lock.acquire()
     try:
         try:
             file_lock.acquire(timeout=0)
         except Timeout:
-            on_wait and on_wait()
+            wait()
             file_lock.acquire()
         try:
             yield

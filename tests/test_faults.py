@@ -128,19 +128,25 @@ def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_regi
     waiting = "another intake is running on the store"
     held = FileLock(str(Store(settings.store).lock()))
     held.acquire()
-    procs, logs = [], []
+    procs, logs = [], [tmp_path / f"{root.name}.err" for root in (corpus, renamed)]
     try:
-        for root in (corpus, renamed):
-            logs.append(tmp_path / f"{root.name}.err")
-            procs.append(subprocess.Popen([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake", str(root)],
-                                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=open(logs[-1], "w"), text=True))
+        for root, log in zip((corpus, renamed), logs):
+            with open(log, "w") as err:
+                procs.append(subprocess.Popen([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake",
+                                               str(root)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True))
         deadline = time.monotonic() + 300
-        while not all(waiting in log.read_text() for log in logs):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
-            time.sleep(0.5)
+        try:
+            while not all(waiting in log.read_text() for log in logs):
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+                time.sleep(0.5)
+        finally:
+            held.release()
+        outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
-        held.release()
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for p, out, log in zip(procs, outs, logs):
         assert p.returncode == 0, log.read_text()[-3000:]
         assert sum(waiting in line for line in log.read_text().splitlines()) == 1
