@@ -24,7 +24,7 @@ from dataassess.rank import macro
 from dataassess.seed import Seed
 from dataassess.types import UnitModel
 
-from .tracking import UNITS_EXPERIMENT, dataset_input, log_values, open_run
+from .tracking import UNITS_EXPERIMENT, created_or_found, dataset_input, log_values, open_run
 
 PYFUNC_CODE = str(Path(__file__).with_name("unit_pyfunc.py"))
 REQUIREMENTS = ["torch", "transformers", "safetensors", "dataassess"]
@@ -78,7 +78,7 @@ def _register_model_run(client: MlflowClient, store: Path, name: str, run_name: 
         with tempfile.TemporaryDirectory() as tmp:
             client.log_artifacts(run_id, str(save_pyfunc(Path(weights), seed, Path(tmp))), "model")
     if not client.search_registered_models(f"name = '{name}'", max_results=1):
-        client.create_registered_model(name, description=description)
+        created_or_found(lambda: client.create_registered_model(name, description=description), lambda: None)
     mv = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags, description=version_description)
     client.set_registered_model_alias(name, alias, mv.version)
     return mv

@@ -14,6 +14,7 @@ from typing import Iterator
 from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
 
 from dataassess.errors import UserError
@@ -86,14 +87,25 @@ EXPERIMENT_NOTES = {
 }
 
 
+def created_or_found(create, find):
+    """create(), or find() when another process created the same thing between our look and create()."""
+    try:
+        return create()
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return find()
+
+
 def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     local = client.tracking_uri.startswith("sqlite:")
     root = Store(store).mlflow_artifacts().resolve().as_uri()
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None,
-                                    tags={**ML_EXPERIMENT, MLFLOW_RUN_NOTE: EXPERIMENT_NOTES.get(name, "")})
+    tags = {**ML_EXPERIMENT, MLFLOW_RUN_NOTE: EXPERIMENT_NOTES.get(name, "")}
+    return created_or_found(lambda: client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None, tags=tags),
+                            lambda: client.get_experiment_by_name(name).experiment_id)
 
 
 @contextmanager

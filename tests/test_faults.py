@@ -111,6 +111,24 @@ def test_pools_sharing_units_each_register_their_own_versions(settings, corpus, 
     assert again == versions_b and new == [], "registered once per pool"
 
 
+def test_an_experiment_or_model_created_by_another_process_first_is_found_not_an_error(tmp_path):
+    """Between looking an experiment or registered model up and creating it, another command may create it."""
+    from mlflow.exceptions import MlflowException
+
+    from registry.tracking import connect, created_or_found
+
+    client = connect(tmp_path / "store")
+    other = MlflowClient(embedded_uri(tmp_path / "store"))  # another process's client, as the database sees it
+    made = other.create_experiment("dataassess-rankings")
+    found = created_or_found(lambda: client.create_experiment("dataassess-rankings"),
+                             lambda: client.get_experiment_by_name("dataassess-rankings").experiment_id)
+    assert found == made
+    other.create_registered_model("pool.u0")
+    assert created_or_found(lambda: client.create_registered_model("pool.u0"), lambda: "found") == "found"
+    with pytest.raises(MlflowException):  # any other failure is not taken for "already there"
+        created_or_found(lambda: client.create_experiment(""), lambda: "found")
+
+
 @pytest.mark.faults  # a minute or more: `make test-faults`
 def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_register_per_pool(settings, corpus, tmp_path):
     """Two `dataassess intake` processes started while the store is locked (as by a running intake): both
