@@ -132,7 +132,21 @@ def check_inputs(corpus: str | Path, settings: Settings, eval_sets_dir: str | Pa
     if eval_sets_dir is not None and not Path(eval_sets_dir).is_dir():
         raise UserError(f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)")
     check_rank_by(settings.rank.by, _eval_set_names(store, found, settings, eval_sets_dir, pool or pool_name(corpus), refresh_eval))
+    check_unit_budget(found, settings.units.tokens)
     return found, quarantined
+
+
+def check_unit_budget(found: Sequence, budget: int) -> None:
+    """units.tokens against the partitions, before any tokenizer exists. A token covers at least one byte,
+    except EOS (one per document) and a tokenizer's prefix (at most one per piece of a document, at least a
+    byte each), so a partition of b bytes in d documents holds at most 2b + d tokens."""
+    if not found:
+        return
+    sizes = {p.name: (sum(len(d.text.encode("utf-8")) for d in p.documents), len(p.documents)) for p in found}
+    name, (size, docs) = max(sizes.items(), key=lambda kv: 2 * kv[1][0] + kv[1][1])
+    if budget > 2 * size + docs:
+        raise UserError(f"units.tokens = {budget:,} is larger than every partition: the largest, '{name}', holds "
+                        f"{size:,} bytes of text, at most {2 * size + docs:,} tokens; lower units.tokens")
 
 
 def _eval_set_names(store: Store, found: Sequence, settings: Settings, eval_sets_dir, pool: str, refresh_eval: bool) -> set[str]:

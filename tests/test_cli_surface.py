@@ -43,6 +43,7 @@ BAD_INPUTS = [
     (["config"], {}, "[units]\ntokens = 0\n", "units.tokens = 0 (from file"),
     (["config"], {}, '[train]\nlr = "fast"\n', "train.lr = 'fast' (from file"),
     (["config"], {}, "[rank]\nbudget_tokens = -5\n", "rank.budget_tokens = -5"),
+    (["intake", "CORPUS"], {"DATAASSESS_UNITS__TOKENS": "100000000"}, "", "units.tokens = 100,000,000 is larger than every partition"),
     (["--store", "onlyfile/notes.txt", "config"], {}, "", "is a file; the store is a folder"),
     (["no-such-command"], {}, "", "No such command"),
 ]
