@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -191,6 +192,14 @@ def test_two_intakes_of_two_roots_sharing_units_register_one_version_per_unit_pe
     assert {n.split(".")[0] for n in names} == {"corpus", "renamed"}
 
 
+def killable_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an intake the test kills: its Prefect home and temporary folders (which a
+    SIGKILL leaves behind) under tmp_path."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+            "TMPDIR": str(tmp_path / "tmp")}
+
+
 KILL_IN_SECOND_TRAINING = """
 import json, os, signal, sys
 import dataassess.steps as steps
@@ -210,7 +219,7 @@ intake(sys.argv[1], json.loads(sys.argv[2]), pool="k")
 
 
 def test_resume_after_intake_is_killed_mid_training(settings, corpus, tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env = killable_env(tmp_path)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", KILL_IN_SECOND_TRAINING, str(corpus), settings.model_dump_json()],
@@ -263,7 +272,7 @@ intake(sys.argv[1], json.loads(sys.argv[2]), pool="k")
 @pytest.mark.faults
 @pytest.mark.parametrize("point", ["scoring", "registration", "publish"])
 def test_killed_during_scoring_registration_or_publish_the_rerun_finishes_without_duplicates(point, settings, corpus, tmp_path):
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env = killable_env(tmp_path)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", KILL_AT, str(corpus), settings.model_dump_json(), point],
