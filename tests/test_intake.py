@@ -79,7 +79,7 @@ def test_intake_trains_only_new_units_and_is_idempotent(settings, corpus, tmp_pa
         assert int(current.version) == (2 if f"t.{unit}" in before else 1) and current.tags["dataassess.partition"] == "drama"
 
 
-def test_ranking_run_and_champion_in_mlflow(settings, corpus):
+def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
     summary = run(corpus, settings, pool="c")
     client = client_for(settings)
     exp = client.get_experiment_by_name(RANKINGS_EXPERIMENT)
@@ -118,12 +118,12 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus):
     assert ranking_run.data.params["budget_tokens"] == str(settings.units.tokens)
     inputs = ranking_run.inputs.dataset_inputs
     assert {d.dataset.name for d in inputs} == set(snapshot["eval_sets"])
-    table = json.loads(open(client.download_artifacts(ranking_run.info.run_id, "ranking.json")).read())
+    table = json.loads(open(client.download_artifacts(ranking_run.info.run_id, "ranking.json", str(tmp_path))).read())
     assert len(table["data"]) == len(snapshot["ranking"])
     assert {"rank", "mixture", "macro", "rank_change"} <= set(table["columns"])
 
     mlflow.set_tracking_uri(embedded_uri(settings.store))
-    champion = mlflow.pyfunc.load_model("models:/c-champion@champion")
+    champion = mlflow.pyfunc.load_model("models:/c-champion@champion", dst_path=str(tmp_path))
     model = champion.unwrap_python_model().model
     evalsets = EvalSets(Store(settings.store))
     for name, digest in snapshot["eval_sets"].items():
@@ -374,13 +374,13 @@ def test_cli_rank_and_intake_score_one_corpus_against_the_same_sets(settings, co
     assert latest_ranking(settings)["eval_sets"] == ranked.inputs.eval_sets
 
 
-def test_the_champion_pyfunc_predicts_perplexity(settings, corpus):
+def test_the_champion_pyfunc_predicts_perplexity(settings, corpus, tmp_path):
     from dataassess.corpus import Document
     from dataassess.evalsets import build_eval_set
 
     run(corpus, settings, pool="p")
     mlflow.set_tracking_uri(embedded_uri(settings.store))
-    champion = mlflow.pyfunc.load_model("models:/p-champion@champion")
+    champion = mlflow.pyfunc.load_model("models:/p-champion@champion", dst_path=str(tmp_path))
     model = champion.unwrap_python_model().model
     texts = [d["text"][:300] for d in demo_docs("satire", 2)]
     predicted = champion.predict(texts)
