@@ -36,7 +36,7 @@ _thread_locks_guard = threading.Lock()
 
 
 @contextmanager
-def store_lock(store: Store, on_wait=None):
+def store_lock(store: Store, on_wait=lambda: None):
     """One intake per store at a time: across processes (file lock) and threads (filelock
     does not block a second thread of the same process). on_wait() is called once when the
     lock is held by another intake, before waiting for it."""
@@ -45,22 +45,16 @@ def store_lock(store: Store, on_wait=None):
     with _thread_locks_guard:
         lock = _thread_locks.setdefault(path, threading.Lock())
     file_lock = FileLock(path)
-    said = False
-
-    def wait() -> None:
-        nonlocal said
-        if on_wait is not None and not said:
-            on_wait()
-        said = True
-
-    if not lock.acquire(blocking=False):
-        wait()
+    waited = not lock.acquire(blocking=False)
+    if waited:
+        on_wait()
         lock.acquire()
     try:
         try:
             file_lock.acquire(timeout=0)
         except Timeout:
-            wait()
+            if not waited:
+                on_wait()
             file_lock.acquire()
         try:
             yield
