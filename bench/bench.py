@@ -3,6 +3,7 @@
 Prints one line per figure (name, ratio, target, pass/fail), writes bench/results/<stamp>.json
 and logs the figures to MLflow (experiment `benchmarks`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ from flows.runtime import configure_process, ensure_prefect_home
 ROOT = Path(__file__).resolve().parents[1]
 SEED_TOKENS = 250_000  # the bench's tiny seed: pretrained on fewer tokens than the default, as the figures time work on it, not its quality
 os.environ.setdefault("DATAASSESS_TINY__TOKENS", str(SEED_TOKENS))
-configure_process(ROOT / "bench" / ".store")  # as a command runs: offline, quiet; before transformers and Prefect are imported
+configure_process(
+    ROOT / "bench" / ".store"
+)  # as a command runs: offline, quiet; before transformers and Prefect are imported
 ensure_prefect_home()
 
 import torch  # noqa: E402
@@ -94,7 +97,9 @@ print(hwm() - base)
 
 
 def peak_rss_bytes(kind: str, paths) -> int:
-    out = subprocess.run([sys.executable, "-c", PEAK_CODE, kind, *map(str, paths)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_CODE, kind, *map(str, paths)], capture_output=True, text=True, check=True
+    )
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
@@ -111,24 +116,48 @@ def bench_merge(name: str, cfg: GPT2Config, ks=(2, 4, 8, 16)) -> list[Path]:
     return paths
 
 
-def bench_merge_k(name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int, pairs: int = 3) -> None:
+def bench_merge_k(
+    name: str, method: LinearMerge, sub: list[Path], into: dict, model_bytes: int, reps: int, pairs: int = 3
+) -> None:
     """Each figure is interleaved pairs (see paired): this machine's bandwidth drifts within a run."""
     k = len(sub)
     n_copy = int((1 << 30) / 4)
     src, dst = torch.ones(n_copy), torch.empty(n_copy)
     t_copy = lambda: best_of(lambda: dst.copy_(src), 5)  # noqa: E731  (1 GiB, torch, all threads)
     t_into = lambda: best_of(lambda: method.merge(sub, out=into), reps)  # noqa: E731
-    paired(f"merge {name} k={k}: bandwidth / copy", t_into, t_copy, pairs, 0.5, at_least=True, scale=k * model_bytes / (n_copy * 4),
-           detail="bytes read per second merging into a model's state dict / a 1 GiB copy's")
+    paired(
+        f"merge {name} k={k}: bandwidth / copy",
+        t_into,
+        t_copy,
+        pairs,
+        0.5,
+        at_least=True,
+        scale=k * model_bytes / (n_copy * 4),
+        detail="bytes read per second merging into a model's state dict / a 1 GiB copy's",
+    )
     fresh = k * model_bytes / best_of(lambda: method.merge(sub), reps) / (n_copy * 4 / t_copy())
-    record(f"merge {name} k={k}: bandwidth / copy, new tensors", fresh, "info", None,
-           "allocating the output: first-touch page faults of a fresh buffer included")
+    record(
+        f"merge {name} k={k}: bandwidth / copy, new tensors",
+        fresh,
+        "info",
+        None,
+        "allocating the output: first-touch page faults of a fresh buffer included",
+    )
     if k * model_bytes * 2 > NAIVE_MAX_BYTES:  # the naive way holds k models plus their stack
-        record(f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB")
+        record(
+            f"merge {name} k={k}: naive time / ours", float("nan"), ">= 3", None, "naive skipped: would need > 12 GB"
+        )
         naive_ok = False
     else:
-        paired(f"merge {name} k={k}: naive time / ours", t_into, lambda: best_of(lambda: load_into(into, naive_merge(sub)), reps),
-               pairs, 3.0, at_least=True, detail="into a model to score: naive loads, stacks, averages, then copies in")
+        paired(
+            f"merge {name} k={k}: naive time / ours",
+            t_into,
+            lambda: best_of(lambda: load_into(into, naive_merge(sub)), reps),
+            pairs,
+            3.0,
+            at_least=True,
+            detail="into a model to score: naive loads, stacks, averages, then copies in",
+        )
         naive_ok = True
     if name != "tiny":
         peak = peak_rss_bytes("ours", sub)
@@ -156,12 +185,22 @@ def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps
         t_running = (time.perf_counter() - start) / steps
         merges.close()
         per[k] = t_running
-        record(f"running merge {name} k={k}: from-scratch time / running", t_direct / t_running, "info", None,
-               f"{t_direct * 1e3:.1f} vs {t_running * 1e3:.1f} ms per mixture")
+        record(
+            f"running merge {name} k={k}: from-scratch time / running",
+            t_direct / t_running,
+            "info",
+            None,
+            f"{t_direct * 1e3:.1f} vs {t_running * 1e3:.1f} ms per mixture",
+        )
     method.close()
     flat = per[max(ks)] / per[min(ks)]
-    record(f"running merge {name}: cost at k={max(ks)} / at k={min(ks)}", flat, "<= 1.25", flat <= 1.25,
-           "O(model) per mixture whatever k (from scratch grows with k)")
+    record(
+        f"running merge {name}: cost at k={max(ks)} / at k={min(ks)}",
+        flat,
+        "<= 1.25",
+        flat <= 1.25,
+        "O(model) per mixture whatever k (from scratch grows with k)",
+    )
 
 
 def bench_scoring(work: Path | None = None) -> None:
@@ -178,7 +217,9 @@ def bench_scoring(work: Path | None = None) -> None:
     model = AutoModelForCausalLM.from_config(tiny_config("gpt2", s.tiny, len(tok), 256, tok.eos_token_id)).eval()
     es = build_eval_set("all", [d for ds in docs.values() for d in ds], tok, 256, None, 40_000)
     dev = torch.device("cpu")
-    batches = [torch.tensor([w for w, _ in es.windows[i:i + 16] if len(w) == 256]) for i in range(0, len(es.windows), 16)]
+    batches = [
+        torch.tensor([w for w, _ in es.windows[i : i + 16] if len(w) == 256]) for i in range(0, len(es.windows), 16)
+    ]
     batches = [b for b in batches if len(b)]
     plain_tokens = sum(b.numel() for b in batches)
 
@@ -192,8 +233,13 @@ def bench_scoring(work: Path | None = None) -> None:
     t_plain = best_of(plain, 2)
     positions_ours = sum(len(w) for w, _ in es.windows)
     ratio = (positions_ours / t_ours) / (plain_tokens / t_plain)
-    record("scoring: forward tokens/s ours / plain loop", ratio, ">= 1.0", ratio >= 1.0,
-           f"{positions_ours / t_ours:,.0f} vs {plain_tokens / t_plain:,.0f} tok/s")
+    record(
+        "scoring: forward tokens/s ours / plain loop",
+        ratio,
+        ">= 1.0",
+        ratio >= 1.0,
+        f"{positions_ours / t_ours:,.0f} vs {plain_tokens / t_plain:,.0f} tok/s",
+    )
 
 
 def scoring_store(parent: Path, models: Path) -> Path:
@@ -232,9 +278,14 @@ def bench_intake(work: Path, pairs: int = 2) -> None:
     print(f"  intake phases (s): add {added['seconds']}; rebuild {full['seconds']}", flush=True)
     intake_bench.keep_models(runs["rebuilt"][-1][0], BENCH_STORE)  # the demo unit models later sections reuse
     trainings = {a["trained"] for a in runs["added"]}
-    record("intake: trainings on add", max(trainings), "= 1 (new units)", trainings == {1},
-           f"trained {added['trained_units']}, scored {added['rescored']} of {added['mixtures']} mixtures; "
-           f"a rebuild trains {full['trained']}")
+    record(
+        "intake: trainings on add",
+        max(trainings),
+        "= 1 (new units)",
+        trainings == {1},
+        f"trained {added['trained_units']}, scored {added['rescored']} of {added['mixtures']} mixtures; "
+        f"a rebuild trains {full['trained']}",
+    )
 
 
 DEMO = ROOT / "dataassess" / "data" / "demo"
@@ -255,21 +306,34 @@ def demo_pool():
 
 def bench_screening(work: Path, k_max: int = 3, top: int = 5) -> None:
     inputs, models = demo_pool()
-    runs = {screen: rank_timed(scoring_store(work, BENCH_STORE), models, inputs.eval_sets, k_max=k_max, screen=screen)
-            for screen in (False, True)}
+    runs = {
+        screen: rank_timed(scoring_store(work, BENCH_STORE), models, inputs.eval_sets, k_max=k_max, screen=screen)
+        for screen in (False, True)
+    }
     (t_all, exact, _), (t_screen, screened, counts) = runs[False], runs[True]
     n_mix = counts["mixtures"]
-    record(f"screening n={len(models)} k<={k_max} ({n_mix} mixtures): time / exhaustive", t_screen / t_all, "<= 0.2",
-           t_screen / t_all <= 0.2, f"evaluation tokens {counts['screening']['cost']:.3f} of exhaustive; rungs "
-           + ", ".join(f"{g['scored']}@{g['fraction']:g}" for g in counts["screening"]["rungs"]))
+    record(
+        f"screening n={len(models)} k<={k_max} ({n_mix} mixtures): time / exhaustive",
+        t_screen / t_all,
+        "<= 0.2",
+        t_screen / t_all <= 0.2,
+        f"evaluation tokens {counts['screening']['cost']:.3f} of exhaustive; rungs "
+        + ", ".join(f"{g['scored']}@{g['fraction']:g}" for g in counts["screening"]["rungs"]),
+    )
     want, got = [x.units for x in exact[:top]], [x.units for x in screened[:top]]
     overlap = len({tuple(u) for u in want} & {tuple(u) for u in got}) / top
-    record(f"screening: top-{top} shared with exhaustive", overlap, "= 1, same order", got == want,
-           "same order" if got == want else f"exhaustive {want}, screened {got}")
+    record(
+        f"screening: top-{top} shared with exhaustive",
+        overlap,
+        "= 1, same order",
+        got == want,
+        "same order" if got == want else f"exhaustive {want}, screened {got}",
+    )
 
 
-def bench_scale(work: Path, points=((2, 4), (2, 8), (2, 12), (3, 4), (3, 8)), rounds: int = 2,
-                fraction: float = 1 / 32) -> None:
+def bench_scale(
+    work: Path, points=((2, 4), (2, 8), (2, 12), (3, 4), (3, 8)), rounds: int = 2, fraction: float = 1 / 32
+) -> None:
     """Ranking refresh time against the number of mixtures, on perturbed copies of the seed. The
     (k_max, n) points are timed in `rounds` interleaved rounds (forward, then backward, ...), so that
     load drifting during the section reaches every point; each point's figure is its fastest round."""
@@ -290,18 +354,25 @@ def bench_scale(work: Path, points=((2, 4), (2, 8), (2, 12), (3, 4), (3, 8)), ro
                 p.add_(torch.randn(p.shape, generator=g) * 1e-3)
         key = f"scale-{i}"
         save_weights(model, fakes.weights(key))
-        models[f"u{i:02d}"] = UnitModel(key, f"u{i:02d}", "scale", "", inputs.seed.digest, "", 0, 1, 1.0, 0, 0.0, 0.0, "")
+        models[f"u{i:02d}"] = UnitModel(
+            key, f"u{i:02d}", "scale", "", inputs.seed.digest, "", 0, 1, 1.0, 0, 0.0, 0.0, ""
+        )
     (folder / "seeds").symlink_to((BENCH_STORE / "seeds").resolve())
     (folder / "evalsets").symlink_to((BENCH_STORE / "evalsets").resolve())
     sliced = EvalSets(fakes).sliced(inputs.eval_sets, fraction)
     mixtures, times = {}, {point: [] for point in points}
     for r in range(rounds):
-        for k_max, n in (points if r % 2 == 0 else points[::-1]):
-            elapsed, _, counts = rank_timed(scoring_store(work, folder), {u: models[u] for u in sorted(models)[:n]}, sliced, k_max=k_max)
+        for k_max, n in points if r % 2 == 0 else points[::-1]:
+            elapsed, _, counts = rank_timed(
+                scoring_store(work, folder), {u: models[u] for u in sorted(models)[:n]}, sliced, k_max=k_max
+            )
             mixtures[k_max, n] = counts["scored"]
             times[k_max, n].append(elapsed)
-            print(f"  scale, round {r + 1}: n={n:>2} k_max={k_max}: {counts['scored']:>4} mixtures in {elapsed:6.1f} s, "
-                  f"{elapsed / counts['scored'] * 1e3:.0f} ms each", flush=True)
+            print(
+                f"  scale, round {r + 1}: n={n:>2} k_max={k_max}: {counts['scored']:>4} mixtures in {elapsed:6.1f} s, "
+                f"{elapsed / counts['scored'] * 1e3:.0f} ms each",
+                flush=True,
+            )
 
     def cost_spread(t: dict) -> float:
         per = [t[p] / mixtures[p] for p in points]
@@ -315,16 +386,28 @@ def bench_scale(work: Path, points=((2, 4), (2, 8), (2, 12), (3, 4), (3, 8)), ro
 
     best = {p: min(ts) for p, ts in times.items()}
     each = [{p: ts[r] for p, ts in times.items()} for r in range(rounds)]
-    where = (f"(k_max, n) = {', '.join(f'({k}, {n})' for k, n in points)}; evaluation sets cut to {fraction:g}; "
-             f"each point's fastest of {rounds} interleaved rounds")
+    where = (
+        f"(k_max, n) = {', '.join(f'({k}, {n})' for k, n in points)}; evaluation sets cut to {fraction:g}; "
+        f"each point's fastest of {rounds} interleaved rounds"
+    )
     spread = cost_spread(best)
     by_round = [cost_spread(t) for t in each]
-    record("scale curve: per-mixture cost max / min", spread, "<= 1.3", verdict(spread, by_round, lambda x: x <= 1.3),
-           f"rounds {', '.join(f'{x:.2f}' for x in by_round)}; {where}")
+    record(
+        "scale curve: per-mixture cost max / min",
+        spread,
+        "<= 1.3",
+        verdict(spread, by_round, lambda x: x <= 1.3),
+        f"rounds {', '.join(f'{x:.2f}' for x in by_round)}; {where}",
+    )
     r2, slope = r_squared(best)
     r2_by_round = [r_squared(t)[0] for t in each]
-    record("scale curve: R^2 of time = c * mixtures", r2, ">= 0.99", verdict(r2, r2_by_round, lambda x: x >= 0.99),
-           f"c = {slope * 1e3:.0f} ms per mixture; rounds {', '.join(f'{x:.3f}' for x in r2_by_round)}")
+    record(
+        "scale curve: R^2 of time = c * mixtures",
+        r2,
+        ">= 0.99",
+        verdict(r2, r2_by_round, lambda x: x >= 0.99),
+        f"c = {slope * 1e3:.0f} ms per mixture; rounds {', '.join(f'{x:.3f}' for x in r2_by_round)}",
+    )
 
 
 MERGEKIT = ROOT / "bench" / ".mergekit-venv" / "bin" / "mergekit-yaml"
@@ -349,17 +432,29 @@ def bench_mergekit(paths: list[Path], cfg: GPT2Config, k: int = 4) -> None:
         models.append({"model": str(d), "parameters": {"weight": 1.0}})
     spec = work / "merge.yml"
     spec.write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": models}))
-    ours = ("from dataassess.merge import linear_merge; from dataassess.weights import save_state; from pathlib import Path; "
-            f"save_state(linear_merge({[str(p) for p in paths[:k]]!r}), Path({str(work / 'ours.safetensors')!r}))")
+    ours = (
+        "from dataassess.merge import linear_merge; from dataassess.weights import save_state; from pathlib import Path; "
+        f"save_state(linear_merge({[str(p) for p in paths[:k]]!r}), Path({str(work / 'ours.safetensors')!r}))"
+    )
 
     def run_mergekit():
-        subprocess.run([str(MERGEKIT), str(spec), str(work / "out"), "--lazy-unpickle", "--allow-crimes"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(MERGEKIT), str(spec), str(work / "out"), "--lazy-unpickle", "--allow-crimes"],
+            check=True,
+            capture_output=True,
+        )
 
     try:
         run_ours = lambda: subprocess.run([sys.executable, "-c", ours], check=True, capture_output=True, cwd=ROOT)  # noqa: E731
-        paired(name, lambda: best_of(run_ours, 1), lambda: best_of(run_mergekit, 1), 2, 1.0, at_least=True,
-               detail="load, merge and save; process start included")
+        paired(
+            name,
+            lambda: best_of(run_ours, 1),
+            lambda: best_of(run_mergekit, 1),
+            2,
+            1.0,
+            at_least=True,
+            detail="load, merge and save; process start included",
+        )
     except subprocess.CalledProcessError as e:
         record(name, float("nan"), ">= 1", None, f"mergekit failed: {e.stderr.decode()[-200:]}")
     finally:
@@ -391,8 +486,16 @@ def verdict(figure: float, spread: list[float], meets) -> bool | None:
     return True if meets(figure) else (None if any(meets(x) for x in spread) else False)
 
 
-def paired(name: str, baseline, candidate, pairs: int, target: float, at_least: bool = False, scale: float = 1.0,
-           detail: str = "") -> float:
+def paired(
+    name: str,
+    baseline,
+    candidate,
+    pairs: int,
+    target: float,
+    at_least: bool = False,
+    scale: float = 1.0,
+    detail: str = "",
+) -> float:
     """scale x candidate() / baseline(), both returning seconds, measured as interleaved pairs (A, B, A, B ...)
     so that both sides see the same load. The figure is the median of the per-pair ratios; it is "noisy" (n/a,
     not FAIL) when the median misses the target but the pairs' spread straddles it."""
@@ -400,7 +503,9 @@ def paired(name: str, baseline, candidate, pairs: int, target: float, at_least: 
     ratios = sorted(scale * b / a for a, b in times)
     median = statistics.median(ratios)
     ok = verdict(median, ratios, (lambda r: r >= target) if at_least else (lambda r: r <= target))
-    spread = f"{len(ratios)} pairs {ratios[0]:.3f}-{ratios[-1]:.3f}" + ("; noisy: the pairs straddle the target" if ok is None else "")
+    spread = f"{len(ratios)} pairs {ratios[0]:.3f}-{ratios[-1]:.3f}" + (
+        "; noisy: the pairs straddle the target" if ok is None else ""
+    )
     record(name, median, f"{'>=' if at_least else '<='} {target}", ok, f"{spread}; {detail}".rstrip("; "))
     return median
 
@@ -442,12 +547,22 @@ def bench_dask(work: Path, n_units: int = 2, pairs: int = 2, unit_tokens: int = 
             run = base.run.model_copy(update={"task_runner": "dask", "dask_address": cluster.scheduler_address})
             s = base.model_copy(update={"store": store, "run": run})
             return train.with_options(task_runner=task_runner_for(s))(s.model_dump(mode="json"))
+
         return fn
 
-    with prefect_server(work, announce=False), LocalCluster(**local_cluster_kwargs(1)) as one, \
-            LocalCluster(**local_cluster_kwargs(2)) as two:
-        paired(f"dask: train {n_units} units, 2 workers / 1 worker", timed(one), timed(two), pairs, 0.6,
-               detail=f"{units[0].tokens} tokens each, single-threaded workers")
+    with (
+        prefect_server(work, announce=False),
+        LocalCluster(**local_cluster_kwargs(1)) as one,
+        LocalCluster(**local_cluster_kwargs(2)) as two,
+    ):
+        paired(
+            f"dask: train {n_units} units, 2 workers / 1 worker",
+            timed(one),
+            timed(two),
+            pairs,
+            0.6,
+            detail=f"{units[0].tokens} tokens each, single-threaded workers",
+        )
         drain_to_server()  # the flows' last log lines reach the server before it stops
 
 
@@ -475,7 +590,9 @@ def main() -> None:
     try:
         if only & {"merge", "mergekit"}:
             with section("merge"):
-                tiny = bench_merge("tiny", GPT2Config(vocab_size=8192, n_positions=256, n_embd=128, n_layer=2, n_head=4))
+                tiny = bench_merge(
+                    "tiny", GPT2Config(vocab_size=8192, n_positions=256, n_embd=128, n_layer=2, n_head=4)
+                )
                 bench_running("tiny", tiny)
                 shutil.rmtree(tiny[0].parent, ignore_errors=True)
                 paths = bench_merge("gpt2-124M", big)
@@ -484,8 +601,13 @@ def main() -> None:
                 with section("mergekit"):
                     bench_mergekit(paths, big)
             shutil.rmtree(paths[0].parent, ignore_errors=True)
-        for name, fn in (("scoring", bench_scoring), ("intake", bench_intake), ("screening", bench_screening), ("scale", bench_scale),
-                         ("dask", bench_dask)):
+        for name, fn in (
+            ("scoring", bench_scoring),
+            ("intake", bench_intake),
+            ("screening", bench_screening),
+            ("scale", bench_scale),
+            ("dask", bench_dask),
+        ):
             if name in only:
                 with section(name):
                     fn(work)
@@ -494,7 +616,9 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = ROOT / "bench" / "results" / f"bench-{stamp}.json"
     wall = time.perf_counter() - started
-    out.write_text(json.dumps({"created": stamp, "threads": torch.get_num_threads(), "wall_s": wall, "results": RESULTS}, indent=2))
+    out.write_text(
+        json.dumps({"created": stamp, "threads": torch.get_num_threads(), "wall_s": wall, "results": RESULTS}, indent=2)
+    )
     print(f"wrote {out} ({wall / 60:.1f} min)")
     log_mlflow(out)
 

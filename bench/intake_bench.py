@@ -11,6 +11,7 @@ demo corpus with its fixed evaluation sets; the seed is built once beforehand an
    made the same files), registered by an intake of the n partitions (not timed).
 Rebuilds and adds alternate (bench.paired), so that both sides see the same load.
 """
+
 from __future__ import annotations
 
 import shutil

@@ -7,6 +7,7 @@ log(truth ppl) from log(proxy ppl) and log(k), fitted on the pool's fidelity gro
 truths. Its figures are leave-one-out: each mixture is predicted by a fit without it.
 Intervals are +-1.96 leave-one-out residual standard deviations, in log space.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,11 +66,18 @@ class Calibration(JsonForm):
 
     @classmethod
     def from_json(cls, d: dict) -> Calibration:
-        return cls(d["eval_sets"], {n: SetCalibration.from_json(c) for n, c in d["sets"].items()},
-                   d.get("seed_digest", ""), d.get("train_config", ""), d.get("features", []))
+        return cls(
+            d["eval_sets"],
+            {n: SetCalibration.from_json(c) for n, c in d["sets"].items()},
+            d.get("seed_digest", ""),
+            d.get("train_config", ""),
+            d.get("features", []),
+        )
 
 
-def fit_set(proxy: list[float], truth: list[float], k: list[int], alphas: tuple[float, ...] = ALPHAS) -> tuple[SetCalibration, np.ndarray]:
+def fit_set(
+    proxy: list[float], truth: list[float], k: list[int], alphas: tuple[float, ...] = ALPHAS
+) -> tuple[SetCalibration, np.ndarray]:
     """The calibration of one evaluation set, and its leave-one-out predicted perplexities."""
     x, y = features(np.asarray(proxy), np.asarray(k, dtype=float)), np.log(np.asarray(truth))
     loo = loo_predictions(x, y, alphas)

@@ -2,6 +2,7 @@
 
 Nested fields use `__` in env names, e.g. DATAASSESS_TRAIN__LR=1e-4.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,7 +95,9 @@ class OptimizeConfig(Section):
     """Mixture weights (`dataassess optimize`): partition shares of the fixed budget, searched over weighted merges."""
 
     on_intake: bool = True  # every intake re-optimizes after its ranking (warm-started from the last optimum)
-    objective: str | dict[str, float] = "macro"  # "macro", an evaluation-set name, or {set: weight} (weighted mean of log ppl)
+    objective: str | dict[str, float] = (
+        "macro"  # "macro", an evaluation-set name, or {set: weight} (weighted mean of log ppl)
+    )
     min_share: float | dict[str, float] = 0.0  # lower bound per partition (one value, or by partition name)
     max_share: float | dict[str, float] = 1.0  # upper bound per partition
     max_epochs: float = Field(4.0, gt=0)  # a partition gets at most max_epochs x its distinct tokens of the budget
@@ -162,16 +165,24 @@ def load_settings(path: str | Path | None = None, **overrides) -> Settings:
     toml = path or os.environ.get(ENV_PREFIX + "CONFIG") or "dataassess.toml"
     if (path or os.environ.get(ENV_PREFIX + "CONFIG")) and not Path(toml).is_file():
         raise UserError(f"config file not found: {toml}")
-    unknown_env = sorted(n for n in os.environ if n.upper().startswith(ENV_PREFIX) and n[len(ENV_PREFIX):].split("__")[0].lower()
-                         not in {*Settings.model_fields, "config"})
+    unknown_env = sorted(
+        n
+        for n in os.environ
+        if n.upper().startswith(ENV_PREFIX)
+        and n[len(ENV_PREFIX) :].split("__")[0].lower() not in {*Settings.model_fields, "config"}
+    )
     if unknown_env:
-        raise UserError(f"invalid configuration: unknown setting {', '.join(unknown_env)} (from the environment); "
-                        f"settings are {ENV_PREFIX}<{'|'.join(f.upper() for f in Settings.model_fields)}>[__KEY]")
+        raise UserError(
+            f"invalid configuration: unknown setting {', '.join(unknown_env)} (from the environment); "
+            f"settings are {ENV_PREFIX}<{'|'.join(f.upper() for f in Settings.model_fields)}>[__KEY]"
+        )
     reading = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml}})
     try:
         return Settings.model_validate(reading(**overrides).model_dump())
     except ValidationError as e:
-        raise UserError("invalid configuration: " + "; ".join(_describe(err, toml, overrides) for err in e.errors())) from None
+        raise UserError(
+            "invalid configuration: " + "; ".join(_describe(err, toml, overrides) for err in e.errors())
+        ) from None
 
 
 def _describe(err: dict, toml: str | Path, overrides: dict) -> str:
@@ -189,8 +200,11 @@ def _describe(err: dict, toml: str | Path, overrides: dict) -> str:
         where = "defaults"
     if err["type"] == "extra_forbidden":
         section = Settings.model_fields.get(loc[0]) if len(loc) > 1 else None
-        known = sorted(section.annotation.model_fields) if section is not None and hasattr(section.annotation, "model_fields") \
+        known = (
+            sorted(section.annotation.model_fields)
+            if section is not None and hasattr(section.annotation, "model_fields")
             else sorted(Settings.model_fields)
+        )
         return f"unknown key '{key}' (from {where}); known keys{f' of [{loc[0]}]' if len(loc) > 1 else ''}: {', '.join(known)}"
     value = err.get("input")
     shown = f"'{value}'" if isinstance(value, Path) else repr(value)

@@ -3,6 +3,7 @@
 A corpus is either a folder (each subfolder one partition) or one dataset, a local
 file or an HF hub id written hf://owner/name, whose rows are grouped into partitions by a field.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -72,11 +73,16 @@ def suffix_of(path: Path) -> str | None:
 
 def check_name(name: str) -> None:
     if "/" in name or "\\" in name or ".." in name:
-        raise CorpusError(name, "invalid partition name: it would escape the store "
-                                "(use letters, digits, '.', '_', '-'; no '..' or '/')")
+        raise CorpusError(
+            name,
+            "invalid partition name: it would escape the store (use letters, digits, '.', '_', '-'; no '..' or '/')",
+        )
     if not NAME_RE.match(name):
-        raise CorpusError(name, "invalid partition name: it names store keys and MLflow models, so it may hold only "
-                                "ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (rename it)")
+        raise CorpusError(
+            name,
+            "invalid partition name: it names store keys and MLflow models, so it may hold only "
+            "ASCII letters, digits, '.', '_' and '-', starting with a letter or digit (rename it)",
+        )
 
 
 def _raw_bytes(path: Path, partition: str) -> bytes:
@@ -104,7 +110,9 @@ def _load_file(path: Path, suffix: str, cache_dir: str | None) -> datasets.Datas
     import datasets
 
     if suffix in (".txt", ".md"):
-        return datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train", cache_dir=cache_dir)
+        return datasets.load_dataset(
+            "text", data_files=str(path), sample_by="document", split="train", cache_dir=cache_dir
+        )
     builder = "parquet" if suffix == ".parquet" else "json"
     return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
 
@@ -134,7 +142,9 @@ def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     for path in files:
         if not path.resolve().is_relative_to(inside):
-            raise CorpusError(name, f"a link out of the corpus root, to {path.resolve()}; links must stay inside {inside}", str(path))
+            raise CorpusError(
+                name, f"a link out of the corpus root, to {path.resolve()}; links must stay inside {inside}", str(path)
+            )
     if not files:
         raise CorpusError(name, "empty partition: no files", str(folder))
     entries, docs = [], []
@@ -153,14 +163,18 @@ def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path
         except CorpusError:
             raise
         except Exception as e:  # datasets raises many types for malformed input
-            raise CorpusError(name, f"could not be parsed as {suffix}: {type(e).__name__}: {str(e)[:300]}", str(path)) from None
+            raise CorpusError(
+                name, f"could not be parsed as {suffix}: {type(e).__name__}: {str(e)[:300]}", str(path)
+            ) from None
         docs.extend(_documents(ds, name, str(path)))
     if not docs:
         raise CorpusError(name, "empty partition: no non-blank documents", str(folder))
     return Partition(name, digest_json(entries), docs, str(folder))
 
 
-def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
+def load_dataset_partitions(
+    source: str, partition_field: str, cache_dir: str | None = None
+) -> tuple[list[Partition], list[CorpusError]]:
     """A single dataset (local file, or HF hub id written hf://owner/name), grouped into partitions by `partition_field`."""
     import datasets
 
@@ -180,7 +194,9 @@ def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | 
     except Exception as e:
         raise CorpusError(source, f"could not load dataset: {type(e).__name__}: {str(e)[:300]}", source) from None
     if partition_field not in ds.column_names:
-        raise CorpusError(source, f"no '{partition_field}' field to partition by (fields: {', '.join(ds.column_names)})", source)
+        raise CorpusError(
+            source, f"no '{partition_field}' field to partition by (fields: {', '.join(ds.column_names)})", source
+        )
     if "text" not in ds.column_names:
         raise CorpusError(source, f"no 'text' field (fields: {', '.join(ds.column_names)})", source)
     groups: dict[str, list[dict]] = {}
@@ -202,13 +218,17 @@ def load_dataset_partitions(source: str, partition_field: str, cache_dir: str | 
     return good, bad
 
 
-def discover(source: str | Path, partition_field: str = "domain", cache_dir: str | None = None) -> tuple[list[Partition], list[CorpusError]]:
+def discover(
+    source: str | Path, partition_field: str = "domain", cache_dir: str | None = None
+) -> tuple[list[Partition], list[CorpusError]]:
     """All valid partitions under `source`, and the errors of the quarantined ones."""
     if str(source).startswith(HUB):
         return load_dataset_partitions(str(source), partition_field, cache_dir)
     root = Path(source)
     if not root.exists():
-        raise UserError(f"corpus not found: {source} (no such file or folder; a hub dataset is written {HUB}owner/name)")
+        raise UserError(
+            f"corpus not found: {source} (no such file or folder; a hub dataset is written {HUB}owner/name)"
+        )
     if not root.is_dir():
         return load_dataset_partitions(str(source), partition_field, cache_dir)
     good, bad = [], []

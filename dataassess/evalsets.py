@@ -1,8 +1,9 @@
 """Evaluation sets: token windows built from held-out documents, slices for screening,
 saved in the store by digest and pinned per pool."""
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .corpus import Document
 from .errors import UserError
@@ -29,7 +30,9 @@ def rolling_windows(ids: list[int], ctx: int, stride: int) -> list[tuple[list[in
     return windows
 
 
-def build_eval_set(name: str, docs: list[Document], tokenizer, ctx: int, stride: int | None, max_tokens: int) -> EvalSet:
+def build_eval_set(
+    name: str, docs: list[Document], tokenizer, ctx: int, stride: int | None, max_tokens: int
+) -> EvalSet:
     """Documents in digest order until `max_tokens`; the last may be cut to fit."""
     stride = min(stride or ctx // 2, ctx - 1)
     bos = tokenizer.eos_token_id
@@ -37,7 +40,9 @@ def build_eval_set(name: str, docs: list[Document], tokenizer, ctx: int, stride:
     for doc in sorted(docs, key=lambda d: d.digest):
         if n_tokens >= max_tokens:
             break
-        ids = encode(tokenizer, [doc.text], eos=False, limit=max_tokens - n_tokens + 1).tolist()  # one more: was it cut?
+        ids = encode(
+            tokenizer, [doc.text], eos=False, limit=max_tokens - n_tokens + 1
+        ).tolist()  # one more: was it cut?
         text_bytes = len(doc.text.encode("utf-8"))
         if n_tokens + len(ids) > max_tokens:
             ids = ids[: max_tokens - n_tokens]
@@ -66,8 +71,12 @@ def eval_slice(es: EvalSet, fraction: float) -> EvalSet:
         tokens += len(es.windows[i][0]) - es.windows[i][1]
     windows = [es.windows[i] for i in sorted(picked)]
     return EvalSet(
-        es.name, digest_json([es.digest, "slice", fraction])[:24], windows, tokens,
-        max(1, round(es.bytes * tokens / es.tokens)), es.documents,
+        es.name,
+        digest_json([es.digest, "slice", fraction])[:24],
+        windows,
+        tokens,
+        max(1, round(es.bytes * tokens / es.tokens)),
+        es.documents,
     )
 
 

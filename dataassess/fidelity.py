@@ -11,13 +11,14 @@ same data order), the truth is that unit model. The noise ceiling: a second trut
 another data-order seed for a stratified subset; truth against truth is the best any proxy
 can reach. The study runs the pipeline's own steps (prepare, train_units, Steps.score).
 """
+
 from __future__ import annotations
 
 import itertools
 import random
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -34,7 +35,9 @@ from .truth import Truth, train_truth, truth_perplexities
 from .types import Mixture, UnitModel
 
 
-def sample_mixtures(units: Sequence[str], n: int, k_max: int, rng_seed: int = 0, k_min: int = 1) -> list[tuple[str, ...]]:
+def sample_mixtures(
+    units: Sequence[str], n: int, k_max: int, rng_seed: int = 0, k_min: int = 1
+) -> list[tuple[str, ...]]:
     """Up to n mixtures of k_min..k_max units, stratified by size k (round-robin over k)."""
     rng = random.Random(rng_seed)
     pools = {}
@@ -51,6 +54,7 @@ def sample_mixtures(units: Sequence[str], n: int, k_max: int, rng_seed: int = 0,
 
 
 # ---- figures ----------------------------------------------------------------------
+
 
 def decision_accuracy(a: Sequence[float], b: Sequence[float]) -> float:
     """Share of pairs that a and b order the same way (a tie agrees only with a tie)."""
@@ -87,6 +91,7 @@ def bootstrap_ci(proxy, truth, n_boot: int = 1000, seed: int = 0) -> dict:
     resamples; those where a side is constant have no correlation and are left out)."""
     out = {}
     for name, fn in CORRELATIONS.items():
+
         def statistic(x, y, fn=fn):
             return float("nan") if _degenerate(x, y) else fn(x, y).statistic
 
@@ -95,9 +100,20 @@ def bootstrap_ci(proxy, truth, n_boot: int = 1000, seed: int = 0) -> dict:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # resamples of few mixtures can be constant
-            draws = stats.bootstrap((np.asarray(proxy), np.asarray(truth)), statistic, paired=True, vectorized=False,
-                                    n_resamples=n_boot, method="percentile", rng=np.random.default_rng(seed)).bootstrap_distribution
-            out[f"{name}_ci"] = [float(v) for v in np.nanpercentile(draws, [2.5, 97.5])] if np.isfinite(draws).any() else [float("nan")] * 2
+            draws = stats.bootstrap(
+                (np.asarray(proxy), np.asarray(truth)),
+                statistic,
+                paired=True,
+                vectorized=False,
+                n_resamples=n_boot,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            ).bootstrap_distribution
+            out[f"{name}_ci"] = (
+                [float(v) for v in np.nanpercentile(draws, [2.5, 97.5])]
+                if np.isfinite(draws).any()
+                else [float("nan")] * 2
+            )
     return out
 
 
@@ -115,6 +131,7 @@ def figures(proxy: Sequence[float], truth: Sequence[float], baseline: Sequence[f
 
 
 # ---- the whole study --------------------------------------------------------------
+
 
 @dataclass
 class FidelityResult:
@@ -137,9 +154,19 @@ def stratified(mixtures: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, .
     return out
 
 
-def run_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 24, k_max: int = 3, budget: str | None = None,
-                 ceiling: int = 8, map_fn: pipeline.MapFn | None = None, progress: bool = True, n_boot: int = 1000,
-                 pool: str | None = None) -> FidelityResult:
+def run_fidelity(
+    corpus,
+    settings: Settings,
+    eval_sets_dir=None,
+    n: int = 24,
+    k_max: int = 3,
+    budget: str | None = None,
+    ceiling: int = 8,
+    map_fn: pipeline.MapFn | None = None,
+    progress: bool = True,
+    n_boot: int = 1000,
+    pool: str | None = None,
+) -> FidelityResult:
     """Train what is missing (unit models, ground truths and their replicates), score, compare."""
     map_fn = map_fn or pipeline.serial_map(progress)
     budget = budget or settings.rank.budget
@@ -153,29 +180,58 @@ def run_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 24, k_
             raise UserError(f"need at least 3 mixtures to measure fidelity; the pool has {len(models)} units")
         by_name = {u.name: u for u in inputs.units}
         jobs = [(mix, main) for mix in mixtures] + [(mix, replicate) for mix in stratified(mixtures, ceiling)]
-        trained = map_fn("ground truth", lambda job: train_truth(steps, [by_name[u] for u in job[0]], job[1]), jobs,
-                         lambda job: " + ".join(job[0]) + (" (replicate)" if job[1] is replicate else ""))
+        trained = map_fn(
+            "ground truth",
+            lambda job: train_truth(steps, [by_name[u] for u in job[0]], job[1]),
+            jobs,
+            lambda job: " + ".join(job[0]) + (" (replicate)" if job[1] is replicate else ""),
+        )
         truths = dict(zip(((mix, t.data_seed) for mix, t in jobs), trained))
-        rows = [_row(steps, inputs.eval_sets, models, mix, truths[mix, main.data_seed], truths.get((mix, replicate.data_seed)))
-                for mix in mixtures]
+        rows = [
+            _row(
+                steps,
+                inputs.eval_sets,
+                models,
+                mix,
+                truths[mix, main.data_seed],
+                truths.get((mix, replicate.data_seed)),
+            )
+            for mix in mixtures
+        ]
         summary = _settings_summary(steps, len(inputs.units), n, k_max)
     sets = sorted(inputs.eval_sets)
     calibration = None
     if budget == "union":
         calibration = _calibrate(rows, sets, inputs, settings)
-    report = {"budget": budget, **({"budget_tokens": tokens} if budget == "fixed" else {}), "settings": summary,
-              **_figures_of(rows, sets, n_boot, budget)}
-    report["by_k"] = {str(k): _figures_of(group, sets, n_boot, budget) for k, group in _groups_by_k(rows).items() if len(group) >= 3}
-    report["variants"] = {"uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"),
-                          "uniform_vs_group_merge": _variant(rows, "proxy", "proxy_group_merge")}
+    report = {
+        "budget": budget,
+        **({"budget_tokens": tokens} if budget == "fixed" else {}),
+        "settings": summary,
+        **_figures_of(rows, sets, n_boot, budget),
+    }
+    report["by_k"] = {
+        str(k): _figures_of(group, sets, n_boot, budget) for k, group in _groups_by_k(rows).items() if len(group) >= 3
+    }
+    report["variants"] = {
+        "uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"),
+        "uniform_vs_group_merge": _variant(rows, "proxy", "proxy_group_merge"),
+    }
     if calibration is not None:
         report["calibration"] = calibration.to_json()
     return FidelityResult(report, rows, inputs.quarantined, calibration)
 
 
-def run_weighted_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int = 16, ceiling: int = 8,
-                          map_fn: pipeline.MapFn | None = None, progress: bool = True, n_boot: int = 1000,
-                          pool: str | None = None) -> FidelityResult:
+def run_weighted_fidelity(
+    corpus,
+    settings: Settings,
+    eval_sets_dir=None,
+    n: int = 16,
+    ceiling: int = 8,
+    map_fn: pipeline.MapFn | None = None,
+    progress: bool = True,
+    n_boot: int = 1000,
+    pool: str | None = None,
+) -> FidelityResult:
     """Weighted merges against the seed trained at the fixed budget on the same weighted mixtures:
     n weight vectors over the partitions (uniform, natural, Dirichlet samples within optimize's bounds)."""
     map_fn = map_fn or pipeline.serial_map(progress)
@@ -195,34 +251,53 @@ def run_weighted_fidelity(corpus, settings: Settings, eval_sets_dir=None, n: int
             return train_truth(steps, [by_name[u] for u in sorted(shares)], job[1], shares)
 
         jobs = [(i, main) for i in range(len(points))] + [(i, replicate) for i in range(min(ceiling, len(points)))]
-        trained = map_fn("ground truth", train, jobs, lambda job: f"weights #{job[0]}" + (" (replicate)" if job[1] is replicate else ""))
+        trained = map_fn(
+            "ground truth",
+            train,
+            jobs,
+            lambda job: f"weights #{job[0]}" + (" (replicate)" if job[1] is replicate else ""),
+        )
         truths = {(i, t.data_seed): meta for (i, t), meta in zip(jobs, trained)}
         rows = []
         for i, w in enumerate(points):
             shares = space.unit_weights(w)
             singles = {u: _perplexities(steps, mixture_of([u], models, "uniform"), inputs.eval_sets) for u in shares}
-            row = {"units": sorted(shares), "k": int((w > 0).sum()), "weights": space.as_dict(w),
-                   "proxy": _perplexities(steps, space.mixture(w, models), inputs.eval_sets),
-                   "truth": truth_perplexities(steps, truths[i, main.data_seed], inputs.eval_sets), "truth_kind": "truth",
-                   "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets}}
+            row = {
+                "units": sorted(shares),
+                "k": int((w > 0).sum()),
+                "weights": space.as_dict(w),
+                "proxy": _perplexities(steps, space.mixture(w, models), inputs.eval_sets),
+                "truth": truth_perplexities(steps, truths[i, main.data_seed], inputs.eval_sets),
+                "truth_kind": "truth",
+                "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets},
+            }
             if (i, replicate.data_seed) in truths:
                 row["truth_replicate"] = truth_perplexities(steps, truths[i, replicate.data_seed], inputs.eval_sets)
             rows.append(row)
         summary = _settings_summary(steps, len(inputs.units), n, len(space.partitions))
     c = objective_weights(settings.optimize.objective, sets)
-    report = {"budget": "fixed", "weighted": True, "budget_tokens": tokens, "settings": summary, **_figures_of(rows, sets, n_boot)}
+    report = {
+        "budget": "fixed",
+        "weighted": True,
+        "budget_tokens": tokens,
+        "settings": summary,
+        **_figures_of(rows, sets, n_boot),
+    }
     report["objective"] = {"objective": settings.optimize.objective, **_objective_figures(rows, c, sets, n_boot)}
     return FidelityResult(report, rows, inputs.quarantined)
 
 
 def _objective_figures(rows: list[dict], c: np.ndarray, sets: list[str], n_boot: int) -> dict:
     """The figures on the optimization objective (a weighted mean of log perplexities), with its ceiling."""
+
     def column(key, among=rows):
         return [objective_value(r[key], c, sets) for r in among]
 
     out = figures(column("proxy"), column("truth"), column("baseline"), n_boot)
     replicated = [r for r in rows if "truth_replicate" in r]
-    out["ceiling_spearman"] = correlations(column("truth", replicated), column("truth_replicate", replicated))["spearman"]
+    out["ceiling_spearman"] = correlations(column("truth", replicated), column("truth_replicate", replicated))[
+        "spearman"
+    ]
     return out
 
 
@@ -236,15 +311,23 @@ def _truth_perplexities(steps: Steps, eval_sets, models: dict[str, UnitModel], t
     return truth_perplexities(steps, truth, eval_sets)
 
 
-def _row(steps: Steps, eval_sets: dict[str, str], models: dict[str, UnitModel], mix: tuple[str, ...], truth: dict,
-         replicate: dict | None) -> dict:
+def _row(
+    steps: Steps,
+    eval_sets: dict[str, str],
+    models: dict[str, UnitModel],
+    mix: tuple[str, ...],
+    truth: dict,
+    replicate: dict | None,
+) -> dict:
     """One sampled mixture: its proxies (uniform, token-weighted, group merge), truths and the naive baseline."""
     singles = [_perplexities(steps, mixture_of([u], models, "uniform"), eval_sets) for u in mix]
     row = {
-        "units": list(mix), "k": len(mix),
+        "units": list(mix),
+        "k": len(mix),
         "proxy": _perplexities(steps, mixture_of(mix, models, "uniform"), eval_sets),
         "proxy_tokens": _perplexities(steps, mixture_of(mix, models, "tokens"), eval_sets),
-        "truth": _truth_perplexities(steps, eval_sets, models, truth), "truth_kind": truth["kind"],
+        "truth": _truth_perplexities(steps, eval_sets, models, truth),
+        "truth_kind": truth["kind"],
         "baseline": {s: float(np.mean([single[s] for single in singles])) for s in eval_sets},
     }
     if replicate is not None:
@@ -256,7 +339,9 @@ def _row(steps: Steps, eval_sets: dict[str, str], models: dict[str, UnitModel], 
         groups = list(partitions.values())
         ordered = [u for g in groups for u in g]
         weights = tuple(group_weights([[1.0] * len(g) for g in groups]))
-        row["proxy_group_merge"] = _perplexities(steps, Mixture(tuple(ordered), tuple(models[u].key for u in ordered), weights), eval_sets)
+        row["proxy_group_merge"] = _perplexities(
+            steps, Mixture(tuple(ordered), tuple(models[u].key for u in ordered), weights), eval_sets
+        )
     return row
 
 
@@ -273,6 +358,7 @@ def _calibrate(rows: list[dict], sets: list[str], inputs: pipeline.Inputs, setti
 def _figures_of(rows: list[dict], sets: list[str], n_boot: int, budget: str = "fixed") -> dict:
     """Per set and macro: the published score's figures (calibrated under "union", with the raw
     average's in "raw"), the naive baseline's, and the noise ceiling from the replicates."""
+
     def column(key, name=None, among=rows):
         return [macro(r[key]) if name is None else r[key][name] for r in among]
 
@@ -288,7 +374,9 @@ def _figures_of(rows: list[dict], sets: list[str], n_boot: int, budget: str = "f
         figs["ceiling_spearman"] = correlations(truth, again)["spearman"]
         figs["ceiling_decision_accuracy"] = decision_accuracy(truth, again)
         for key in ("spearman", "decision_accuracy"):
-            figs[f"{key}_share_of_ceiling"] = figs[key] / figs[f"ceiling_{key}"] if figs[f"ceiling_{key}"] else float("nan")
+            figs[f"{key}_share_of_ceiling"] = (
+                figs[key] / figs[f"ceiling_{key}"] if figs[f"ceiling_{key}"] else float("nan")
+            )
         if name is None:
             out["macro"] = figs
         else:
@@ -309,11 +397,23 @@ def _variant(rows: list[dict], a: str, b: str) -> dict:
     if len(rows) < 3:
         return {"n_mixtures": len(rows), "note": "too few mixtures where the variants differ"}
     truth = [macro(r["truth"]) for r in rows]
-    return {"n_mixtures": len(rows), a: correlations([macro(r[a]) for r in rows], truth), b: correlations([macro(r[b]) for r in rows], truth)}
+    return {
+        "n_mixtures": len(rows),
+        a: correlations([macro(r[a]) for r in rows], truth),
+        b: correlations([macro(r[b]) for r in rows], truth),
+    }
 
 
 def _settings_summary(steps: Steps, n_units: int, n: int, k_max: int) -> dict:
     s = steps.settings
-    return {"params": sum(p.numel() for p in steps.seed.load_model().parameters()), "unit_tokens": s.units.tokens, "lr": s.train.lr,
-            "steps_per_unit": s.units.tokens // s.train.batch_tokens, "batch_tokens": s.train.batch_tokens,
-            "n_requested": n, "k_max": k_max, "n_units": n_units, "seed_digest": steps.seed.digest}
+    return {
+        "params": sum(p.numel() for p in steps.seed.load_model().parameters()),
+        "unit_tokens": s.units.tokens,
+        "lr": s.train.lr,
+        "steps_per_unit": s.units.tokens // s.train.batch_tokens,
+        "batch_tokens": s.train.batch_tokens,
+        "n_requested": n,
+        "k_max": k_max,
+        "n_units": n_units,
+        "seed_digest": steps.seed.digest,
+    }

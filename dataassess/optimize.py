@@ -14,11 +14,12 @@ The search, as DeMix and Olmix run it:
 Scores are cached by (model keys, weights) like every mixture's, and a pool's design is kept,
 so a re-run after new data scores only weight vectors it has not scored before.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +36,7 @@ ALPHAS = tuple(float(a) for a in np.logspace(-6, 2, 17))
 
 
 # ---- the search space ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Space:
@@ -73,7 +75,9 @@ class Space:
                 hi = t
         return np.round(np.clip(v - (lo + hi) / 2, self.lower, self.upper), 6)
 
-    def sample(self, rng: np.random.Generator, n: int, around: np.ndarray | None = None, concentration: float = 1.0) -> list[np.ndarray]:
+    def sample(
+        self, rng: np.random.Generator, n: int, around: np.ndarray | None = None, concentration: float = 1.0
+    ) -> list[np.ndarray]:
         """n feasible points: flat Dirichlet samples, or concentrated around a point."""
         alpha = np.ones(len(self.partitions)) if around is None else concentration * np.asarray(around) + 0.05
         return [self.project(x) for x in rng.dirichlet(alpha, n)]
@@ -102,7 +106,9 @@ class Space:
         return w if self.feasible(w) else self.project(w)
 
 
-def _per_partition(value: float | Mapping[str, float], partitions: Sequence[str], default: float, name: str) -> np.ndarray:
+def _per_partition(
+    value: float | Mapping[str, float], partitions: Sequence[str], default: float, name: str
+) -> np.ndarray:
     if isinstance(value, Mapping):
         unknown = sorted(set(value) - set(partitions))
         if unknown:
@@ -124,15 +130,20 @@ def make_space(models: Mapping[str, UnitModel | Unit], cfg: OptimizeConfig, budg
     cap = np.array([cfg.max_epochs * distinct[p] / budget_tokens for p in partitions])
     upper = np.minimum(_per_partition(cfg.max_share, partitions, 1.0, "max_share"), cap)
     if (lower < 0).any() or (upper > 1).any() or (lower > upper).any():
-        raise UserError(f"optimize bounds must satisfy 0 <= min_share <= max_share <= 1 per partition: "
-                         f"min {dict(zip(partitions, lower))}, max (with the repetition cap) {dict(zip(partitions, upper.round(4)))}")
+        raise UserError(
+            f"optimize bounds must satisfy 0 <= min_share <= max_share <= 1 per partition: "
+            f"min {dict(zip(partitions, lower))}, max (with the repetition cap) {dict(zip(partitions, upper.round(4)))}"
+        )
     if lower.sum() > 1 + 1e-9 or upper.sum() < 1 - 1e-9:
-        raise UserError(f"no weights fit the bounds: min shares sum to {lower.sum():.3f}, max shares (with the "
-                         f"repetition cap, optimize.max_epochs = {cfg.max_epochs:g}) to {upper.sum():.3f}; both must allow 1")
+        raise UserError(
+            f"no weights fit the bounds: min shares sum to {lower.sum():.3f}, max shares (with the "
+            f"repetition cap, optimize.max_epochs = {cfg.max_epochs:g}) to {upper.sum():.3f}; both must allow 1"
+        )
     return Space(partitions, {p: tuple(u) for p, u in units.items()}, distinct, lower, upper)
 
 
 # ---- the objective ----------------------------------------------------------------
+
 
 def objective_weights(objective: str | Mapping[str, float], sets: Sequence[str]) -> np.ndarray:
     """Weights over evaluation sets of the objective, a weighted mean of log perplexities."""
@@ -145,7 +156,9 @@ def objective_weights(objective: str | Mapping[str, float], sets: Sequence[str])
         return np.array([1.0 if s == objective else 0.0 for s in sets])
     unknown = sorted(set(objective) - set(sets))
     if unknown or not objective or any(v < 0 for v in objective.values()) or sum(objective.values()) <= 0:
-        raise UserError(f"optimize.objective must weigh known evaluation sets {sets} with non-negative weights; got {dict(objective)}")
+        raise UserError(
+            f"optimize.objective must weigh known evaluation sets {sets} with non-negative weights; got {dict(objective)}"
+        )
     c = np.array([float(objective.get(s, 0.0)) for s in sets])
     return c / c.sum()
 
@@ -156,6 +169,7 @@ def objective_value(scores: Mapping[str, float], c: np.ndarray, sets: Sequence[s
 
 
 # ---- the surrogate ----------------------------------------------------------------
+
 
 def surrogate_model(name: str):
     from sklearn.ensemble import ExtraTreesRegressor
@@ -201,13 +215,17 @@ def fit_surrogate(x: np.ndarray, log_ppl: np.ndarray, c: np.ndarray, choice: str
     names = SURROGATES if choice == "auto" else (choice,)
     cv, predicted = {}, {}
     for name in names:
-        predicted[name] = np.asarray(cross_val_predict(surrogate_model(name), x, log_ppl, cv=folds)).reshape(len(x), -1) @ c
+        predicted[name] = (
+            np.asarray(cross_val_predict(surrogate_model(name), x, log_ppl, cv=folds)).reshape(len(x), -1) @ c
+        )
         cv[name] = float(spearmanr(predicted[name], target).statistic) if np.std(target) > 0 else float("nan")
     best = max(names, key=lambda n: -1.0 if math.isnan(cv[n]) else cv[n])
     return Surrogate(best, surrogate_model(best).fit(x, log_ppl), c, cv, predicted[best])
 
 
-def minimize(surrogate: Surrogate, space: Space, rng: np.random.Generator, starts: Sequence[np.ndarray], n_candidates: int = 2000) -> np.ndarray:
+def minimize(
+    surrogate: Surrogate, space: Space, rng: np.random.Generator, starts: Sequence[np.ndarray], n_candidates: int = 2000
+) -> np.ndarray:
     """The surrogate's minimum under the bounds: the best of many feasible candidates, polished by SLSQP
     when the surrogate is smooth."""
     from scipy.optimize import minimize as scipy_minimize
@@ -216,8 +234,13 @@ def minimize(surrogate: Surrogate, space: Space, rng: np.random.Generator, start
     values = surrogate.objective(candidates)
     best = candidates[int(np.argmin(values))]
     if surrogate.smooth:
-        res = scipy_minimize(lambda w: float(surrogate.objective(w)[0]), best, method="SLSQP",
-                             bounds=list(zip(space.lower, space.upper)), constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+        res = scipy_minimize(
+            lambda w: float(surrogate.objective(w)[0]),
+            best,
+            method="SLSQP",
+            bounds=list(zip(space.lower, space.upper)),
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+        )
         polished = space.project(res.x)
         if surrogate.objective(polished)[0] < surrogate.objective(best)[0]:
             best = polished
@@ -225,6 +248,7 @@ def minimize(surrogate: Surrogate, space: Space, rng: np.random.Generator, start
 
 
 # ---- the search ---------------------------------------------------------------------
+
 
 @dataclass
 class OptimizeResult:
@@ -240,8 +264,14 @@ def label(space: Space, w: np.ndarray) -> str:
     return ", ".join(f"{p} {s:.2f}" for p, s in zip(space.partitions, w) if s > 0)
 
 
-def search(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str, str], map_fn, pool: str,
-           best_subset: Sequence[str] | None = None) -> OptimizeResult:
+def search(
+    steps: Steps,
+    models: Mapping[str, UnitModel],
+    eval_sets: Mapping[str, str],
+    map_fn,
+    pool: str,
+    best_subset: Sequence[str] | None = None,
+) -> OptimizeResult:
     """The optimal partition shares for a pool, warm-started from its last search (see the module docstring)."""
     settings: Settings = steps.settings
     cfg = settings.optimize
@@ -256,7 +286,9 @@ def search(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str
         mixtures = [space.mixture(w, models) for w in points]
         pending = {m.key: (m, w) for m, w in zip(mixtures, points) if len(steps.cached(m.key, on)) < len(on)}
         scored_now.extend(pending)
-        map_fn("proxy", lambda item: steps.score(item[0], on), list(pending.values()), lambda item: label(space, item[1]))
+        map_fn(
+            "proxy", lambda item: steps.score(item[0], on), list(pending.values()), lambda item: label(space, item[1])
+        )
         return [{n: s["perplexity"] for n, s in steps.cached(m.key, on).items()} for m in mixtures]
 
     previous = _previous(steps, pool)
@@ -279,22 +311,34 @@ def search(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str
     # confirm on the full sets: every round's optimum, the uniform and the natural mixture
     named = {"uniform": space.uniform, "natural": space.natural}
     full = score([*optima, *named.values()], eval_sets)
-    full_named = dict(zip(named, full[len(optima):]))
+    full_named = dict(zip(named, full[len(optima) :]))
     # the answer: the best confirmed weighted merge (a round's optimum, or uniform or natural if none beat them)
     pick = int(np.argmin([objective_value(s, c, sets) for s in full]))
     weights, proxy = [*optima, *named.values()][pick], full[pick]
     report = {
-        "objective": cfg.objective, "objective_sets": dict(zip(sets, map(float, c))), "budget_tokens": budget, "pool": pool,
-        "weights": space.as_dict(weights), "unit_weights": space.unit_weights(weights),
+        "objective": cfg.objective,
+        "objective_sets": dict(zip(sets, map(float, c))),
+        "budget_tokens": budget,
+        "pool": pool,
+        "weights": space.as_dict(weights),
+        "unit_weights": space.unit_weights(weights),
         "predicted": {n: proxy[n] for n in sets},
-        "objective_value": {"optimized": objective_value(proxy, c, sets),
-                            **{k: objective_value(v, c, sets) for k, v in full_named.items()}},
+        "objective_value": {
+            "optimized": objective_value(proxy, c, sets),
+            **{k: objective_value(v, c, sets) for k, v in full_named.items()},
+        },
         "proxies": {k: {n: v[n] for n in sets} for k, v in full_named.items()},
-        "surrogate": {"model": surrogate.name, "spearman": surrogate.cv_spearman[surrogate.name], "compared": surrogate.cv_spearman,
-                      "n_proxies": len(points), "eval_fraction": cfg.eval_fraction,
-                      "predicted_objective": float(np.exp(surrogate.objective(weights)[0]))},
+        "surrogate": {
+            "model": surrogate.name,
+            "spearman": surrogate.cv_spearman[surrogate.name],
+            "compared": surrogate.cv_spearman,
+            "n_proxies": len(points),
+            "eval_fraction": cfg.eval_fraction,
+            "predicted_objective": float(np.exp(surrogate.objective(weights)[0])),
+        },
         "bounds": {p: [float(lo), float(hi)] for p, lo, hi in zip(space.partitions, space.lower, space.upper)},
-        "natural_weights": space.as_dict(space.natural), "round_optima": [space.as_dict(w) for w in optima],
+        "natural_weights": space.as_dict(space.natural),
+        "round_optima": [space.as_dict(w) for w in optima],
         "counts": {"scored": len(scored_now), "reused": len(points) + len(full) - len(scored_now)},
     }
     if best_subset:
@@ -302,10 +346,21 @@ def search(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str
     if previous is not None:
         before = previous["report"]["weights"]
         report["previous_weights"] = before
-        report["change"] = {p: report["weights"].get(p, 0.0) - before.get(p, 0.0) for p in sorted({*before, *report["weights"]})}
-    proxies = [{"weights": space.as_dict(w), "scores": s, "objective": objective_value(s, c, sets)} for w, s in zip(points, scores)]
-    return OptimizeResult(report, [space.as_dict(w) for w in design], proxies, scored_now,
-                          (surrogate.cv_predicted, np.log([p["objective"] for p in proxies])), _fingerprint(space))
+        report["change"] = {
+            p: report["weights"].get(p, 0.0) - before.get(p, 0.0) for p in sorted({*before, *report["weights"]})
+        }
+    proxies = [
+        {"weights": space.as_dict(w), "scores": s, "objective": objective_value(s, c, sets)}
+        for w, s in zip(points, scores)
+    ]
+    return OptimizeResult(
+        report,
+        [space.as_dict(w) for w in design],
+        proxies,
+        scored_now,
+        (surrogate.cv_predicted, np.log([p["objective"] for p in proxies])),
+        _fingerprint(space),
+    )
 
 
 def _previous(steps: Steps, pool: str) -> dict | None:
@@ -343,30 +398,54 @@ def save(steps: Steps, pool: str, result: OptimizeResult) -> None:
     """The pool's latest search: its report, design and every point scored (the next search's warm start)."""
     design = {tuple(sorted(d.items())) for d in result.design}
     rounds = [p["weights"] for p in result.proxies if tuple(sorted(p["weights"].items())) not in design]
-    write_json(steps.store.optimization(pool), {"report": result.report, "design": result.design, "round_points": rounds,
-                                                "partitions": result.partitions, "proxies": result.proxies})
+    write_json(
+        steps.store.optimization(pool),
+        {
+            "report": result.report,
+            "design": result.design,
+            "round_points": rounds,
+            "partitions": result.partitions,
+            "proxies": result.proxies,
+        },
+    )
 
 
-def verify(steps: Steps, units: Sequence[Unit], models: Mapping[str, UnitModel], report: dict, eval_sets: Mapping[str, str],
-           map_fn) -> dict:
+def verify(
+    steps: Steps,
+    units: Sequence[Unit],
+    models: Mapping[str, UnitModel],
+    report: dict,
+    eval_sets: Mapping[str, str],
+    map_fn,
+) -> dict:
     """Train the seed at the fixed budget on the optimized, uniform and natural weights and on the best
     subset (its units evenly), and score them: the claim, checked by real training."""
     space = make_space(models, steps.settings.optimize, report["budget_tokens"])
     by_name = {u.name: u for u in units}
     subset = report.get("best_subset") or []
-    candidates = {"optimized": space.unit_weights(np.array([report["weights"][p] for p in space.partitions])),
-                  "uniform": space.unit_weights(space.uniform), "natural": space.unit_weights(space.natural)}
+    candidates = {
+        "optimized": space.unit_weights(np.array([report["weights"][p] for p in space.partitions])),
+        "uniform": space.unit_weights(space.uniform),
+        "natural": space.unit_weights(space.natural),
+    }
     if subset:
         candidates["best_subset"] = {u: 1.0 / len(subset) for u in subset}
     truth = Truth("fixed", report["budget_tokens"], steps.settings.train.seed)
     jobs = list(candidates.items())
-    trained = map_fn("verify", lambda job: train_truth(steps, [by_name[u] for u in sorted(job[1])], truth, job[1]), jobs,
-                     lambda job: job[0])
+    trained = map_fn(
+        "verify",
+        lambda job: train_truth(steps, [by_name[u] for u in sorted(job[1])], truth, job[1]),
+        jobs,
+        lambda job: job[0],
+    )
     sets = sorted(eval_sets)
     c = objective_weights(steps.settings.optimize.objective, sets)
     out: dict = {name: truth_perplexities(steps, meta, eval_sets) for (name, _), meta in zip(jobs, trained)}
     out["objective"] = {name: objective_value(out[name], c, sets) for name, _ in jobs}
-    out["tokens_per_partition"] = {name: _tokens_per_partition(meta, models, steps.settings.train.seq_len) for (name, _), meta in zip(jobs, trained)}
+    out["tokens_per_partition"] = {
+        name: _tokens_per_partition(meta, models, steps.settings.train.seq_len)
+        for (name, _), meta in zip(jobs, trained)
+    }
     return out
 
 
@@ -385,8 +464,10 @@ def best_subset(ranking, c: np.ndarray, sets: Sequence[str]) -> list[str]:
 
 # ---- the whole of it --------------------------------------------------------------------
 
-def optimize_pool(steps: Steps, inputs: pipeline.Inputs, models: Mapping[str, UnitModel], ranking, map_fn,
-                  check: bool = False) -> OptimizeResult:
+
+def optimize_pool(
+    steps: Steps, inputs: pipeline.Inputs, models: Mapping[str, UnitModel], ranking, map_fn, check: bool = False
+) -> OptimizeResult:
     """Search a pool's weights (warm-started from its last search), verify them by training if asked, keep the result."""
     sets = sorted(inputs.eval_sets)
     subset = best_subset(ranking, objective_weights(steps.settings.optimize.objective, sets), sets)
@@ -397,14 +478,23 @@ def optimize_pool(steps: Steps, inputs: pipeline.Inputs, models: Mapping[str, Un
     return result
 
 
-def run_optimize(corpus, settings: Settings, eval_sets_dir=None, pool: str | None = None, check: bool = False,
-                 map_fn: pipeline.MapFn | None = None, progress: bool = True) -> OptimizeResult:
+def run_optimize(
+    corpus,
+    settings: Settings,
+    eval_sets_dir=None,
+    pool: str | None = None,
+    check: bool = False,
+    map_fn: pipeline.MapFn | None = None,
+    progress: bool = True,
+) -> OptimizeResult:
     """The pipeline up to the ranking (everything cached is reused), then the weight search."""
     map_fn = map_fn or pipeline.serial_map(progress)
     inputs = pipeline.prepare(corpus, settings, eval_sets_dir, pool, progress=progress)
     # a bad objective or bounds fail before any training
     objective_weights(settings.optimize.objective, sorted(inputs.eval_sets))
-    make_space({u.name: u for u in inputs.units}, settings.optimize, settings.rank.budget_tokens or settings.units.tokens)
+    make_space(
+        {u.name: u for u in inputs.units}, settings.optimize, settings.rank.budget_tokens or settings.units.tokens
+    )
     with Steps(settings, inputs.seed, progress) as steps:
         models, _ = pipeline.train_units(steps, inputs.units, map_fn)
         ranking, _ = pipeline.score_and_rank(steps, models, inputs.eval_sets, map_fn)
@@ -417,5 +507,19 @@ def after_run(run: pipeline.RunResult, settings: Settings, map_fn, progress: boo
         return optimize_pool(steps, run.inputs, run.models, run.ranking, map_fn)
 
 
-__all__ = ["Space", "make_space", "objective_weights", "objective_value", "fit_surrogate", "minimize", "search", "save",
-           "verify", "best_subset", "OptimizeResult", "optimize_pool", "run_optimize", "after_run"]
+__all__ = [
+    "Space",
+    "make_space",
+    "objective_weights",
+    "objective_value",
+    "fit_surrogate",
+    "minimize",
+    "search",
+    "save",
+    "verify",
+    "best_subset",
+    "OptimizeResult",
+    "optimize_pool",
+    "run_optimize",
+    "after_run",
+]

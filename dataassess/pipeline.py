@@ -5,6 +5,7 @@ train, a mixture to score) go through map_fn(name, fn, items, label): the CLI ma
 loop (serial_map), the Prefect flow as tasks, a distributed runner as remote tasks. Items are
 small typed records (Unit, Mixture); every step is cached in the store (steps.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,12 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -64,6 +66,7 @@ def phase(timings: dict[str, float], name: str) -> Iterator[None]:
 
 # ---- corpus -> units, evaluation sets ---------------------------------------------
 
+
 @dataclass
 class Inputs:
     """What one run sees: the seed, the valid units, the quarantined partitions, the evaluation sets."""
@@ -80,8 +83,14 @@ def pool_name(corpus: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(str(corpus).rstrip("/")).name).strip("-") or "pool"
 
 
-def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None = None, pool: str | None = None,
-            refresh_eval: bool = False, progress: bool = True) -> Inputs:
+def prepare(
+    corpus: str | Path,
+    settings: Settings,
+    eval_sets_dir: str | Path | None = None,
+    pool: str | None = None,
+    refresh_eval: bool = False,
+    progress: bool = True,
+) -> Inputs:
     """Seed, units and evaluation sets for a corpus. Bad partitions are quarantined, not fatal.
 
     Evaluation sets are the `eval_sets_dir` folder's, else the held-out documents pinned at the
@@ -110,28 +119,42 @@ def prepare(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | 
     evalsets, eval_sets = EvalSets(store), {}
     for name, docs in sorted(heldout.items()):
         try:
-            eval_sets[name] = evalsets.save(build_eval_set(name, docs, tokenizer, ctx, settings.score.stride, settings.corpus.eval_max_tokens))
+            eval_sets[name] = evalsets.save(
+                build_eval_set(name, docs, tokenizer, ctx, settings.score.stride, settings.corpus.eval_max_tokens)
+            )
         except UserError as e:
             log.warning("evaluation set skipped: %s", e)
     if not units:
         raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(map(str, quarantined)), str(corpus))
     if not eval_sets:
-        raise CorpusError(str(corpus), "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets")
+        raise CorpusError(
+            str(corpus), "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets"
+        )
     if eval_sets_dir is None:
         eval_sets = evalsets.pin(pool, eval_sets, refresh_eval)
     check_rank_by(settings.rank.by, eval_sets)  # before any unit is trained
     return Inputs(pool, seed, units, [str(e) for e in quarantined], eval_sets)
 
 
-def check_inputs(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None = None, pool: str | None = None,
-                 refresh_eval: bool = False) -> tuple[list, list[CorpusError]]:
+def check_inputs(
+    corpus: str | Path,
+    settings: Settings,
+    eval_sets_dir: str | Path | None = None,
+    pool: str | None = None,
+    refresh_eval: bool = False,
+) -> tuple[list, list[CorpusError]]:
     """The corpus's partitions (and the quarantined ones), with every check that needs no seed: the paths,
     the partitions, and that rank.by names an evaluation set. Bad input fails here, before anything is built."""
     store = Store(settings.store)
     found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=str(store.hf_cache()))
     if eval_sets_dir is not None and not Path(eval_sets_dir).is_dir():
-        raise UserError(f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)")
-    check_rank_by(settings.rank.by, _eval_set_names(store, found, settings, eval_sets_dir, pool or pool_name(corpus), refresh_eval))
+        raise UserError(
+            f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)"
+        )
+    check_rank_by(
+        settings.rank.by,
+        _eval_set_names(store, found, settings, eval_sets_dir, pool or pool_name(corpus), refresh_eval),
+    )
     check_unit_budget(found, settings.units.tokens)
     return found, quarantined
 
@@ -145,11 +168,15 @@ def check_unit_budget(found: Sequence, budget: int) -> None:
     sizes = {p.name: (sum(len(d.text.encode("utf-8")) for d in p.documents), len(p.documents)) for p in found}
     name, (size, docs) = max(sizes.items(), key=lambda kv: 2 * kv[1][0] + kv[1][1])
     if budget > 2 * size + docs:
-        raise UserError(f"units.tokens = {budget:,} is larger than every partition: the largest, '{name}', holds "
-                        f"{size:,} bytes of text, at most {2 * size + docs:,} tokens; lower units.tokens")
+        raise UserError(
+            f"units.tokens = {budget:,} is larger than every partition: the largest, '{name}', holds "
+            f"{size:,} bytes of text, at most {2 * size + docs:,} tokens; lower units.tokens"
+        )
 
 
-def _eval_set_names(store: Store, found: Sequence, settings: Settings, eval_sets_dir, pool: str, refresh_eval: bool) -> set[str]:
+def _eval_set_names(
+    store: Store, found: Sequence, settings: Settings, eval_sets_dir, pool: str, refresh_eval: bool
+) -> set[str]:
     """The names the evaluation sets can have, known before the seed is built: the folder's subfolders,
     else the held-out groups (and the pool's pinned sets)."""
     if eval_sets_dir is not None:
@@ -158,7 +185,9 @@ def _eval_set_names(store: Store, found: Sequence, settings: Settings, eval_sets
     names = set(read_json(pinned)) if pinned.exists() and not refresh_eval else set()
     for part in found:
         held = part.split(settings.corpus.heldout_fraction)[1]
-        names |= {doc.domain for doc in held} if settings.corpus.eval_group == "domain" else ({part.name} if held else set())
+        names |= (
+            {doc.domain for doc in held} if settings.corpus.eval_group == "domain" else ({part.name} if held else set())
+        )
     return names
 
 
@@ -174,6 +203,7 @@ def _context_length(seed: Seed) -> int:
 
 # ---- train ------------------------------------------------------------------------
 
+
 def train_units(steps: Steps, units: Sequence[Unit], map_fn: MapFn) -> tuple[dict[str, UnitModel], list[str]]:
     """A model per unit, training only those the store lacks; returns (models by unit, units trained now)."""
     done = {u.name: steps.trained(u) for u in units}  # one check (and weights hash) per unit
@@ -185,8 +215,14 @@ def train_units(steps: Steps, units: Sequence[Unit], map_fn: MapFn) -> tuple[dic
 
 # ---- merge -> score -> rank -------------------------------------------------------
 
-def score_and_rank(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Mapping[str, str], map_fn: MapFn,
-                   mixtures: Sequence[Sequence[str]] | None = None) -> tuple[list[RankedMixture], dict]:
+
+def score_and_rank(
+    steps: Steps,
+    models: Mapping[str, UnitModel],
+    eval_sets: Mapping[str, str],
+    map_fn: MapFn,
+    mixtures: Sequence[Sequence[str]] | None = None,
+) -> tuple[list[RankedMixture], dict]:
     """Score every candidate mixture (every one on the full sets, or by staged screening) and rank them.
     Cached scores are read here; only mixtures missing one go through map_fn."""
     r = steps.settings.rank
@@ -203,7 +239,9 @@ def score_and_rank(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Map
         mixture = {m: steps.mixture(m, models) for m in mixes}
         found = {m: steps.cached(mixture[m].key, sets) for m in mixes}
         pending = [m for m in mixes if len(found[m]) < len(sets)]
-        scored = map_fn("score", lambda mix: steps.score(mix, sets), [mixture[m] for m in pending], lambda mix: mix.label)
+        scored = map_fn(
+            "score", lambda mix: steps.score(mix, sets), [mixture[m] for m in pending], lambda mix: mix.label
+        )
         found.update(zip(pending, scored))
         computed.update(pending)
         losses = {}
@@ -218,16 +256,26 @@ def score_and_rank(steps: Steps, models: Mapping[str, UnitModel], eval_sets: Map
     else:
         placed, rungs = [(m, 1.0) for m in candidates], [Rung(1.0, len(candidates), len(candidates))]
         score(candidates, 1.0)
-    rows = [RankedMixture(list(mix), {n: s["perplexity"] for n, s in sorted(last[mix].items())},
-                          {n: s["bits_per_byte"] for n, s in sorted(last[mix].items())}, evaluated_fraction=fraction)
-            for mix, fraction in placed]
+    rows = [
+        RankedMixture(
+            list(mix),
+            {n: s["perplexity"] for n, s in sorted(last[mix].items())},
+            {n: s["bits_per_byte"] for n, s in sorted(last[mix].items())},
+            evaluated_fraction=fraction,
+        )
+        for mix, fraction in placed
+    ]
     counts = {"mixtures": len(candidates), "scored": len(computed), "reused": len(candidates) - len(computed)}
     if r.screen:
-        counts["screening"] = {"rungs": [asdict(g) for g in rungs], "cost": screening_cost(rungs, len(candidates), token_share)}
+        counts["screening"] = {
+            "rungs": [asdict(g) for g in rungs],
+            "cost": screening_cost(rungs, len(candidates), token_share),
+        }
     return rank(rows, r.by), counts
 
 
 # ---- what the scores answer -------------------------------------------------------
+
 
 def apply_budget(settings: Settings, inputs: Inputs, ranking: list[RankedMixture]) -> tuple[list[RankedMixture], dict]:
     """The ranking under rank.budget, and a label saying what its scores are.
@@ -239,21 +287,30 @@ def apply_budget(settings: Settings, inputs: Inputs, ranking: list[RankedMixture
     r = settings.rank
     if r.budget == "fixed":
         tokens = r.budget_tokens or settings.units.tokens
-        return ranking, {"mode": "fixed", "tokens": tokens, "score": f"uniform parameter average: proxy of training on {tokens} tokens"}
+        return ranking, {
+            "mode": "fixed",
+            "tokens": tokens,
+            "score": f"uniform parameter average: proxy of training on {tokens} tokens",
+        }
     calibration = load_calibration(settings, inputs)
     if calibration is None:
         return rank(ranking, r.by, within_size=True), {
-            "mode": "union", "calibrated": False,
+            "mode": "union",
+            "calibrated": False,
             "score": "uniform parameter average, ranked within each size only: no union calibration for this pool and "
-                     "these evaluation sets (run `dataassess fidelity --budget union`)"}
+            "these evaluation sets (run `dataassess fidelity --budget union`)",
+        }
     for row in ranking:
         row.proxy_scores, row.scores, row.intervals = dict(row.scores), {}, {}
         for name, proxy in row.proxy_scores.items():
             ppl, lo, hi = calibration.sets[name].predict(proxy, row.k)
             row.scores[name], row.intervals[name] = ppl, [lo, hi]
             row.bits_per_byte[name] *= math.log(ppl) / math.log(proxy)  # same tokens and bytes: bpb scales with log ppl
-    return rank(ranking, r.by), {"mode": "union", "calibrated": True,
-                                 "score": "calibrated prediction of training on the whole union, with 95% intervals"}
+    return rank(ranking, r.by), {
+        "mode": "union",
+        "calibrated": True,
+        "score": "calibrated prediction of training on the whole union, with 95% intervals",
+    }
 
 
 def load_calibration(settings: Settings, inputs: Inputs) -> Calibration | None:
@@ -262,12 +319,16 @@ def load_calibration(settings: Settings, inputs: Inputs) -> Calibration | None:
     if not path.exists():
         return None
     calibration = Calibration.from_json(read_json(path))
-    same = (calibration.eval_sets == inputs.eval_sets and calibration.seed_digest == inputs.seed.digest
-            and calibration.train_config == settings.train.digest())
+    same = (
+        calibration.eval_sets == inputs.eval_sets
+        and calibration.seed_digest == inputs.seed.digest
+        and calibration.train_config == settings.train.digest()
+    )
     return calibration if same else None
 
 
 # ---- snapshot -------------------------------------------------------------------------
+
 
 def save_ranking(settings: Settings, ranking: list[RankedMixture], info: dict) -> Path:
     """Write a snapshot of the pool and point its `latest.json` at it; changes are against the pool's previous one."""
@@ -277,9 +338,15 @@ def save_ranking(settings: Settings, ranking: list[RankedMixture], info: dict) -
     changes = rank_changes(ranking, previous["ranking"] if previous else None)
     fidelity = Store(settings.store).fidelity(pool)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    snapshot = {"created": stamp, "previous": previous["created"] if previous else None, "ranked_by": settings.rank.by,
-                "changes": changes, "fidelity": fidelity_summary(read_json(fidelity)["report"] if fidelity.exists() else None),
-                "ranking": [r.to_json() for r in ranking], **info}
+    snapshot = {
+        "created": stamp,
+        "previous": previous["created"] if previous else None,
+        "ranked_by": settings.rank.by,
+        "changes": changes,
+        "fidelity": fidelity_summary(read_json(fidelity)["report"] if fidelity.exists() else None),
+        "ranking": [r.to_json() for r in ranking],
+        **info,
+    }
     write_json(folder / f"{stamp}.json", snapshot)
     write_json(folder / "latest.json", snapshot)
     return folder / f"{stamp}.json"
@@ -296,7 +363,9 @@ def latest_ranking(settings: Settings, pool: str | None = None) -> dict | None:
     if pool is None:
         pools = ranked_pools(settings)
         if len(pools) > 1:
-            raise UserError(f"the store {settings.store} ranks several pools: {', '.join(pools)}; choose one with --pool")
+            raise UserError(
+                f"the store {settings.store} ranks several pools: {', '.join(pools)}; choose one with --pool"
+            )
         if not pools:
             return None
         pool = pools[0]
@@ -319,10 +388,18 @@ def export_mixture(settings: Settings, snapshot: dict, units: Sequence[str], out
         raise UserError(f"unknown units {unknown}; pool '{snapshot['pool']}' has {sorted(known)}")
     if out.exists():
         raise UserError(f"{out} already exists; choose a new folder")
-    seed = next((f for f in sorted(store.root.glob("seeds/*")) if (f / "seed.json").is_file()
-                 and read_json(f / "seed.json")["digest"] == snapshot["seed_digest"]), None)
+    seed = next(
+        (
+            f
+            for f in sorted(store.root.glob("seeds/*"))
+            if (f / "seed.json").is_file() and read_json(f / "seed.json")["digest"] == snapshot["seed_digest"]
+        ),
+        None,
+    )
     if seed is None:
-        raise UserError(f"the seed of pool '{snapshot['pool']}' ({snapshot['seed_digest'][:12]}) is not in the store {store.root}")
+        raise UserError(
+            f"the seed of pool '{snapshot['pool']}' ({snapshot['seed_digest'][:12]}) is not in the store {store.root}"
+        )
     ordered = sorted(set(units))
     weights = None if settings.rank.weighting == "uniform" else tuple(float(known[u]["source_tokens"]) for u in ordered)
     digests = tuple(known[u].get("weights_digest", "") for u in ordered)
@@ -330,13 +407,18 @@ def export_mixture(settings: Settings, snapshot: dict, units: Sequence[str], out
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
         for f in seed.iterdir():
-            if f.is_file() and f.suffix in (".json", ".txt", ".model") and f.name not in ("seed.json", "seed_train.json"):
+            if (
+                f.is_file()
+                and f.suffix in (".json", ".txt", ".model")
+                and f.name not in ("seed.json", "seed_train.json")
+            ):
                 shutil.copy(f, tmp / f.name)
         shutil.copy(merged, tmp / "model.safetensors")
     return out
 
 
 # ---- all of it ----------------------------------------------------------------------
+
 
 @dataclass
 class RunResult:
@@ -354,8 +436,15 @@ class RunResult:
         return [u for u in self.models if u not in self.trained]
 
 
-def run(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None = None, pool: str | None = None,
-        refresh_eval: bool = False, map_fn: MapFn | None = None, progress: bool = True) -> RunResult:
+def run(
+    corpus: str | Path,
+    settings: Settings,
+    eval_sets_dir: str | Path | None = None,
+    pool: str | None = None,
+    refresh_eval: bool = False,
+    map_fn: MapFn | None = None,
+    progress: bool = True,
+) -> RunResult:
     """The whole pipeline over a corpus. Idempotent: a second run trains and scores nothing new."""
     map_fn = map_fn or serial_map(progress)
     timings: dict[str, float] = {}
@@ -369,10 +458,21 @@ def run(corpus: str | Path, settings: Settings, eval_sets_dir: str | Path | None
             seed_scores = steps.score_seed(inputs.eval_sets)
     ranking, budget = apply_budget(settings, inputs, ranking)
     info = {
-        "pool": inputs.pool, "corpus": str(corpus), "seed_digest": inputs.seed.digest, "seed_scores": seed_scores,
-        "units": {n: {k: getattr(m, k) for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss", "weights_digest")}
-                  for n, m in models.items()},
-        "eval_sets": dict(inputs.eval_sets), "quarantined": inputs.quarantined, "counts": counts, "budget": budget,
+        "pool": inputs.pool,
+        "corpus": str(corpus),
+        "seed_digest": inputs.seed.digest,
+        "seed_scores": seed_scores,
+        "units": {
+            n: {
+                k: getattr(m, k)
+                for k in ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss", "weights_digest")
+            }
+            for n, m in models.items()
+        },
+        "eval_sets": dict(inputs.eval_sets),
+        "quarantined": inputs.quarantined,
+        "counts": counts,
+        "budget": budget,
     }
     snapshot = save_ranking(settings, ranking, info)
     return RunResult(inputs, models, trained, ranking, counts, seed_scores, snapshot, timings)

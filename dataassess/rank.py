@@ -1,16 +1,19 @@
 """Candidate mixtures and their ranking."""
+
 from __future__ import annotations
 
 import itertools
 import math
 import textwrap
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .errors import UserError
 from .types import RankedMixture
 
 
-def enumerate_mixtures(units: Sequence[str], k_max: int, explicit: Iterable[Sequence[str]] | None = None) -> list[tuple[str, ...]]:
+def enumerate_mixtures(
+    units: Sequence[str], k_max: int, explicit: Iterable[Sequence[str]] | None = None
+) -> list[tuple[str, ...]]:
     """All subsets of 1..k_max units (sorted), or the explicit list, validated."""
     known = set(units)
     if explicit is not None:
@@ -57,8 +60,14 @@ def rank_changes(ranking: list[RankedMixture], previous: list[dict] | None) -> d
     them (0: none; None: new). A mixture pushed down only by newcomers has not moved.
     """
     if previous is None:
-        return {"new": [], "moved": [], "dropped": [], "best": ranking[0].units if ranking else None, "previous_best": None,
-                "new_best": False}
+        return {
+            "new": [],
+            "moved": [],
+            "dropped": [],
+            "best": ranking[0].units if ranking else None,
+            "previous_best": None,
+            "new_best": False,
+        }
     before = {tuple(r["units"]): i for i, r in enumerate(previous)}
     now = {tuple(r.units) for r in ranking}
     common = [row for row in ranking if tuple(row.units) in before]
@@ -68,29 +77,47 @@ def rank_changes(ranking: list[RankedMixture], previous: list[dict] | None) -> d
     for place, row in enumerate(common):
         row.rank_change = old_place[tuple(row.units)] - place
     previous_best = previous[0]["units"] if previous else None
-    return {"new": [r.units for r in ranking if r.rank_change is None], "moved": [r.units for r in common if r.rank_change],
-            "dropped": [r["units"] for r in previous if tuple(r["units"]) not in now],  # a unit gone: its partition removed or changed
-            "best": ranking[0].units if ranking else None, "previous_best": previous_best,
-            "new_best": bool(ranking) and previous_best is not None and ranking[0].units != previous_best}
+    return {
+        "new": [r.units for r in ranking if r.rank_change is None],
+        "moved": [r.units for r in common if r.rank_change],
+        "dropped": [
+            r["units"] for r in previous if tuple(r["units"]) not in now
+        ],  # a unit gone: its partition removed or changed
+        "best": ranking[0].units if ranking else None,
+        "previous_best": previous_best,
+        "new_best": bool(ranking) and previous_best is not None and ranking[0].units != previous_best,
+    }
 
 
 def fidelity_summary(report: dict | None) -> dict:
     """The headline of a pool's latest fidelity report, as every ranking shows it."""
     if not report:
-        return {"measured": False, "how": "not measured for this pool: run `dataassess fidelity CORPUS` (trains ground truth)"}
+        return {
+            "measured": False,
+            "how": "not measured for this pool: run `dataassess fidelity CORPUS` (trains ground truth)",
+        }
     m = report["macro"]
-    return {"measured": True, "budget": report.get("budget", "fixed"), "when": report.get("measured", ""),
-            "n_mixtures": m.get("n_mixtures"), "spearman": m.get("spearman"), "pearson": m.get("pearson"),
-            "decision_accuracy": m.get("decision_accuracy"), "ceiling_spearman": m.get("ceiling_spearman"),
-            "share_of_ceiling": m.get("spearman_share_of_ceiling")}
+    return {
+        "measured": True,
+        "budget": report.get("budget", "fixed"),
+        "when": report.get("measured", ""),
+        "n_mixtures": m.get("n_mixtures"),
+        "spearman": m.get("spearman"),
+        "pearson": m.get("pearson"),
+        "decision_accuracy": m.get("decision_accuracy"),
+        "ceiling_spearman": m.get("ceiling_spearman"),
+        "share_of_ceiling": m.get("spearman_share_of_ceiling"),
+    }
 
 
 def fidelity_line(f: dict) -> str:
     if not f.get("measured"):
         return "fidelity: " + f["how"]
     num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    return (f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): Spearman {num(f['spearman'])}, "
-            f"pair accuracy {num(f['decision_accuracy'])}, noise ceiling {num(f['ceiling_spearman'])}")
+    return (
+        f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): Spearman {num(f['spearman'])}, "
+        f"pair accuracy {num(f['decision_accuracy'])}, noise ceiling {num(f['ceiling_spearman'])}"
+    )
 
 
 def _abbreviations(sets: list[str], width: int) -> tuple[list[str], str]:
@@ -101,8 +128,13 @@ def _abbreviations(sets: list[str], width: int) -> tuple[list[str], str]:
     return heads, "sets: " + ", ".join(f"{h} = {s}" for h, s in zip(heads, sets))
 
 
-def format_table(ranking: Sequence[RankedMixture], top: int | None = None, by: str = "macro",
-                 seed_scores: dict[str, float] | None = None, columns: int = 120) -> str:
+def format_table(
+    ranking: Sequence[RankedMixture],
+    top: int | None = None,
+    by: str = "macro",
+    seed_scores: dict[str, float] | None = None,
+    columns: int = 120,
+) -> str:
     """The ranking as a table that fits `columns`: rank, k, rank within size, change, mixture, perplexities, macro.
     Too many evaluation sets for the width: only the ranked-by set and macro are shown."""
     if not ranking:
@@ -121,17 +153,28 @@ def format_table(ranking: Sequence[RankedMixture], top: int | None = None, by: s
         text = " + ".join(units)
         return text if len(text) <= width else text[: width - 1] + "~"
 
-    head = (f"{'rank':>4} {'k':>2} {'in k':>4} {'change':>6}  {'mixture':<{width}}" + "".join(f" {h[:cell]:>{cell}}" for h in heads)
-            + f"  {'macro':>{cell}}")
-    lines = [f"perplexity (lower is better), ranked by {by}; change: places moved among mixtures ranked last time", head, "-" * len(head)]
+    head = (
+        f"{'rank':>4} {'k':>2} {'in k':>4} {'change':>6}  {'mixture':<{width}}"
+        + "".join(f" {h[:cell]:>{cell}}" for h in heads)
+        + f"  {'macro':>{cell}}"
+    )
+    lines = [
+        f"perplexity (lower is better), ranked by {by}; change: places moved among mixtures ranked last time",
+        head,
+        "-" * len(head),
+    ]
     for r in rows:
         change = "new" if r.rank_change is None else ("=" if r.rank_change == 0 else f"{r.rank_change:+d}")
         cells = "".join(f" {r.scores[s]:>{cell}.2f}" for s in sets)
         screened = "  (screened out)" if r.evaluated_fraction < 1 else ""
-        lines.append(f"{r.rank:>4} {r.k:>2} {r.rank_in_size:>4} {change:>6}  {name(r.units):<{width}}{cells}  {r.macro:>{cell}.2f}{screened}")
+        lines.append(
+            f"{r.rank:>4} {r.k:>2} {r.rank_in_size:>4} {change:>6}  {name(r.units):<{width}}{cells}  {r.macro:>{cell}.2f}{screened}"
+        )
     if seed_scores:
         cells = "".join(f" {seed_scores[s]:>{cell}.2f}" for s in sets)
-        lines.append(f"{'':>4} {0:>2} {'':>4} {'':>6}  {'(seed, reference)':<{width}}{cells}  {macro(seed_scores):>{cell}.2f}")
+        lines.append(
+            f"{'':>4} {0:>2} {'':>4} {'':>6}  {'(seed, reference)':<{width}}{cells}  {macro(seed_scores):>{cell}.2f}"
+        )
     if top and len(ranking) > top:
         lines.append(f"... {len(ranking) - top} more (dataassess ranking --top {len(ranking)}, or --json)")
     if legend:

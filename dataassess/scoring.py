@@ -1,5 +1,6 @@
 """Token-level perplexity and bits-per-byte over rolling windows, by one Scorer that owns its
 worker threads, LM-head buffers, batches and (for merged models) a model of the seed's shape."""
+
 from __future__ import annotations
 
 import copy
@@ -21,16 +22,20 @@ from .types import EvalSet, Score
 HEAD_ONLY_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3", "smollm3", "olmo", "olmo2"}
 HEAD_BLOCK = 1 << 21  # logits per LM-head call (8 MB in float32): rows = HEAD_BLOCK // vocab
 
-Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]  # ids, mask or None, targets, set index per row
+Batch = tuple[
+    torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor
+]  # ids, mask or None, targets, set index per row
 
 
 def build_batches(eval_sets: Sequence[EvalSet], batch_size: int) -> list[Batch]:
     """Batches over the windows of all `eval_sets`, longest first, so that small sets (screening
     slices) and each set's last windows share batches."""
-    windows = sorted(((w, start, i) for i, es in enumerate(eval_sets) for w, start in es.windows), key=lambda x: -len(x[0]))
+    windows = sorted(
+        ((w, start, i) for i, es in enumerate(eval_sets) for w, start in es.windows), key=lambda x: -len(x[0])
+    )
     batches = []
     for b in range(0, len(windows), batch_size):
-        batch = windows[b:b + batch_size]
+        batch = windows[b : b + batch_size]
         width = len(batch[0][0])
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -38,10 +43,12 @@ def build_batches(eval_sets: Sequence[EvalSet], batch_size: int) -> list[Batch]:
         for row, (w, start, _) in enumerate(batch):
             ids[row, : len(w)] = torch.tensor(w)
             mask[row, : len(w)] = 1
-            targets[row, start - 1: len(w) - 1] = ids[row, start: len(w)]
+            targets[row, start - 1 : len(w) - 1] = ids[row, start : len(w)]
         padded = len(batch[-1][0]) < width  # rows are sorted longest first
         owner = torch.tensor([i for _, _, i in batch])
-        batches.append((ids, mask if padded else None, targets, owner))  # without padding, no mask: the causal fast path
+        batches.append(
+            (ids, mask if padded else None, targets, owner)
+        )  # without padding, no mask: the causal fast path
     return batches
 
 
@@ -58,8 +65,14 @@ class Scorer:
     head_only: run the LM head on scored positions only (None: for plain-head architectures).
     """
 
-    def __init__(self, batch_size: int, device: torch.device | str = "cpu", threads: int | None = None,
-                 seed: Seed | None = None, head_only: bool | None = None):
+    def __init__(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
+        seed: Seed | None = None,
+        head_only: bool | None = None,
+    ):
         self.batch_size, self.device, self.threads = batch_size, torch.device(device), threads
         self.seed, self.head_only = seed, head_only
         self._reset()
@@ -100,15 +113,28 @@ class Scorer:
         batches = self._batches_for(eval_sets)
         workers = self._workers()
         if self.device.type == "cpu" and len(batches) < workers:  # few windows (screening slices): split the rows
-            batches = [tuple(None if x is None else x[rows] for x in b) for b in batches
-                       for rows in torch.arange(len(b[0])).tensor_split(workers) if len(rows)]
-        head_only = self.head_only if self.head_only is not None else getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
+            batches = [
+                tuple(None if x is None else x[rows] for x in b)
+                for b in batches
+                for rows in torch.arange(len(b[0])).tensor_split(workers)
+                if len(rows)
+            ]
+        head_only = (
+            self.head_only
+            if self.head_only is not None
+            else getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
+        )
 
         def batch_nll(batch) -> list[float]:
             ids, mask, targets, owner = batch
             with torch.inference_mode(), autocast(self.device):  # both are per thread
-                rows = self._row_nll(model, ids.to(self.device), None if mask is None else mask.to(self.device),
-                                     targets.to(self.device), head_only)
+                rows = self._row_nll(
+                    model,
+                    ids.to(self.device),
+                    None if mask is None else mask.to(self.device),
+                    targets.to(self.device),
+                    head_only,
+                )
             return torch.zeros(len(eval_sets), dtype=torch.float64).index_add_(0, owner, rows.double().cpu()).tolist()
 
         per_batch = self._map(batch_nll, batches)
@@ -143,7 +169,9 @@ class Scorer:
         finally:
             torch.set_num_threads(threads)  # a worker's set_num_threads(1) also lowers the default for new threads
 
-    def _row_nll(self, model, ids: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor, head_only: bool) -> torch.Tensor:
+    def _row_nll(
+        self, model, ids: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor, head_only: bool
+    ) -> torch.Tensor:
         """Summed NLL of each row's `targets` (-100 = not scored), each predicted from its prefix.
 
         With head_only the head runs only on scored positions, in blocks: with rolling windows
@@ -153,7 +181,9 @@ class Scorer:
             hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
             keep = targets != -100
             nll = self._head_nll(hidden[keep], targets[keep], model.get_output_embeddings())
-            return torch.zeros(len(ids), dtype=torch.float32, device=nll.device).index_add_(0, keep.nonzero()[:, 0], nll)
+            return torch.zeros(len(ids), dtype=torch.float32, device=nll.device).index_add_(
+                0, keep.nonzero()[:, 0], nll
+            )
         logits = model(input_ids=ids, attention_mask=mask).logits
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
         return nll.view(targets.shape).sum(1)
@@ -163,27 +193,34 @@ class Scorer:
         weight = getattr(head, "weight", None)
         rows = max(16, HEAD_BLOCK // (weight.shape[0] if weight is not None else HEAD_BLOCK))
         out = torch.empty(len(t), dtype=torch.float32, device=h.device)
-        if weight is None or getattr(head, "bias", None) is not None or weight.dtype != torch.float32 \
-                or h.dtype != torch.float32 or h.device.type != "cpu":
+        if (
+            weight is None
+            or getattr(head, "bias", None) is not None
+            or weight.dtype != torch.float32
+            or h.dtype != torch.float32
+            or h.device.type != "cpu"
+        ):
             for i in range(0, len(t), rows):
-                logits = head(h[i:i + rows]).float()
-                out[i:i + rows] = torch.logsumexp(logits, -1) - logits.gather(1, t[i:i + rows, None]).squeeze(1)
+                logits = head(h[i : i + rows]).float()
+                out[i : i + rows] = torch.logsumexp(logits, -1) - logits.gather(1, t[i : i + rows, None]).squeeze(1)
             return out
         # float32 on CPU: one reused block per worker, updated in place (no fresh logits tensors)
         buf = getattr(self._local, "buf", None)
         if buf is None or buf.shape != (rows, weight.shape[0]):
             buf = self._local.buf = torch.empty(rows, weight.shape[0])
         for i in range(0, len(t), rows):
-            block = buf[: len(h[i:i + rows])]
-            torch.mm(h[i:i + rows], weight.t(), out=block)
-            target = block.gather(1, t[i:i + rows, None]).squeeze(1)
+            block = buf[: len(h[i : i + rows])]
+            torch.mm(h[i : i + rows], weight.t(), out=block)
+            target = block.gather(1, t[i : i + rows, None]).squeeze(1)
             top = block.amax(1, keepdim=True)
-            out[i:i + rows] = block.sub_(top).exp_().sum(1).log_().add_(top.squeeze(1)).sub_(target)
+            out[i : i + rows] = block.sub_(top).exp_().sum(1).log_().add_(top.squeeze(1)).sub_(target)
         return out
 
     # ---- merged models of the seed's shape -------------------------------------------
 
-    def score_merge(self, paths: Sequence[str | Path], weights: Sequence[float] | None, eval_sets: Sequence[EvalSet]) -> list[Score]:
+    def score_merge(
+        self, paths: Sequence[str | Path], weights: Sequence[float] | None, eval_sets: Sequence[EvalSet]
+    ) -> list[Score]:
         """Merge the models straight into the parameters of a seed-shaped model and score it."""
         if self.seed is None:
             raise ValueError("a Scorer without a seed cannot score merged models")
@@ -208,13 +245,25 @@ class Scorer:
         return self._models[device]
 
 
-def score_sets(model: torch.nn.Module, eval_sets: Sequence[EvalSet], batch_size: int, device: torch.device | str,
-               threads: int | None = None, head_only: bool | None = None) -> list[Score]:
+def score_sets(
+    model: torch.nn.Module,
+    eval_sets: Sequence[EvalSet],
+    batch_size: int,
+    device: torch.device | str,
+    threads: int | None = None,
+    head_only: bool | None = None,
+) -> list[Score]:
     """One-off scoring; hold a Scorer open to reuse its threads, buffers and batches."""
     with Scorer(batch_size, device, threads, head_only=head_only) as scorer:
         return scorer.score(model, eval_sets)
 
 
-def score_model(model: torch.nn.Module, eval_set: EvalSet, batch_size: int, device: torch.device | str,
-                threads: int | None = None, head_only: bool | None = None) -> Score:
+def score_model(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    batch_size: int,
+    device: torch.device | str,
+    threads: int | None = None,
+    head_only: bool | None = None,
+) -> Score:
     return score_sets(model, [eval_set], batch_size, device, threads, head_only)[0]

@@ -6,11 +6,13 @@ Slices are evaluation sets of their own (evalsets.eval_slice: whole windows, wit
 digest), so their scores are cached like any other. Only survivors of the last rung carry full-set
 scores; every other mixture is ranked below them by the largest slice it reached.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence, TypeVar
+from typing import TypeVar
 
 M = TypeVar("M", bound=Hashable)
 
@@ -20,7 +22,7 @@ def rung_fractions(eta: int, min_fraction: float) -> list[float]:
     if eta < 2 or not 0 < min_fraction <= 1:
         raise ValueError(f"screening needs eta >= 2 and 0 < min_fraction <= 1, got {eta}, {min_fraction}")
     rungs = math.floor(math.log(1 / min_fraction, eta) + 1e-9)  # no slice below min_fraction
-    return [eta ** -i for i in range(rungs, 0, -1)] + [1.0]
+    return [eta**-i for i in range(rungs, 0, -1)] + [1.0]
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,11 @@ class Rung:
 
 
 def successive_halving(
-    candidates: Sequence[M], score: Callable[[Sequence[M], float], dict[M, float]],
-    eta: int = 5, min_fraction: float = 1 / 25, keep_min: int = 10,
+    candidates: Sequence[M],
+    score: Callable[[Sequence[M], float], dict[M, float]],
+    eta: int = 5,
+    min_fraction: float = 1 / 25,
+    keep_min: int = 10,
 ) -> tuple[list[tuple[M, float]], list[Rung]]:
     """Candidates ordered best first, each with the largest fraction it was scored on.
 

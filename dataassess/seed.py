@@ -3,6 +3,7 @@
 Every seed is materialized once as an HF folder in the store (config, safetensors
 weights, tokenizer) and identified by the digest of those files.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -10,10 +11,10 @@ import json
 import logging
 import threading
 from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
@@ -79,15 +80,31 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 def tiny_config(arch: str, cfg, vocab_size: int, ctx: int, eos_id: int):
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_positions=ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_id, eos_token_id=eos_id,
+            vocab_size=vocab_size,
+            n_positions=ctx,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=eos_id,
+            eos_token_id=eos_id,
             tie_word_embeddings=True,
             activation_function="gelu_pytorch_tanh",  # GPT-2's tanh GELU, as one fused op
         )
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head, max_position_embeddings=ctx,
-        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=4 * cfg.n_embd,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head,
+        max_position_embeddings=ctx,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        tie_word_embeddings=True,
     )
 
 
@@ -157,14 +174,23 @@ def _build_tiny(settings: Settings, arch: str, out: Path, progress: bool) -> Non
     seqs = to_sequences(tokenize_stream(tokenizer, texts), settings.train.seq_len)
     train_cfg = settings.train.model_copy(update={"lr": cfg.lr})
     result = train_lm(
-        model, seqs, train_cfg, cfg.tokens, resolve_device(settings.device),
-        lr_at=warmup_cosine(cfg.lr, cfg.min_lr, cfg.warmup_steps), desc="seed", progress=progress,
+        model,
+        seqs,
+        train_cfg,
+        cfg.tokens,
+        resolve_device(settings.device),
+        lr_at=warmup_cosine(cfg.lr, cfg.min_lr, cfg.warmup_steps),
+        desc="seed",
+        progress=progress,
     )
     log.info("tiny seed: %d steps, final loss %.3f, %.0f s", result.steps, result.final_loss, result.wall_s)
     with os_errors(out):
         model.cpu().save_pretrained(out)
     tokenizer.save_pretrained(out)
-    write_json(out / "seed_train.json", {"steps": result.steps, "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": result.wall_s})
+    write_json(
+        out / "seed_train.json",
+        {"steps": result.steps, "tokens": result.tokens, "final_loss": result.final_loss, "wall_s": result.wall_s},
+    )
 
 
 def _import_model(settings: Settings, out: Path) -> None:
@@ -172,8 +198,12 @@ def _import_model(settings: Settings, out: Path) -> None:
     from safetensors or GGUF only (never a pickled .bin), and no code from the model's repository runs."""
     kwargs = {"gguf_file": settings.gguf_file} if settings.gguf_file else {"use_safetensors": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32, trust_remote_code=False, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(settings.base_model, trust_remote_code=False, gguf_file=settings.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.base_model, dtype=torch.float32, trust_remote_code=False, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            settings.base_model, trust_remote_code=False, gguf_file=settings.gguf_file
+        )
     except OSError as e:
         raise UserError(
             f"cannot load base_model '{settings.base_model}': {e}. Use a local model folder or an HF hub id reachable "
@@ -190,7 +220,9 @@ def _import_model(settings: Settings, out: Path) -> None:
             del config.quantization_config
         config.save_pretrained(out)
         # every key, tied ones included, so from_pretrained re-ties them the right way round
-        save_state({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+        save_state(
+            {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors"
+        )
     tokenizer.save_pretrained(out)
 
 
@@ -210,7 +242,9 @@ def _seed_intact(folder: Path, meta: dict) -> bool:
     for name, sha in meta["files"].items():
         path = folder / name
         if not path.exists() or sha256_file(path) != sha:
-            log.warning("store: seed file %s does not match the digest recorded when it was built: rebuilding the seed", path)
+            log.warning(
+                "store: seed file %s does not match the digest recorded when it was built: rebuilding the seed", path
+            )
             return False
     return True
 
@@ -227,13 +261,22 @@ def prepare_seed(settings: Settings, progress: bool = True) -> Seed:
                 _build_tiny(settings, TINY_PRESETS[settings.base_model], tmp, progress)
             else:
                 _import_model(settings, tmp)
-            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix in (".json", ".safetensors", ".model", ".txt")}
-            tok_files = {k: v for k, v in files.items() if k.startswith(("tokenizer", "vocab", "merges", "special_tokens"))}
-            write_json(tmp / "seed.json", {
-                "source": settings.base_model,
-                "digest": digest_json(files),
-                "tokenizer_digest": digest_json(tok_files),
-                "files": files,
-            })
+            files = {
+                p.name: sha256_file(p)
+                for p in sorted(tmp.iterdir())
+                if p.suffix in (".json", ".safetensors", ".model", ".txt")
+            }
+            tok_files = {
+                k: v for k, v in files.items() if k.startswith(("tokenizer", "vocab", "merges", "special_tokens"))
+            }
+            write_json(
+                tmp / "seed.json",
+                {
+                    "source": settings.base_model,
+                    "digest": digest_json(files),
+                    "tokenizer_digest": digest_json(tok_files),
+                    "files": files,
+                },
+            )
     meta = read_json(meta_path)
     return Seed(folder, meta["digest"], meta["tokenizer_digest"], meta["source"])

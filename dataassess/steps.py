@@ -3,13 +3,14 @@
 A step takes and returns small typed records (units, unit models, mixtures, eval-set digests),
 never tensors, so an orchestrator can run it as a task on another thread, process or machine.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -38,14 +39,32 @@ def finished_unit_model(store: Store, key: str) -> UnitModel | None:
     return None if meta is None else UnitModel.from_json(meta)
 
 
-def train_seed_copy(store: Store, kind: str, key: str, sequences: torch.Tensor, tokens: int, seed: Seed, settings: Settings,
-                    desc: str, progress: bool, **train_options) -> TrainResult:
+def train_seed_copy(
+    store: Store,
+    kind: str,
+    key: str,
+    sequences: torch.Tensor,
+    tokens: int,
+    seed: Seed,
+    settings: Settings,
+    desc: str,
+    progress: bool,
+    **train_options,
+) -> TrainResult:
     """Continue-pretrain the seed on `tokens` tokens of `sequences`; weights written to the store
     (the caller writes the metadata after, which marks the model finished)."""
     with cpu_threads(settings.threads):
         model = seed.load_model()
-        result = train_lm(model, sequences, settings.train, tokens, resolve_device(settings.device), desc=desc,
-                          progress=progress, **train_options)
+        result = train_lm(
+            model,
+            sequences,
+            settings.train,
+            tokens,
+            resolve_device(settings.device),
+            desc=desc,
+            progress=progress,
+            **train_options,
+        )
         digest = save_weights(model.cpu(), store.weights(key, kind))  # no metadata but its format: a byte-stable header
     return dataclasses.replace(result, weights_digest=digest)
 
@@ -84,13 +103,27 @@ class Steps:
         if (done := finished_unit_model(self.store, key)) is not None:
             return done
         seqs = to_sequences(unit_tokens(self.store, unit), self.settings.train.seq_len)
-        result = train_seed_copy(self.store, "models", key, seqs, unit.tokens, self.seed, self.settings, unit.name, self.progress)
+        result = train_seed_copy(
+            self.store, "models", key, seqs, unit.tokens, self.seed, self.settings, unit.name, self.progress
+        )
         model = UnitModel(
-            key=key, unit=unit.name, partition=unit.partition, unit_digest=unit.digest, seed_digest=self.seed.digest,
-            train_config_hash=self.settings.train.digest(), tokens=result.tokens, source_tokens=unit.source_tokens,
-            repeat=unit.repeat, steps=result.steps, final_loss=result.final_loss, wall_s=result.wall_s,
-            code_version=__version__, train_config=self.settings.train.model_dump(),
-            losses=[round(x, 5) for x in result.losses], finished_at=time.time(), weights_digest=result.weights_digest,
+            key=key,
+            unit=unit.name,
+            partition=unit.partition,
+            unit_digest=unit.digest,
+            seed_digest=self.seed.digest,
+            train_config_hash=self.settings.train.digest(),
+            tokens=result.tokens,
+            source_tokens=unit.source_tokens,
+            repeat=unit.repeat,
+            steps=result.steps,
+            final_loss=result.final_loss,
+            wall_s=result.wall_s,
+            code_version=__version__,
+            train_config=self.settings.train.model_dump(),
+            losses=[round(x, 5) for x in result.losses],
+            finished_at=time.time(),
+            weights_digest=result.weights_digest,
         )
         write_json(self.store.meta(key), model.to_json())
         return model
@@ -117,8 +150,9 @@ class Steps:
         paths = [self.store.weights(k) for k in mixture.model_keys]
         return self.score_weights(mixture.key, paths, mixture.weights, eval_sets)
 
-    def score_weights(self, model_key: str, paths: Sequence[Path], weights: Sequence[float] | None,
-                      eval_sets: Mapping[str, str]) -> dict[str, dict]:
+    def score_weights(
+        self, model_key: str, paths: Sequence[Path], weights: Sequence[float] | None, eval_sets: Mapping[str, str]
+    ) -> dict[str, dict]:
         scores = self.cached(model_key, eval_sets)
         missing = [n for n in eval_sets if n not in scores]
         if missing:
@@ -130,7 +164,9 @@ class Steps:
 
     def score_seed(self, eval_sets: Mapping[str, str]) -> dict[str, float]:
         """The seed's own perplexities: the reference every mixture should improve on."""
-        scores = self.score_weights(short_key({"seed": self.seed.digest}), [self.seed.path / "model.safetensors"], None, eval_sets)
+        scores = self.score_weights(
+            short_key({"seed": self.seed.digest}), [self.seed.path / "model.safetensors"], None, eval_sets
+        )
         return {n: s["perplexity"] for n, s in sorted(scores.items())}
 
 

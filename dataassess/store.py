@@ -20,6 +20,7 @@ is reported, removed and rebuilt.
     pools/<pool>/fidelity.json       the pool's latest fidelity report
     rankings/<pool>/<stamp>.json, latest.json
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,9 +29,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from dataassess.errors import UserError
 
@@ -153,8 +154,9 @@ class Store:
             with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-check-"):
                 pass
         except OSError as e:
-            raise UserError(f"cannot write the store {self.root}: {e.strerror}; "
-                            "run as a user who can write it, or pass --store DIR") from None
+            raise UserError(
+                f"cannot write the store {self.root}: {e.strerror}; run as a user who can write it, or pass --store DIR"
+            ) from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Store) and self.root.resolve() == other.root.resolve()

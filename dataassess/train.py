@@ -5,13 +5,14 @@ pre-tokenized tensor with a fixed budget; Trainer's dataloader, callback and
 checkpoint machinery costs more start-up time than the run itself on CPU and
 hides the exact token budget. This loop is ~60 lines and does the same math.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -90,7 +91,8 @@ def train_lm(
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
     )
     model.to(device).train()
     order = torch.empty(0, dtype=torch.long)
@@ -107,7 +109,9 @@ def train_lm(
             for micro in idx.split(cfg.micro_batch):
                 x = sequences[micro].to(device)
                 with autocast(device):
-                    loss = model(input_ids=x, labels=x, use_cache=False).loss * (len(micro) / len(idx))  # no KV cache in training
+                    loss = model(input_ids=x, labels=x, use_cache=False).loss * (
+                        len(micro) / len(idx)
+                    )  # no KV cache in training
                 loss.backward()
                 step_loss += loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -116,8 +120,10 @@ def train_lm(
             losses.append(step_loss)
             if on_step is not None:
                 on_step(step, step_loss)
-    tail = losses[-max(1, steps // 10):]
-    return TrainResult(steps, steps * seqs_per_step * seq_len, sum(tail) / len(tail), time.perf_counter() - start, losses)
+    tail = losses[-max(1, steps // 10) :]
+    return TrainResult(
+        steps, steps * seqs_per_step * seq_len, sum(tail) / len(tail), time.perf_counter() - start, losses
+    )
 
 
 def warmup_cosine(lr: float, min_lr: float, warmup: int) -> Callable[[int, int], float]:

@@ -8,10 +8,11 @@ Each is cached in the store by (unit digests, shares, seed, train config, budget
 When a truth would be trained exactly as a unit model was (one unit, its own budget, the
 same data order), it is that unit model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -65,8 +66,9 @@ def apportion(shares: Sequence[float], total: int) -> list[int]:
     return counts
 
 
-def weighted_sequences(store: Store, units: Sequence[Unit], shares: Mapping[str, float], seq_len: int, tokens: int,
-                       data_seed: int) -> tuple[torch.Tensor, dict[str, int]]:
+def weighted_sequences(
+    store: Store, units: Sequence[Unit], shares: Mapping[str, float], seq_len: int, tokens: int, data_seed: int
+) -> tuple[torch.Tensor, dict[str, int]]:
     """tokens // seq_len sequences, each unit giving its share of them; returns them and the count per unit."""
     counts = apportion([shares[u.name] for u in units], tokens // seq_len)
     gen = torch.Generator().manual_seed(data_seed)
@@ -80,9 +82,17 @@ def weighted_sequences(store: Store, units: Sequence[Unit], shares: Mapping[str,
 
 def truth_key(units: Sequence[Unit], steps: Steps, truth: Truth, shares: Mapping[str, float] | None = None) -> str:
     weighted = None if shares is None else sorted((u.digest, round(shares[u.name], 9)) for u in units)
-    return short_key({"truth": sorted(u.digest for u in units), "seed": steps.seed.digest, "train": steps.settings.train.digest(),
-                      "budget": truth.budget, "tokens": truth.tokens if truth.budget == "fixed" else None, "data_seed": truth.data_seed,
-                      **({"shares": weighted} if weighted else {})})
+    return short_key(
+        {
+            "truth": sorted(u.digest for u in units),
+            "seed": steps.seed.digest,
+            "train": steps.settings.train.digest(),
+            "budget": truth.budget,
+            "tokens": truth.tokens if truth.budget == "fixed" else None,
+            "data_seed": truth.data_seed,
+            **({"shares": weighted} if weighted else {}),
+        }
+    )
 
 
 def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mapping[str, float] | None = None) -> dict:
@@ -95,7 +105,9 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
     key = truth_key(units, steps, truth, shares)
     if (done := steps.store.finished(key, "truth")) is not None:
         return done
-    settings = steps.settings.model_copy(update={"train": steps.settings.train.model_copy(update={"seed": truth.data_seed})})
+    settings = steps.settings.model_copy(
+        update={"train": steps.settings.train.model_copy(update={"seed": truth.data_seed})}
+    )
     seq_len, per_unit = settings.train.seq_len, None
     if shares is not None:
         seqs, per_unit = weighted_sequences(steps.store, units, shares, seq_len, truth.tokens, truth.data_seed)
@@ -105,11 +117,28 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
     else:
         seqs = budget_sequences(steps.store, units, seq_len, truth.tokens, truth.data_seed)
         total = seqs.numel()
-    result = train_seed_copy(steps.store, "truth", key, seqs, total, steps.seed, settings,
-                             "truth " + "+".join(u.name for u in units), steps.progress)
-    meta = {"kind": "truth", "key": key, "units": [u.name for u in units], "unit_digests": [u.digest for u in units],
-            "budget": truth.budget, "data_seed": truth.data_seed, "tokens": result.tokens,
-            "final_loss": result.final_loss, "wall_s": result.wall_s}
+    result = train_seed_copy(
+        steps.store,
+        "truth",
+        key,
+        seqs,
+        total,
+        steps.seed,
+        settings,
+        "truth " + "+".join(u.name for u in units),
+        steps.progress,
+    )
+    meta = {
+        "kind": "truth",
+        "key": key,
+        "units": [u.name for u in units],
+        "unit_digests": [u.digest for u in units],
+        "budget": truth.budget,
+        "data_seed": truth.data_seed,
+        "tokens": result.tokens,
+        "final_loss": result.final_loss,
+        "wall_s": result.wall_s,
+    }
     if shares is not None:
         meta.update(shares={u.name: shares[u.name] for u in units}, sequences_per_unit=per_unit)
     write_json(steps.store.meta(key, "truth"), meta)

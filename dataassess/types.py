@@ -2,6 +2,7 @@
 
 corpus -> Unit -> UnitModel -> Mixture -> Score (per EvalSet) -> RankedMixture
 """
+
 from __future__ import annotations
 
 import math
@@ -117,7 +118,13 @@ class Score(JsonForm):
         return self.nll / (math.log(2) * self.bytes)
 
     def to_json(self) -> dict:
-        return {"perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte, "nll": self.nll, "tokens": self.tokens, "bytes": self.bytes}
+        return {
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "nll": self.nll,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass

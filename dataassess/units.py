@@ -1,4 +1,5 @@
 """Cut partitions into equal-token units: large ones split, small ones upsampled."""
+
 from __future__ import annotations
 
 import math
@@ -54,17 +55,29 @@ def cut_units(store: Store, partition: Partition, seed: Seed, tokenizer, setting
     n_units = max(1, round(total / budget))
     units = []
     for i in range(n_units):
-        chunk = stream[i * total // n_units:(i + 1) * total // n_units]
-        digest = digest_json({
-            "partition": partition.digest, "tokenizer": seed.tokenizer_digest, "budget": budget,
-            "heldout": settings.corpus.heldout_fraction, "index": i, "n_units": n_units,
-        })
+        chunk = stream[i * total // n_units : (i + 1) * total // n_units]
+        digest = digest_json(
+            {
+                "partition": partition.digest,
+                "tokenizer": seed.tokenizer_digest,
+                "budget": budget,
+                "heldout": settings.corpus.heldout_fraction,
+                "index": i,
+                "n_units": n_units,
+            }
+        )
         path = store.unit_tokens(digest)
         if not intact(path):
             save_state({"tokens": resample(chunk, budget)}, path)
         unit = Unit(
-            name=f"{partition.name}.u{i}", partition=partition.name, index=i, n_units=n_units, digest=digest,
-            partition_digest=partition.digest, tokens=budget, source_tokens=chunk.numel(),
+            name=f"{partition.name}.u{i}",
+            partition=partition.name,
+            index=i,
+            n_units=n_units,
+            digest=digest,
+            partition_digest=partition.digest,
+            tokens=budget,
+            source_tokens=chunk.numel(),
             repeat=round(budget / chunk.numel(), 4),
         )
         write_json(store.unit_dir(digest) / "unit.json", unit.to_json())

@@ -1,11 +1,12 @@
 """Safetensors I/O, the only weight format: atomic saves; loads that re-tie shared tensors."""
+
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError

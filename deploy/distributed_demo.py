@@ -1,6 +1,7 @@
 """The two-wave demo through the stack (deploy/stack.py up): the intake deployed from prefect.yaml,
 run by the Prefect worker, its trainings and scorings on the Dask workers; then everything checked
 from the MLflow server and the S3 bucket, not from local files."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,13 @@ POOL = "demo"
 
 def deploy() -> None:
     env = {**os.environ, **stack.QUIET, **stack.prefect_env()}
-    subprocess.run([str(stack.BIN / "prefect"), "--no-prompt", "deploy", "--name", "on-demand"], cwd=stack.ROOT, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(stack.BIN / "prefect"), "--no-prompt", "deploy", "--name", "on-demand"],
+        cwd=stack.ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     print(f"deployed {DEPLOYMENT} to work pool '{stack.POOL}' from prefect.yaml", flush=True)
 
 
@@ -29,11 +35,17 @@ def run_wave(wave: int, corpus: Path, config: dict) -> None:
     from flows.demo import DATA
 
     started = time.time()
-    run = run_deployment(DEPLOYMENT, parameters={"corpus_root": str(corpus), "config": config, "eval_sets": str(DATA / "eval"),
-                                                 "pool": POOL}, timeout=3600, flow_run_name=f"distributed demo wave {wave}")
+    run = run_deployment(
+        DEPLOYMENT,
+        parameters={"corpus_root": str(corpus), "config": config, "eval_sets": str(DATA / "eval"), "pool": POOL},
+        timeout=3600,
+        flow_run_name=f"distributed demo wave {wave}",
+    )
     if not run.state.is_completed():
-        raise SystemExit(f"error: wave {wave}: flow run {run.name} ended {run.state.name}: {run.state.message}; "
-                         f"see {stack.STATE / 'logs' / 'prefect-worker.log'}")
+        raise SystemExit(
+            f"error: wave {wave}: flow run {run.name} ended {run.state.name}: {run.state.message}; "
+            f"see {stack.STATE / 'logs' / 'prefect-worker.log'}"
+        )
     print(f"wave {wave}: flow run '{run.name}' {run.state.name} in {time.time() - started:.0f} s", flush=True)
 
 
@@ -45,11 +57,19 @@ def check(waves: int) -> None:
     from registry.tracking import RANKINGS_EXPERIMENT
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    s3 = boto3.client("s3", endpoint_url=stack.urls()["MLFLOW_S3_ENDPOINT_URL"], **{
-        "aws_access_key_id": stack.S3_KEYS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"],
-        "region_name": stack.S3_KEYS["AWS_DEFAULT_REGION"]})
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.urls()["MLFLOW_S3_ENDPOINT_URL"],
+        **{
+            "aws_access_key_id": stack.S3_KEYS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": stack.S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": stack.S3_KEYS["AWS_DEFAULT_REGION"],
+        },
+    )
     exp = client.get_experiment_by_name(RANKINGS_EXPERIMENT)
-    runs = client.search_runs([exp.experiment_id], f"tags.`dataassess.pool` = '{POOL}'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`dataassess.pool` = '{POOL}'", order_by=["attributes.start_time DESC"]
+    )
     problems = [] if len(runs) == waves else [f"{len(runs)} ranking runs of pool '{POOL}', expected {waves}"]
     latest = runs[0]
     units = {k.removeprefix("unit."): v for k, v in latest.data.params.items() if k.startswith("unit.")}
@@ -71,9 +91,12 @@ def check(waves: int) -> None:
         problems.append(f"the champion (v{champion.version}) does not name the latest ranking run")
     if problems:
         raise SystemExit("error: distributed demo check failed: " + "; ".join(problems))
-    print(f"checked on the MLflow server and in s3://{stack.BUCKET}: {len(units)} unit models, one version each, weights "
-          f"in the bucket ({in_bucket}/{len(units)}); {len(runs)} ranking runs with their table and plot; champion "
-          f"{champion.name} v{champion.version} ({champion.tags.get('dataassess.mixture')})", flush=True)
+    print(
+        f"checked on the MLflow server and in s3://{stack.BUCKET}: {len(units)} unit models, one version each, weights "
+        f"in the bucket ({in_bucket}/{len(units)}); {len(runs)} ranking runs with their table and plot; champion "
+        f"{champion.name} v{champion.version} ({champion.tags.get('dataassess.mixture')})",
+        flush=True,
+    )
 
 
 def has_object(s3, run_id: str, path: str, client) -> bool:
@@ -94,16 +117,21 @@ def main() -> None:
     deploy()
     corpus = stack.STATE / "demo-corpus" / POOL
     bundled = sorted(p for p in (DATA / "corpus").iterdir() if p.is_dir())
-    config = {"store": str(stack.STATE / "store"), "optimize": {"on_intake": False},
-              "run": {"task_runner": "dask", "dask_address": stack.urls()["DASK_SCHEDULER_ADDRESS"]}}
+    config = {
+        "store": str(stack.STATE / "store"),
+        "optimize": {"on_intake": False},
+        "run": {"task_runner": "dask", "dask_address": stack.urls()["DASK_SCHEDULER_ADDRESS"]},
+    }
     waves = [[p for p in bundled if p.name not in LATE_PARTITIONS], bundled]
     for wave, partitions in enumerate(waves, 1):
         stage(corpus, partitions)
         print(f"== wave {wave}: {len(partitions)} partitions in {corpus}", flush=True)
         run_wave(wave, corpus, config)
     check(len(waves))
-    print(f"MLflow UI: {os.environ['MLFLOW_TRACKING_URI']}  Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}  "
-          "(both stop with the stack)")
+    print(
+        f"MLflow UI: {os.environ['MLFLOW_TRACKING_URI']}  Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}  "
+        "(both stop with the stack)"
+    )
 
 
 if __name__ == "__main__":

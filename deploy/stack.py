@@ -8,6 +8,7 @@ OpenStack Swift (an S3 object store), an MLflow server (PostgreSQL + S3), a Pref
 ready; `down` stops everything it started (TERM, then KILL after a timeout), newest first. State,
 logs and PID files live in $STACK_DIR (default .stack). Ports: $STACK_PORT_BASE + offsets.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,26 +22,46 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack")).resolve()
 BASE = int(os.environ.get("STACK_PORT_BASE", "56000"))
 HOST = "127.0.0.1"
-OFFSETS = {"postgres": 432, "memcached": 211, "swift-object": 10, "swift-container": 11, "swift-account": 12, "swift-proxy": 80,
-           "mlflow": 500, "prefect": 420, "dask": 786}
+OFFSETS = {
+    "postgres": 432,
+    "memcached": 211,
+    "swift-object": 10,
+    "swift-container": 11,
+    "swift-account": 12,
+    "swift-proxy": 80,
+    "mlflow": 500,
+    "prefect": 420,
+    "dask": 786,
+}
 PORTS = {name: BASE + offset for name, offset in OFFSETS.items()}
 BUCKET = "dataassess"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "test:tester", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 POOL = "dataassess"
-PACKAGES = {"pg_ctl": "postgresql", "memcached": "memcached", "swift-proxy-server": "swift-proxy",
-            "swift-account-server": "swift-account", "swift-container-server": "swift-container",
-            "swift-object-server": "swift-object"}
+PACKAGES = {
+    "pg_ctl": "postgresql",
+    "memcached": "memcached",
+    "swift-proxy-server": "swift-proxy",
+    "swift-account-server": "swift-account",
+    "swift-container-server": "swift-container",
+    "swift-object-server": "swift-object",
+}
 BIN = Path(sys.executable).parent
-QUIET = {"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+QUIET = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def configure(state: Path, base: int) -> None:
@@ -62,12 +83,17 @@ def urls() -> dict[str, str]:
 def client_env() -> dict[str, str]:
     """What a client of the stack exports: the servers, and the intake's settings for the shared store and Dask."""
     u = urls()
-    return {"PREFECT_API_URL": u["PREFECT_API_URL"], "MLFLOW_TRACKING_URI": u["MLFLOW_TRACKING_URI"],
-            "DATAASSESS_STORE": str(STATE / "store"), "DATAASSESS_RUN__TASK_RUNNER": "dask",
-            "DATAASSESS_RUN__DASK_ADDRESS": u["DASK_SCHEDULER_ADDRESS"]}
+    return {
+        "PREFECT_API_URL": u["PREFECT_API_URL"],
+        "MLFLOW_TRACKING_URI": u["MLFLOW_TRACKING_URI"],
+        "DATAASSESS_STORE": str(STATE / "store"),
+        "DATAASSESS_RUN__TASK_RUNNER": "dask",
+        "DATAASSESS_RUN__DASK_ADDRESS": u["DASK_SCHEDULER_ADDRESS"],
+    }
 
 
 # ---- helpers ---------------------------------------------------------------------------
+
 
 def say(msg: str) -> None:
     print(f"stack: {msg}", flush=True)
@@ -106,7 +132,13 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def wait(check: Callable[[], bool], what: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+def wait(
+    check: Callable[[], bool],
+    what: str,
+    timeout_s: float,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.time() + timeout_s
     while not check():
         if proc is not None and proc.poll() is not None:
@@ -140,6 +172,7 @@ def recorded_pid(name: str) -> int | None:
 
 # ---- services ----------------------------------------------------------------------------
 
+
 @dataclass
 class Service:
     name: str
@@ -160,9 +193,16 @@ class Service:
         log = STATE / "logs" / f"{self.name}.log"
         started = time.time()
         with open(log, "ab") as out:
-            proc = subprocess.Popen(self.argv(), env={**os.environ, **QUIET, **self.env()}, cwd=self.cwd, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    **(run_as(self.user) if self.user else {}))
+            proc = subprocess.Popen(
+                self.argv(),
+                env={**os.environ, **QUIET, **self.env()},
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **(run_as(self.user) if self.user else {}),
+            )
         pid_file(self.name).write_text(str(proc.pid))
         wait(self.ready, self.name, self.timeout_s, proc, log)
         self.after()
@@ -221,15 +261,34 @@ def postgres_up() -> None:
     chown(pg_dir(), "postgres")
     as_pg = run_as("postgres")
     if not (data / "PG_VERSION").exists():
-        subprocess.run([pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True,
-                       stdout=subprocess.DEVNULL, **as_pg)
+        subprocess.run(
+            [pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            **as_pg,
+        )
     started = time.time()
     log = STATE / "logs" / "postgres.log"
     log.touch()
     chown(log, "postgres")
-    subprocess.run([pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                    f"-c listen_addresses={HOST} -p {PORTS['postgres']} -k {sock}", "start"], check=True,
-                   stdout=subprocess.DEVNULL, **as_pg)
+    subprocess.run(
+        [
+            pg_bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses={HOST} -p {PORTS['postgres']} -k {sock}",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        **as_pg,
+    )
     import psycopg2
 
     conn = psycopg2.connect(host=HOST, port=PORTS["postgres"], user="postgres", dbname="postgres")
@@ -246,8 +305,12 @@ def postgres_up() -> None:
 def postgres_down() -> None:
     data = pg_dir() / "data"
     if (data / "postmaster.pid").exists():
-        subprocess.run([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, **run_as("postgres"))
+        subprocess.run(
+            [pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **run_as("postgres"),
+        )
         say("postgres stopped")
 
 
@@ -272,7 +335,9 @@ user = {user}
 swift_dir = {swift}
 """
 
-SERVER_CONF = DEFAULTS + """devices = {devices}
+SERVER_CONF = (
+    DEFAULTS
+    + """devices = {devices}
 mount_check = false
 disable_fallocate = true
 log_name = {name}
@@ -287,8 +352,11 @@ use = egg:swift#{kind}
 [{kind}-updater]
 [{kind}-auditor]
 """
+)
 
-PROXY_CONF = DEFAULTS + """log_name = proxy
+PROXY_CONF = (
+    DEFAULTS
+    + """log_name = proxy
 
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth proxy-logging proxy-server
@@ -320,6 +388,7 @@ use = egg:swift#proxy_logging
 [filter:listing_formats]
 use = egg:swift#listing_formats
 """
+)
 
 
 def swift_prepare() -> None:
@@ -329,29 +398,53 @@ def swift_prepare() -> None:
     (sw / "devices" / "d1").mkdir(parents=True, exist_ok=True)
     (sw / "swift.conf").write_text(
         f"[swift-hash]\nswift_hash_path_suffix = {secrets.token_hex(8)}\nswift_hash_path_prefix = {secrets.token_hex(8)}\n\n"
-        "[storage-policy:0]\nname = Policy-0\ndefault = yes\n")
+        "[storage-policy:0]\nname = Policy-0\ndefault = yes\n"
+    )
     for kind in ("account", "container", "object"):
-        conf = SERVER_CONF.format(host=HOST, port=PORTS[f"swift-{kind}"], user=swift_user(), swift=sw, devices=sw / "devices",
-                                  name=f"{kind}-server", kind=kind)
+        conf = SERVER_CONF.format(
+            host=HOST,
+            port=PORTS[f"swift-{kind}"],
+            user=swift_user(),
+            swift=sw,
+            devices=sw / "devices",
+            name=f"{kind}-server",
+            kind=kind,
+        )
         (sw / f"{kind}-server.conf").write_text(conf)
         builder = str(sw / f"{kind}.builder")
-        for args in (["create", "10", "1", "1"], ["add", f"r1z1-{HOST}:{PORTS[f'swift-{kind}']}/d1", "100"], ["rebalance"]):
+        for args in (
+            ["create", "10", "1", "1"],
+            ["add", f"r1z1-{HOST}:{PORTS[f'swift-{kind}']}/d1", "100"],
+            ["rebalance"],
+        ):
             subprocess.run(["swift-ring-builder", builder, *args], check=False, stdout=subprocess.DEVNULL, cwd=sw)
-    (sw / "proxy-server.conf").write_text(PROXY_CONF.format(host=HOST, port=PORTS["swift-proxy"], user=swift_user(), swift=sw,
-                                                            memcached=PORTS["memcached"]))
+    (sw / "proxy-server.conf").write_text(
+        PROXY_CONF.format(
+            host=HOST, port=PORTS["swift-proxy"], user=swift_user(), swift=sw, memcached=PORTS["memcached"]
+        )
+    )
     chown(sw, swift_user())
 
 
 def swift_server(kind: str) -> Service:
-    return Service(f"swift-{kind}", lambda: [f"swift-{kind}-server", str(swift_dir() / f"{kind}-server.conf")],
-                   lambda: port_open(PORTS[f"swift-{kind}"]), prepare=swift_prepare)
+    return Service(
+        f"swift-{kind}",
+        lambda: [f"swift-{kind}-server", str(swift_dir() / f"{kind}-server.conf")],
+        lambda: port_open(PORTS[f"swift-{kind}"]),
+        prepare=swift_prepare,
+    )
 
 
 def create_bucket() -> None:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=urls()["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"], region_name=S3_KEYS["AWS_DEFAULT_REGION"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=urls()["MLFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_KEYS["AWS_DEFAULT_REGION"],
+    )
     for attempt in range(20):  # the proxy answers before its account is auto-created on the first write
         try:
             s3.create_bucket(Bucket=BUCKET)
@@ -369,13 +462,20 @@ def prefect_env() -> dict[str, str]:
 
 
 def create_pool() -> None:
-    subprocess.run([str(BIN / "prefect"), "--no-prompt", "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, **QUIET, **prefect_env()})
+    subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, **QUIET, **prefect_env()},
+    )
 
 
 def worker_online() -> bool:
-    req = urllib.request.Request(f"{urls()['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter", data=b"{}",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{urls()['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=3) as r:
             return any(w.get("status") == "ONLINE" for w in json.load(r))
@@ -396,6 +496,7 @@ def dask_ready(n: int) -> Callable[[], bool]:
                 return len(c.scheduler_info()["workers"]) >= n
         except OSError:
             return False
+
     return check
 
 
@@ -404,28 +505,122 @@ def services(artifacts: str | None = None) -> list[Service]:
     u = urls()
     workers_env = lambda: {**client_env(), **prefect_env(), "PREFECT_WORKER_QUERY_SECONDS": "3"}  # noqa: E731
     return [
-        Service("memcached", lambda: ["memcached", "-l", HOST, "-p", str(PORTS["memcached"]), "-U", "0", "-m", "64",
-                                      *(["-u", "memcache"] if is_root() else [])], lambda: port_open(PORTS["memcached"])),
+        Service(
+            "memcached",
+            lambda: [
+                "memcached",
+                "-l",
+                HOST,
+                "-p",
+                str(PORTS["memcached"]),
+                "-U",
+                "0",
+                "-m",
+                "64",
+                *(["-u", "memcache"] if is_root() else []),
+            ],
+            lambda: port_open(PORTS["memcached"]),
+        ),
         *(swift_server(k) for k in ("account", "container", "object")),
-        Service("swift-proxy", lambda: ["swift-proxy-server", str(swift_dir() / "proxy-server.conf")],
-                lambda: http_ok(f"{u['MLFLOW_S3_ENDPOINT_URL']}/healthcheck"), after=create_bucket),
-        Service("mlflow", lambda: [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(PORTS["mlflow"]), "--workers", "1",
-                                   "--backend-store-uri", pg_url("mlflow"), "--artifacts-destination", artifacts or f"s3://{BUCKET}/mlartifacts"],
-                lambda: http_ok(f"{u['MLFLOW_TRACKING_URI']}/health"), timeout_s=180,
-                env=lambda: {**S3_KEYS, "MLFLOW_S3_ENDPOINT_URL": u["MLFLOW_S3_ENDPOINT_URL"],
-                             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
-        Service("prefect-server", lambda: [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PORTS["prefect"])],
-                lambda: http_ok(f"{u['PREFECT_API_URL']}/health"), timeout_s=180, after=create_pool,
-                env=lambda: {**prefect_env(), "PREFECT_API_URL": "", "PREFECT_UI_API_URL": u["PREFECT_API_URL"],
-                             "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("prefect", "postgresql+asyncpg")}),
+        Service(
+            "swift-proxy",
+            lambda: ["swift-proxy-server", str(swift_dir() / "proxy-server.conf")],
+            lambda: http_ok(f"{u['MLFLOW_S3_ENDPOINT_URL']}/healthcheck"),
+            after=create_bucket,
+        ),
+        Service(
+            "mlflow",
+            lambda: [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                HOST,
+                "--port",
+                str(PORTS["mlflow"]),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                pg_url("mlflow"),
+                "--artifacts-destination",
+                artifacts or f"s3://{BUCKET}/mlartifacts",
+            ],
+            lambda: http_ok(f"{u['MLFLOW_TRACKING_URI']}/health"),
+            timeout_s=180,
+            env=lambda: {
+                **S3_KEYS,
+                "MLFLOW_S3_ENDPOINT_URL": u["MLFLOW_S3_ENDPOINT_URL"],
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+        ),
+        Service(
+            "prefect-server",
+            lambda: [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PORTS["prefect"])],
+            lambda: http_ok(f"{u['PREFECT_API_URL']}/health"),
+            timeout_s=180,
+            after=create_pool,
+            env=lambda: {
+                **prefect_env(),
+                "PREFECT_API_URL": "",
+                "PREFECT_UI_API_URL": u["PREFECT_API_URL"],
+                "PREFECT_API_DATABASE_CONNECTION_URL": pg_url("prefect", "postgresql+asyncpg"),
+            },
+        ),
         # --no-dashboard still serves /health and metrics on the dashboard address, on every interface by default
-        Service("dask-scheduler", lambda: [str(BIN / "dask"), "scheduler", "--host", HOST, "--port", str(PORTS["dask"]),
-                                           "--no-dashboard", "--dashboard-address", f"{HOST}:0"], dask_ready(0), env=workers_env),
-        Service("dask-workers", lambda: [str(BIN / "dask"), "worker", u["DASK_SCHEDULER_ADDRESS"], "--nworkers", "2", "--nthreads", "1",
-                                         "--host", HOST, "--no-dashboard", "--dashboard-address", f"{HOST}:0", "--name", "dataassess"],
-                dask_ready(2), env=workers_env, cwd=ROOT),
-        Service("prefect-worker", lambda: [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1",
-                                           "--name", "dataassess-local"], worker_online, env=workers_env, cwd=ROOT),
+        Service(
+            "dask-scheduler",
+            lambda: [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                HOST,
+                "--port",
+                str(PORTS["dask"]),
+                "--no-dashboard",
+                "--dashboard-address",
+                f"{HOST}:0",
+            ],
+            dask_ready(0),
+            env=workers_env,
+        ),
+        Service(
+            "dask-workers",
+            lambda: [
+                str(BIN / "dask"),
+                "worker",
+                u["DASK_SCHEDULER_ADDRESS"],
+                "--nworkers",
+                "2",
+                "--nthreads",
+                "1",
+                "--host",
+                HOST,
+                "--no-dashboard",
+                "--dashboard-address",
+                f"{HOST}:0",
+                "--name",
+                "dataassess",
+            ],
+            dask_ready(2),
+            env=workers_env,
+            cwd=ROOT,
+        ),
+        Service(
+            "prefect-worker",
+            lambda: [
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--limit",
+                "1",
+                "--name",
+                "dataassess-local",
+            ],
+            worker_online,
+            env=workers_env,
+            cwd=ROOT,
+        ),
     ]
 
 
@@ -439,8 +634,10 @@ def ensure_packages(only: set[str] | None = None) -> None:
     if not missing:
         return
     if not (is_root() and shutil.which("apt-get")):
-        raise SystemExit(f"error: the stack needs Debian packages {' '.join(missing)}: run `sudo apt-get install {' '.join(missing)}` "
-                         "or `make stack-up` as root")
+        raise SystemExit(
+            f"error: the stack needs Debian packages {' '.join(missing)}: run `sudo apt-get install {' '.join(missing)}` "
+            "or `make stack-up` as root"
+        )
     say(f"installing {' '.join(missing)} (apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL, env=env)

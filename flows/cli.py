@@ -1,6 +1,7 @@
 """dataassess: which training data to use. Cuts a corpus into equal-token units, trains one model
 per unit from a shared seed, and ranks candidate mixtures by the perplexity of their merged
 unit models (Na et al. 2024), refreshed by Prefect intakes and tracked in MLflow."""
+
 from __future__ import annotations
 
 import errno
@@ -26,15 +27,39 @@ from dataassess.config import Settings, load_settings
 from dataassess.errors import UserError
 from dataassess.store import Store
 
-CORPUS_HELP = "Corpus: a folder with one subfolder per partition, a dataset file (.jsonl, .parquet, ...) or hf://owner/name."
+CORPUS_HELP = (
+    "Corpus: a folder with one subfolder per partition, a dataset file (.jsonl, .parquet, ...) or hf://owner/name."
+)
 Corpus = Annotated[str, typer.Argument(help=CORPUS_HELP, show_default=False, metavar="CORPUS")]
-PoolName = Annotated[Optional[str], typer.Option("--pool", metavar="NAME", help="Pool name: pins its evaluation sets, names its models in MLflow (default: the corpus folder's name).")]
-RefreshEval = Annotated[bool, typer.Option("--refresh-eval", help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture).")]
+PoolName = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pool",
+        metavar="NAME",
+        help="Pool name: pins its evaluation sets, names its models in MLflow (default: the corpus folder's name).",
+    ),
+]
+RefreshEval = Annotated[
+    bool,
+    typer.Option(
+        "--refresh-eval",
+        help="Re-pin the held-out evaluation sets to the current partitions (re-scores every mixture).",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
-EvalSets = Annotated[Optional[Path], typer.Option("--eval-sets", metavar="DIR", help="One subfolder per evaluation set (default: held-out documents, pinned per pool).")]
+EvalSets = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--eval-sets",
+        metavar="DIR",
+        help="One subfolder per evaluation set (default: held-out documents, pinned per pool).",
+    ),
+]
 Top = Annotated[Optional[int], typer.Option("--top", min=1, metavar="N", help="Show only the best N mixtures.")]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None, pretty_exceptions_enable=False)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None, pretty_exceptions_enable=False
+)
 DATA = Path(__file__).resolve().parents[1] / "dataassess" / "data"
 _state: dict = {"verbose": False}
 STORAGE_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT)
@@ -68,14 +93,20 @@ def friendly(fn, writes: bool = True):
             _error("interrupted; finished work is kept in the store and the next run resumes from it")
             raise typer.Exit(130) from None
         except Exception as e:
-            if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:  # the machine's, not ours: permissions, a full disk
-                _error(f"cannot write {e.filename or settings().store}: {e.strerror}; nothing half-written is kept, "
-                       "and the next run resumes from what finished")
+            if (
+                isinstance(e, OSError) and e.errno in STORAGE_ERRORS
+            ):  # the machine's, not ours: permissions, a full disk
+                _error(
+                    f"cannot write {e.filename or settings().store}: {e.strerror}; nothing half-written is kept, "
+                    "and the next run resumes from what finished"
+                )
                 raise typer.Exit(2) from None
             if _state["verbose"]:
                 traceback.print_exc()
-            _error(f"internal error (a bug in dataassess, please report it): {type(e).__name__}: {e}"
-                   + ("" if _state["verbose"] else "; rerun with -v for the traceback"))
+            _error(
+                f"internal error (a bug in dataassess, please report it): {type(e).__name__}: {e}"
+                + ("" if _state["verbose"] else "; rerun with -v for the traceback")
+            )
             raise typer.Exit(1) from None
 
     return wrapper
@@ -105,9 +136,18 @@ def main() -> None:
 
 @app.callback()
 def _main(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", metavar="FILE", help="TOML config file (default: ./dataassess.toml if present)."),
-    store: Optional[Path] = typer.Option(None, "--store", metavar="DIR", help="Store folder for data, models, rankings, MLflow and Prefect (default: ./.dataassess)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details, and show tracebacks of internal errors."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", metavar="FILE", help="TOML config file (default: ./dataassess.toml if present)."
+    ),
+    store: Optional[Path] = typer.Option(
+        None,
+        "--store",
+        metavar="DIR",
+        help="Store folder for data, models, rankings, MLflow and Prefect (default: ./.dataassess).",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log progress details, and show tracebacks of internal errors."
+    ),
 ):
     own = logging.getLogger("dataassess")  # the libraries' loggers stay theirs: Prefect's go to its UI, not here
     if not own.handlers:
@@ -172,7 +212,14 @@ def train(corpus: Corpus, eval_sets: EvalSets = None):
 @command()
 def score(
     corpus: Corpus,
-    mixture: str = typer.Option(..., "--mixture", "-m", metavar="UNITS", help="Comma-separated unit names, e.g. satire.u0,jargon.u0", show_default=False),
+    mixture: str = typer.Option(
+        ...,
+        "--mixture",
+        "-m",
+        metavar="UNITS",
+        help="Comma-separated unit names, e.g. satire.u0,jargon.u0",
+        show_default=False,
+    ),
     eval_sets: EvalSets = None,
 ):
     """Score one mixture: merge its unit models and measure perplexity on every evaluation set."""
@@ -194,15 +241,24 @@ def score(
 def _unit_names(mixture: str) -> list[str]:
     names = [n.strip() for n in mixture.replace("+", ",").split(",") if n.strip()]
     if not names:
-        raise UserError(f"--mixture '{mixture}' names no units: give comma-separated unit names, e.g. satire.u0,jargon.u0")
+        raise UserError(
+            f"--mixture '{mixture}' names no units: give comma-separated unit names, e.g. satire.u0,jargon.u0"
+        )
     return names
 
 
 @command()
 def rank(
-    corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, refresh_eval: RefreshEval = False,
-    k_max: Optional[int] = typer.Option(None, "--k-max", min=1, metavar="K", help="Largest mixture size (default: rank.k_max)."),
-    by: Optional[str] = typer.Option(None, "--by", metavar="SET", help="Rank by an evaluation set's perplexity, or 'macro' (default: rank.by)."),
+    corpus: Corpus,
+    eval_sets: EvalSets = None,
+    pool: PoolName = None,
+    refresh_eval: RefreshEval = False,
+    k_max: Optional[int] = typer.Option(
+        None, "--k-max", min=1, metavar="K", help="Largest mixture size (default: rank.k_max)."
+    ),
+    by: Optional[str] = typer.Option(
+        None, "--by", metavar="SET", help="Rank by an evaluation set's perplexity, or 'macro' (default: rank.by)."
+    ),
     top: Top = 25,
 ):
     """The whole pipeline without Prefect or MLflow: units, unit models, merged mixtures, scores, ranking."""
@@ -222,9 +278,18 @@ def rank(
 
 @command(writes=False)
 def ranking(
-    pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="The pool to show (default: the store's only pool)."),
-    by: Optional[str] = typer.Option(None, "--by", metavar="SET", help="Re-sort the stored scores by an evaluation set (or 'macro'); nothing is recomputed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the ranking as one JSON object: its metadata and its rows."),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", metavar="NAME", help="The pool to show (default: the store's only pool)."
+    ),
+    by: Optional[str] = typer.Option(
+        None,
+        "--by",
+        metavar="SET",
+        help="Re-sort the stored scores by an evaluation set (or 'macro'); nothing is recomputed.",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the ranking as one JSON object: its metadata and its rows."
+    ),
     top: Top = None,
 ):
     """Show a pool's latest ranking: what it answers, how far to trust it, what changed."""
@@ -233,14 +298,33 @@ def ranking(
     snap = latest_ranking(settings(), pool)
     if snap is None:
         pools = ranked_pools(settings())
-        raise UserError(f"no ranking of pool '{pool}' in {settings().store}; pools: {', '.join(pools)}" if pool and pools else
-                        f"no ranking yet in {settings().store}: run `dataassess intake CORPUS` or `dataassess demo`")
+        raise UserError(
+            f"no ranking of pool '{pool}' in {settings().store}; pools: {', '.join(pools)}"
+            if pool and pools
+            else f"no ranking yet in {settings().store}: run `dataassess intake CORPUS` or `dataassess demo`"
+        )
     if by is not None:
         snap = _resorted(snap, by)
     if as_json:
         rows = snap["ranking"][:top] if top else snap["ranking"]
-        meta = {k: snap.get(k) for k in ("pool", "created", "previous", "ranked_by", "budget", "fidelity", "changes", "corpus",
-                                          "seed_digest", "seed_scores", "eval_sets", "counts", "quarantined")}
+        meta = {
+            k: snap.get(k)
+            for k in (
+                "pool",
+                "created",
+                "previous",
+                "ranked_by",
+                "budget",
+                "fidelity",
+                "changes",
+                "corpus",
+                "seed_digest",
+                "seed_scores",
+                "eval_sets",
+                "counts",
+                "quarantined",
+            )
+        }
         typer.echo(json.dumps({**meta, "n_mixtures": len(snap["ranking"]), "rows": rows}, indent=2))
         return
     _print_snapshot(snap, top)
@@ -262,16 +346,30 @@ def _resorted(snap: dict, by: str) -> dict:
 
 @command()
 def export(
-    mixture: str = typer.Argument(..., metavar="MIXTURE", help="The mixture's units, comma-separated (as in the ranking: a + b also works).", show_default=False),
-    out: Path = typer.Argument(..., metavar="DIR", help="A new folder for the merged model (HF format: config, tokenizer, safetensors).", show_default=False),
-    pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="The pool whose unit models to merge (default: the store's only pool)."),
+    mixture: str = typer.Argument(
+        ...,
+        metavar="MIXTURE",
+        help="The mixture's units, comma-separated (as in the ranking: a + b also works).",
+        show_default=False,
+    ),
+    out: Path = typer.Argument(
+        ...,
+        metavar="DIR",
+        help="A new folder for the merged model (HF format: config, tokenizer, safetensors).",
+        show_default=False,
+    ),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", metavar="NAME", help="The pool whose unit models to merge (default: the store's only pool)."
+    ),
 ):
     """Write a mixture's merged model as an HF folder that from_pretrained loads."""
     from dataassess.pipeline import export_mixture, latest_ranking
 
     snap = latest_ranking(settings(), pool)
     if snap is None:
-        raise UserError(f"no ranking yet in {settings().store}: the unit models to merge come from a pool's latest ranking")
+        raise UserError(
+            f"no ranking yet in {settings().store}: the unit models to merge come from a pool's latest ranking"
+        )
     folder = export_mixture(settings(), snap, _unit_names(mixture), out)
     typer.echo(f"wrote {folder}: AutoModelForCausalLM.from_pretrained('{folder}')")
 
@@ -304,8 +402,14 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
     with embedded_prefect(settings()):
         from flows.intake import intake as intake_flow
 
-        summary = intake_flow(corpus, settings().model_dump(mode="json"), str(eval_sets) if eval_sets else None,
-                              pool or pool_name(corpus), True, refresh_eval)
+        summary = intake_flow(
+            corpus,
+            settings().model_dump(mode="json"),
+            str(eval_sets) if eval_sets else None,
+            pool or pool_name(corpus),
+            True,
+            refresh_eval,
+        )
     typer.echo(_summary_line(summary))
     _report_quarantined(summary["quarantined_partitions"])
     _print_snapshot(_latest(summary["pool"]), top=25)
@@ -316,7 +420,9 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
 @command()
 def serve(
     corpus: Corpus,
-    interval: float = typer.Option(300, "--interval", min=1, metavar="SECONDS", help="Seconds between scheduled intakes."),
+    interval: float = typer.Option(
+        300, "--interval", min=1, metavar="SECONDS", help="Seconds between scheduled intakes."
+    ),
     eval_sets: EvalSets = None,
 ):
     """Serve the intake as a Prefect deployment: every --interval seconds, and on partition events."""
@@ -333,7 +439,9 @@ def serve(
     # Ctrl-C stops it even when started where SIGINT is ignored (a shell's background job, nohup)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with prefect_server(settings().store) as url:
-        typer.echo(f"Prefect API {url} (UI: {url.removesuffix('/api')}); serving intake of {corpus} every {interval:g} s; Ctrl-C to stop")
+        typer.echo(
+            f"Prefect API {url} (UI: {url.removesuffix('/api')}); serving intake of {corpus} every {interval:g} s; Ctrl-C to stop"
+        )
         serve_flow(corpus, settings(), interval, str(eval_sets) if eval_sets else None)
 
 
@@ -341,7 +449,9 @@ def serve(
 def add_partition(
     path: Path = typer.Argument(..., metavar="PATH", help="A partition folder to add.", show_default=False),
     corpus: Path = typer.Option(..., "--corpus", metavar="ROOT", help="The corpus root it joins.", show_default=False),
-    name: Optional[str] = typer.Option(None, "--name", metavar="NAME", help="Partition name (default: the folder's name)."),
+    name: Optional[str] = typer.Option(
+        None, "--name", metavar="NAME", help="Partition name (default: the folder's name)."
+    ),
 ):
     """Validate a partition, copy it into the corpus root and emit dataassess.partition.created."""
     import shutil
@@ -367,7 +477,11 @@ def add_partition(
 
     sent = announce_partition(settings().store, str(corpus), target.name, part.digest)
     typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]})")
-    typer.echo("event dataassess.partition.created emitted" if sent else "no `dataassess serve` runs for this store: the next intake will pick it up")
+    typer.echo(
+        "event dataassess.partition.created emitted"
+        if sent
+        else "no `dataassess serve` runs for this store: the next intake will pick it up"
+    )
 
 
 @command()
@@ -375,13 +489,28 @@ def fidelity(
     corpus: Corpus,
     eval_sets: EvalSets = None,
     pool: PoolName = None,
-    budget: Optional[str] = typer.Option(None, "--budget", metavar="fixed|union", help="fixed (every mixture trained on B tokens) or union "
-                                         "(on all its units; fits the calibration). Default: rank.budget."),
+    budget: Optional[str] = typer.Option(
+        None,
+        "--budget",
+        metavar="fixed|union",
+        help="fixed (every mixture trained on B tokens) or union "
+        "(on all its units; fits the calibration). Default: rank.budget.",
+    ),
     n: int = typer.Option(24, "--n", min=3, metavar="N", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
     k_max: int = typer.Option(3, "--k-max", min=1, metavar="K", help="Largest mixture size sampled."),
-    ceiling: int = typer.Option(8, "--ceiling", min=0, metavar="N", help="Mixtures given a second ground truth (another data order): the noise ceiling."),
-    weighted: bool = typer.Option(False, "--weighted", help="Weighted mixtures instead of subsets: --n weight vectors over the "
-                                  "partitions, each merged by its weights and trained at the fixed budget on tokens drawn by them."),
+    ceiling: int = typer.Option(
+        8,
+        "--ceiling",
+        min=0,
+        metavar="N",
+        help="Mixtures given a second ground truth (another data order): the noise ceiling.",
+    ),
+    weighted: bool = typer.Option(
+        False,
+        "--weighted",
+        help="Weighted mixtures instead of subsets: --n weight vectors over the "
+        "partitions, each merged by its weights and trained at the fixed budget on tokens drawn by them.",
+    ),
     as_json: AsJson = False,
     log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a fidelity run to MLflow."),
 ):
@@ -406,7 +535,14 @@ def fidelity(
     else:
         result = run_fidelity(corpus, s, eval_sets, n, k_max, budget, ceiling, pool=pool)
     _report_quarantined(result.quarantined)
-    report = _finite({**result.report, "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "corpus": corpus, "pool": pool})
+    report = _finite(
+        {
+            **result.report,
+            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "corpus": corpus,
+            "pool": pool,
+        }
+    )
     store = Store(s.store)
     if not weighted:  # the pool's fidelity, as rankings show it, is the subset ranking's
         write_json(store.fidelity(pool), {"report": report, "rows": result.rows})
@@ -422,20 +558,30 @@ def fidelity(
         return
     what = "calibrated (leave-one-out)" if report["budget"] == "union" else "uniform average"
     typer.echo(f"budget: {report['budget']}; score: {what}; ceiling: truth vs a second truth (another data order)")
-    typer.echo(f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'pair acc':>9} {'naive acc':>9} {'ceil rho':>9} {'ceil acc':>9} {'of ceil':>8}")
+    typer.echo(
+        f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'pair acc':>9} {'naive acc':>9} {'ceil rho':>9} {'ceil acc':>9} {'of ceil':>8}"
+    )
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
-        typer.echo(f"{name[:20]:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['decision_accuracy']):>9} "
-                   f"{_f(f['baseline_decision_accuracy']):>9} {_f(f['ceiling_spearman']):>9} {_f(f['ceiling_decision_accuracy']):>9} "
-                   f"{_f(f['spearman_share_of_ceiling']):>8}")
-    typer.echo(f"{report['macro']['n_mixtures']} mixtures" + ("" if weighted else f"; figures in {store.fidelity(pool)}; "
-               "the next ranking of this pool shows them"))
+        typer.echo(
+            f"{name[:20]:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['decision_accuracy']):>9} "
+            f"{_f(f['baseline_decision_accuracy']):>9} {_f(f['ceiling_spearman']):>9} {_f(f['ceiling_decision_accuracy']):>9} "
+            f"{_f(f['spearman_share_of_ceiling']):>8}"
+        )
+    typer.echo(
+        f"{report['macro']['n_mixtures']} mixtures"
+        + ("" if weighted else f"; figures in {store.fidelity(pool)}; the next ranking of this pool shows them")
+    )
 
 
 @command()
 def optimize(
     corpus: Corpus,
-    verify: bool = typer.Option(False, "--verify", help="Also train the seed at the fixed budget on the optimized, uniform and "
-                                "natural weights and on the best subset, and report their real perplexities."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Also train the seed at the fixed budget on the optimized, uniform and "
+        "natural weights and on the best subset, and report their real perplexities.",
+    ),
     eval_sets: EvalSets = None,
     pool: PoolName = None,
     as_json: AsJson = False,
@@ -456,18 +602,23 @@ def optimize(
         from registry.tracking import connect, latest_ranking_run
 
         client = connect(s.store)
-        report["mlflow_run_id"] = log_optimization(client, s.store, report["pool"], report, result.cv,
-                                                   latest_ranking_run(client, report["pool"]))
+        report["mlflow_run_id"] = log_optimization(
+            client, s.store, report["pool"], report, result.cv, latest_ranking_run(client, report["pool"])
+        )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(_weights_table(report))
     sur = report["surrogate"]
-    typer.echo(f"surrogate {sur['model']}: cross-validated Spearman {_f(sur['spearman'])} over {sur['n_proxies']} weighted merges "
-               f"(scored now {report['counts']['scored']}, reused {report['counts']['reused']})")
+    typer.echo(
+        f"surrogate {sur['model']}: cross-validated Spearman {_f(sur['spearman'])} over {sur['n_proxies']} weighted merges "
+        f"(scored now {report['counts']['scored']}, reused {report['counts']['reused']})"
+    )
     v = report["objective_value"]
-    typer.echo(f"objective {report['objective']} of the weighted merge: optimized {v['optimized']:.3f}, uniform {v['uniform']:.3f}, "
-               f"natural {v['natural']:.3f}")
+    typer.echo(
+        f"objective {report['objective']} of the weighted merge: optimized {v['optimized']:.3f}, uniform {v['uniform']:.3f}, "
+        f"natural {v['natural']:.3f}"
+    )
     if "verified" in report:
         o = report["verified"]["objective"]
         typer.echo("verified by training at the budget: " + ", ".join(f"{k} {x:.3f}" for k, x in o.items()))
@@ -477,8 +628,10 @@ def optimize(
 
 def _weights_table(report: dict) -> str:
     change = report.get("change")
-    lines = [f"mixture weights: shares of a {report['budget_tokens']:,}-token budget (objective {report['objective']})",
-             f"{'partition':<28} {'share':>7} {'natural':>8}" + (f" {'change':>8}" if change else "")]
+    lines = [
+        f"mixture weights: shares of a {report['budget_tokens']:,}-token budget (objective {report['objective']})",
+        f"{'partition':<28} {'share':>7} {'natural':>8}" + (f" {'change':>8}" if change else ""),
+    ]
     for p, share in sorted(report["weights"].items(), key=lambda kv: -kv[1]):
         moved = f" {change[p]:>+8.3f}" if change else ""
         lines.append(f"{p:<28} {share:>7.3f} {report['natural_weights'][p]:>8.3f}{moved}")
@@ -530,10 +683,16 @@ def _print_snapshot(snap: dict, top: int | None) -> None:
     created = snap["created"]
     when = f"{created[:4]}-{created[4:6]}-{created[6:8]} {created[9:11]}:{created[11:13]} UTC"
     n_units = len(snap.get("units", {}))
-    typer.echo(f"\npool {snap.get('pool', '?')}: ranking of {when}, {len(snap['ranking'])} mixtures of {n_units} unit models"
-               + (f", re-sorted by {snap['ranked_by']}" if snap.get("resorted") else ""))
+    typer.echo(
+        f"\npool {snap.get('pool', '?')}: ranking of {when}, {len(snap['ranking'])} mixtures of {n_units} unit models"
+        + (f", re-sorted by {snap['ranked_by']}" if snap.get("resorted") else "")
+    )
     typer.echo(_budget_line(snap))
-    typer.echo(fidelity_line(snap.get("fidelity") or {"measured": False, "how": "not measured: run `dataassess fidelity CORPUS`"}))
+    typer.echo(
+        fidelity_line(
+            snap.get("fidelity") or {"measured": False, "how": "not measured: run `dataassess fidelity CORPUS`"}
+        )
+    )
     rows = [RankedMixture.from_json(r) for r in snap["ranking"]]
     typer.echo(format_table(rows, top, snap.get("ranked_by", "macro"), snap.get("seed_scores")))
     typer.echo(_changes_line(snap))
@@ -547,11 +706,17 @@ def _changes_line(snap: dict) -> str:
         return "first ranking of this pool"
     dropped = ch.get("dropped") or []
     gone = sorted({u for units in dropped for u in units} - {u for r in snap["ranking"] for u in r["units"]})
-    parts = [f"{len(ch['new'])} new mixture(s)" if ch["new"] else "no new mixtures",
-             *([f"{len(dropped)} dropped (units no longer in the corpus: {', '.join(gone)})"] if dropped else []),
-             f"{len(ch['moved'])} changed order among those ranked before" if ch["moved"] else "the order of those ranked before is unchanged"]
+    parts = [
+        f"{len(ch['new'])} new mixture(s)" if ch["new"] else "no new mixtures",
+        *([f"{len(dropped)} dropped (units no longer in the corpus: {', '.join(gone)})"] if dropped else []),
+        f"{len(ch['moved'])} changed order among those ranked before"
+        if ch["moved"]
+        else "the order of those ranked before is unchanged",
+    ]
     best = " + ".join(ch["best"])
-    parts.append(f"new best: {best} (was {' + '.join(ch['previous_best'])})" if ch["new_best"] else f"best unchanged: {best}")
+    parts.append(
+        f"new best: {best} (was {' + '.join(ch['previous_best'])})" if ch["new_best"] else f"best unchanged: {best}"
+    )
     return textwrap.fill("since the previous ranking: " + "; ".join(parts), 120, subsequent_indent="  ")
 
 
@@ -563,11 +728,18 @@ def _print_weights(weights: dict | None) -> None:
         typer.echo(f"\nmixture weights not re-optimized: {weights['skipped']}")
         return
     change = weights.get("change") or {}
-    cells = [f"{p} {s:.2f}" + (f" ({change[p]:+.2f})" if p in change else " (new)" if change else "")
-             for p, s in sorted(weights["weights"].items(), key=lambda kv: -kv[1])]
+    cells = [
+        f"{p} {s:.2f}" + (f" ({change[p]:+.2f})" if p in change else " (new)" if change else "")
+        for p, s in sorted(weights["weights"].items(), key=lambda kv: -kv[1])
+    ]
     typer.echo("")
-    typer.echo(textwrap.fill(f"mixture weights (shares of the fixed budget{', change since the last optimization' if change else ''}; "
-                             f"surrogate cross-validated Spearman {weights['surrogate_spearman']:.2f}):", 120))
+    typer.echo(
+        textwrap.fill(
+            f"mixture weights (shares of the fixed budget{', change since the last optimization' if change else ''}; "
+            f"surrogate cross-validated Spearman {weights['surrogate_spearman']:.2f}):",
+            120,
+        )
+    )
     typer.echo(textwrap.fill(", ".join(cells), 120, initial_indent="  ", subsequent_indent="  "))
     typer.echo("  details and the verified comparison: dataassess optimize CORPUS --verify")
 
@@ -586,8 +758,10 @@ def _print_ui_hint(pool: str) -> None:
     server = uri.startswith("http")
     ui = f"{uri.rstrip('/')}/{runs}" if server else f"`make ui`, then http://127.0.0.1:5000/{runs}"
     prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or "`make prefect-ui`"
-    typer.echo(f"\nMLflow ({uri}): {ui} : the ranking runs of pool '{pool}' (the latest "
-               f"on top); Model registry: '{pool}.<unit>' and '{pool}-champion'. Prefect flow runs: {prefect}.")
+    typer.echo(
+        f"\nMLflow ({uri}): {ui} : the ranking runs of pool '{pool}' (the latest "
+        f"on top); Model registry: '{pool}.<unit>' and '{pool}-champion'. Prefect flow runs: {prefect}."
+    )
 
 
 def _report_quarantined(quarantined: list[str]) -> None:

@@ -1,4 +1,5 @@
 """The demo: two intakes of the bundled corpus, the second adding two partitions."""
+
 from __future__ import annotations
 
 import shutil
@@ -37,7 +38,9 @@ def run_demo(settings: Settings, progress: bool = True, echo=print) -> list[dict
         summary = intake(str(corpus), cfg, str(DATA / "eval"), "demo", progress)
         added = registered_units(settings, "demo") - before
         if len(added) != summary["trained"]:  # every unit trained now is registered once
-            echo(f"warning: {summary['trained']} unit(s) trained but {len(added)} new version(s) in the MLflow registry")
+            echo(
+                f"warning: {summary['trained']} unit(s) trained but {len(added)} new version(s) in the MLflow registry"
+            )
         summaries.append(summary)
     return summaries
 

@@ -8,6 +8,7 @@ The work items (unit trainings, mixture scorings) run on the flow's task runner:
 in this process (run.task_runner = "thread"), or as remote tasks on Dask workers ("dask"), which
 receive units and mixtures (paths and digests) and read and write the shared store.
 """
+
 from __future__ import annotations
 
 import sys
@@ -81,7 +82,9 @@ def task_map(progress: bool = False, groups: dict[str, int] | None = None) -> pi
         else:
             step = task(lambda group: [fn(x) for x in group], name=name, cache_policy=NO_CACHE)
             chunks = [list(items[i::n]) for i in range(n)]  # strided, so that each holds a share of every size
-            futures = [step.with_options(task_run_name=f"{name} {len(c)} items from {label(c[0])}").submit(c) for c in chunks]
+            futures = [
+                step.with_options(task_run_name=f"{name} {len(c)} items from {label(c[0])}").submit(c) for c in chunks
+            ]
             sizes = [len(c) for c in chunks]
         results = []
         with tqdm(total=len(items), desc=name, disable=not progress or not items) as bar:
@@ -112,7 +115,13 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 
 def local_cluster_kwargs(workers: int) -> dict:
     """A distributed.LocalCluster of single-threaded worker processes; it and its HTTP port (a free one) on 127.0.0.1."""
-    return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+    }
 
 
 def _on_dask() -> bool:
@@ -155,10 +164,16 @@ def optimize_weights(result: pipeline.RunResult, settings: Settings, ranking_run
     return publish_weights(connect(settings.store), settings, result, ranking_run_id, progress)
 
 
-@flow(name="dataassess-intake", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+@flow(
+    name="dataassess-intake", flow_run_name=run_name, task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True
+)
 def intake(
-    corpus_root: str, config: dict | None = None, eval_sets: str | None = None, pool: str | None = None,
-    progress: bool = False, refresh_eval: bool = False,
+    corpus_root: str,
+    config: dict | None = None,
+    eval_sets: str | None = None,
+    pool: str | None = None,
+    progress: bool = False,
+    refresh_eval: bool = False,
 ) -> dict:
     """One intake of a corpus root: trains only new or changed units and publishes a fresh ranking.
 
@@ -168,9 +183,16 @@ def intake(
     settings = Settings.model_validate(config or {})
     if settings.run.task_runner == "dask" and not _on_dask():
         if not get_current_settings().api.url:  # else each Dask worker would start its own Prefect server
-            raise UserError("run.task_runner = 'dask' needs a Prefect server for its workers to report to: set PREFECT_API_URL")
-        remote = {**settings.model_dump(mode="json"), "store": str(settings.store.resolve())}  # one path on every worker
-        return intake.with_options(task_runner=task_runner_for(settings))(corpus_root, remote, eval_sets, pool, progress, refresh_eval)
+            raise UserError(
+                "run.task_runner = 'dask' needs a Prefect server for its workers to report to: set PREFECT_API_URL"
+            )
+        remote = {
+            **settings.model_dump(mode="json"),
+            "store": str(settings.store.resolve()),
+        }  # one path on every worker
+        return intake.with_options(task_runner=task_runner_for(settings))(
+            corpus_root, remote, eval_sets, pool, progress, refresh_eval
+        )
     logger = get_run_logger()
     connect(settings.store)  # a tracking server that is down should not cost a training run
     groups = None
@@ -187,18 +209,34 @@ def intake(
             tqdm.write(message, file=sys.stderr)
 
     with store_lock(store, waiting):
-        result = pipeline.run(corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress, groups), progress)
+        result = pipeline.run(
+            corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress, groups), progress
+        )
         for msg in result.inputs.quarantined:
             logger.warning("quarantined: %s", msg)
-        logger.info("units: %d trained (%s), %d reused", len(result.trained), ", ".join(result.trained) or "none", len(result.reused))
-        logger.info("mixtures: %d, %d scored now, %d reused; best %s", result.counts["mixtures"], result.counts["scored"],
-                    result.counts["reused"], " + ".join(result.ranking[0].units))
+        logger.info(
+            "units: %d trained (%s), %d reused",
+            len(result.trained),
+            ", ".join(result.trained) or "none",
+            len(result.reused),
+        )
+        logger.info(
+            "mixtures: %d, %d scored now, %d reused; best %s",
+            result.counts["mixtures"],
+            result.counts["scored"],
+            result.counts["reused"],
+            " + ".join(result.ranking[0].units),
+        )
         with pipeline.phase(result.timings, "register"):
             versions, registered = register(result, settings)
         summary = {
-            "trained": len(result.trained), "skipped": len(result.reused), "quarantined": len(result.inputs.quarantined),
-            "registered": len(registered), "mixtures": result.counts["mixtures"],
-            "rescored": result.counts["scored"], "reused": result.counts["reused"],
+            "trained": len(result.trained),
+            "skipped": len(result.reused),
+            "quarantined": len(result.inputs.quarantined),
+            "registered": len(registered),
+            "mixtures": result.counts["mixtures"],
+            "rescored": result.counts["scored"],
+            "reused": result.counts["reused"],
             **({"screening": result.counts["screening"]} if "screening" in result.counts else {}),
         }
         with pipeline.phase(result.timings, "publish"):
@@ -208,5 +246,12 @@ def intake(
             with pipeline.phase(result.timings, "optimize"):
                 weights = optimize_weights(result, settings, published["ranking_run_id"], progress)
     logger.info("intake %s: %s", result.inputs.pool, summary)
-    return {**summary, "trained_units": result.trained, "quarantined_partitions": result.inputs.quarantined, **published,
-            "pool": result.inputs.pool, "seconds": result.timings, "weights": weights}
+    return {
+        **summary,
+        "trained_units": result.trained,
+        "quarantined_partitions": result.inputs.quarantined,
+        **published,
+        "pool": result.inputs.pool,
+        "seconds": result.timings,
+        "weights": weights,
+    }

@@ -1,10 +1,11 @@
 """Prefect and MLflow set up for one command of this process: offline, embedded, quiet."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from dataassess.store import Store
 

@@ -1,4 +1,5 @@
 """Run the intake as a Prefect deployment: on an interval, and at once on a partition event."""
+
 from __future__ import annotations
 
 import os
@@ -66,7 +67,9 @@ def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env={**os.environ, "PREFECT_UI_API_URL": url},  # the UI it serves talks to this server, not one on port 4200
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_until_healthy(f"{url}/health", proc, timeout_s, "the local Prefect server")
@@ -74,7 +77,9 @@ def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
         Store(store).root.mkdir(parents=True, exist_ok=True)
         if announce:
             Store(store).prefect_api_file().write_text(url)
-        with temporary_settings(updates={PREFECT_API_URL: url}):  # this process read its settings when Prefect was imported
+        with temporary_settings(
+            updates={PREFECT_API_URL: url}
+        ):  # this process read its settings when Prefect was imported
             yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
@@ -103,13 +108,21 @@ def drain_to_server(timeout_s: float = 10) -> None:
 
 def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: str | None = None) -> None:
     """Blocks: serves the intake deployment until interrupted."""
-    params = {"corpus_root": str(Path(corpus_root).resolve()), "config": settings.model_dump(mode="json"),
-              "eval_sets": eval_sets, "pool": pool_name(corpus_root)}
+    params = {
+        "corpus_root": str(Path(corpus_root).resolve()),
+        "config": settings.model_dump(mode="json"),
+        "eval_sets": eval_sets,
+        "pool": pool_name(corpus_root),
+    }
     trigger = DeploymentEventTrigger(
-        expect={EVENT}, match={"prefect.resource.id": corpus_resource(corpus_root)}, parameters=params,
+        expect={EVENT},
+        match={"prefect.resource.id": corpus_resource(corpus_root)},
+        parameters=params,
     )
     # limit=1: one intake at a time; a run that falls due meanwhile waits, then finds little to do
-    intake.serve(name=f"intake-{pool_name(corpus_root)}", interval=interval_s, parameters=params, triggers=[trigger], limit=1)
+    intake.serve(
+        name=f"intake-{pool_name(corpus_root)}", interval=interval_s, parameters=params, triggers=[trigger], limit=1
+    )
 
 
 def announce_partition(store: Path, corpus_root: str, partition: str, digest: str) -> bool:
@@ -122,7 +135,8 @@ def announce_partition(store: Path, corpus_root: str, partition: str, digest: st
         url = recorded.read_text().strip()
     with temporary_settings(updates={PREFECT_API_URL: url}):
         emit_event(
-            event=EVENT, resource={"prefect.resource.id": corpus_resource(corpus_root), "dataassess.partition": partition},
+            event=EVENT,
+            resource={"prefect.resource.id": corpus_resource(corpus_root), "dataassess.partition": partition},
             payload={"corpus_root": str(Path(corpus_root).resolve()), "partition": partition, "digest": digest},
         )
     return True

@@ -1,4 +1,5 @@
 """Fidelity runs in MLflow: figures as metrics, one scatter plot per evaluation set."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,20 @@ from dataassess.rank import macro
 from .tracking import log_values, open_run
 
 FIDELITY_EXPERIMENT = "dataassess-fidelity"
-HEADLINE = ("pearson", "spearman", "kendall", "decision_accuracy", "baseline_pearson", "baseline_spearman", "baseline_decision_accuracy",
-            "top1_agreement", "top3_agreement", "ceiling_spearman", "ceiling_decision_accuracy", "spearman_share_of_ceiling")
+HEADLINE = (
+    "pearson",
+    "spearman",
+    "kendall",
+    "decision_accuracy",
+    "baseline_pearson",
+    "baseline_spearman",
+    "baseline_decision_accuracy",
+    "top1_agreement",
+    "top3_agreement",
+    "ceiling_spearman",
+    "ceiling_decision_accuracy",
+    "spearman_share_of_ceiling",
+)
 
 
 def scatter(rows: list[dict], eval_set: str | None, score: str = "proxy") -> Figure:
@@ -29,9 +42,17 @@ def scatter(rows: list[dict], eval_set: str | None, score: str = "proxy") -> Fig
     ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=0.8, label="y = x")
     if len(x) > 1 and np.std(x) > 0:
         slope, icpt = np.polyfit(x, y, 1)
-        ax.plot([lo, hi], [slope * lo + icpt, slope * hi + icpt], color="C3", lw=1, label=f"fit y = {slope:.2f}x + {icpt:.1f}")
+        ax.plot(
+            [lo, hi],
+            [slope * lo + icpt, slope * hi + icpt],
+            color="C3",
+            lw=1,
+            label=f"fit y = {slope:.2f}x + {icpt:.1f}",
+        )
     ax.set_xlabel("truth perplexity (trained on the mixture)")
-    ax.set_ylabel("calibrated prediction (leave-one-out)" if score == "calibrated" else "proxy perplexity (merged unit models)")
+    ax.set_ylabel(
+        "calibrated prediction (leave-one-out)" if score == "calibrated" else "proxy perplexity (merged unit models)"
+    )
     ax.set_title(f"{'calibration' if score == 'calibrated' else 'fidelity'}: {eval_set or 'macro'} (colour: k)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -48,9 +69,15 @@ def log_fidelity(client: MlflowClient, store: Path, report: dict, rows: list[dic
     params = {f"settings.{k}": v for k, v in report["settings"].items()}
     params.update(budget=report["budget"], budget_tokens=report.get("budget_tokens", "k x units.tokens"))
     for name, c in (report.get("calibration") or {}).get("sets", {}).items():
-        params.update({f"calibration.{name}.intercept": c["intercept"], f"calibration.{name}.coef_log_proxy": c["coef"][0],
-                       f"calibration.{name}.coef_log_k": c["coef"][1], f"calibration.{name}.alpha": c["alpha"],
-                       f"calibration.{name}.sigma": c["sigma"]})
+        params.update(
+            {
+                f"calibration.{name}.intercept": c["intercept"],
+                f"calibration.{name}.coef_log_proxy": c["coef"][0],
+                f"calibration.{name}.coef_log_k": c["coef"][1],
+                f"calibration.{name}.alpha": c["alpha"],
+                f"calibration.{name}.sigma": c["sigma"],
+            }
+        )
     tags = {"dataassess.pool": pool, "dataassess.budget": report["budget"]}
     with open_run(client, FIDELITY_EXPERIMENT, store, f"{pool} fidelity ({report['budget']} budget)", tags) as run_id:
         log_values(client, run_id, params, metrics)

@@ -1,5 +1,6 @@
 """Mixture-weight runs in MLflow: the weights (table and bar chart), the surrogate's fit, the verified
 comparison, and a link both ways with the ranking run they started from."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,14 +35,29 @@ def plot_weights(report: dict) -> Figure:
     ax = fig.subplots()
     y = np.arange(len(parts))
     ax.barh(y - 0.2, [report["weights"][p] for p in parts], height=0.4, label="optimized")
-    ax.barh(y + 0.2, [report["natural_weights"].get(p, 0.0) for p in parts], height=0.4, label="natural (token share)", color="grey")
+    ax.barh(
+        y + 0.2,
+        [report["natural_weights"].get(p, 0.0) for p in parts],
+        height=0.4,
+        label="natural (token share)",
+        color="grey",
+    )
     if report.get("previous_weights") is not None:
-        ax.scatter([report["previous_weights"].get(p, 0.0) for p in parts], y - 0.2, marker="|", s=200, color="black", label="previous")
+        ax.scatter(
+            [report["previous_weights"].get(p, 0.0) for p in parts],
+            y - 0.2,
+            marker="|",
+            s=200,
+            color="black",
+            label="previous",
+        )
     ax.set_yticks(y)
     ax.set_yticklabels(parts, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"share of the {report['budget_tokens']:,}-token budget")
-    ax.set_title(f"Mixture weights ({report['objective'] if isinstance(report['objective'], str) else 'weighted'} objective)")
+    ax.set_title(
+        f"Mixture weights ({report['objective'] if isinstance(report['objective'], str) else 'weighted'} objective)"
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
@@ -66,16 +82,23 @@ def plot_fit(predicted: np.ndarray, observed: np.ndarray, report: dict) -> Figur
 def verified_frame(verified: dict) -> pd.DataFrame:
     names = [n for n in ("optimized", "uniform", "natural", "best_subset") if n in verified]
     sets = sorted(verified[names[0]])
-    return pd.DataFrame([{"mixture": n, "objective": verified["objective"][n], **{f"ppl {s}": verified[n][s] for s in sets}} for n in names])
+    return pd.DataFrame(
+        [
+            {"mixture": n, "objective": verified["objective"][n], **{f"ppl {s}": verified[n][s] for s in sets}}
+            for n in names
+        ]
+    )
 
 
 def description(report: dict) -> str:
     top = ", ".join(f"{p} {s:.0%}" for p, s in sorted(report["weights"].items(), key=lambda kv: -kv[1]) if s >= 0.005)
     v = report["objective_value"]
-    lines = [f"**Weights** at a fixed budget of {report['budget_tokens']:,} tokens: {top}.",
-             f"Objective `{report['objective']}` of the weighted merge: {v['optimized']:.3f} (uniform {v['uniform']:.3f}, "
-             f"natural {v['natural']:.3f}). Surrogate {report['surrogate']['model']}, cross-validated Spearman "
-             f"{report['surrogate']['spearman']:.3f} over {report['surrogate']['n_proxies']} proxies."]
+    lines = [
+        f"**Weights** at a fixed budget of {report['budget_tokens']:,} tokens: {top}.",
+        f"Objective `{report['objective']}` of the weighted merge: {v['optimized']:.3f} (uniform {v['uniform']:.3f}, "
+        f"natural {v['natural']:.3f}). Surrogate {report['surrogate']['model']}, cross-validated Spearman "
+        f"{report['surrogate']['spearman']:.3f} over {report['surrogate']['n_proxies']} proxies.",
+    ]
     if "change" in report:
         moved = sorted(report["change"].items(), key=lambda kv: -abs(kv[1]))[:3]
         lines.append("Moved since the last optimization: " + ", ".join(f"{p} {d:+.0%}" for p, d in moved) + ".")
@@ -87,25 +110,46 @@ def description(report: dict) -> str:
     return "\n\n".join(lines)
 
 
-def log_optimization(client: MlflowClient, store: Path, pool: str, report: dict, fit: tuple[np.ndarray, np.ndarray] | None,
-                     ranking_run_id: str | None = None) -> str:
+def log_optimization(
+    client: MlflowClient,
+    store: Path,
+    pool: str,
+    report: dict,
+    fit: tuple[np.ndarray, np.ndarray] | None,
+    ranking_run_id: str | None = None,
+) -> str:
     """One run per optimization; with a ranking run, the weights are also put on it. Returns the run id."""
-    tags = {T + "pool": pool, T + "objective": str(report["objective"]), T + "surrogate": report["surrogate"]["model"],
-            MLFLOW_RUN_NOTE: description(report)}
+    tags = {
+        T + "pool": pool,
+        T + "objective": str(report["objective"]),
+        T + "surrogate": report["surrogate"]["model"],
+        MLFLOW_RUN_NOTE: description(report),
+    }
     if ranking_run_id:
         tags[T + "ranking_run"] = ranking_run_id
     metrics = {f"weight.{p}": s for p, s in report["weights"].items()}
     metrics.update({f"proxy_ppl.{s}": v for s, v in report["predicted"].items()})
     metrics.update({f"objective.{k}": v for k, v in report["objective_value"].items()})
-    metrics.update({"surrogate.cv_spearman": report["surrogate"]["spearman"], "surrogate.n_proxies": report["surrogate"]["n_proxies"],
-                    "count.scored": report["counts"]["scored"], "count.reused": report["counts"]["reused"]})
+    metrics.update(
+        {
+            "surrogate.cv_spearman": report["surrogate"]["spearman"],
+            "surrogate.n_proxies": report["surrogate"]["n_proxies"],
+            "count.scored": report["counts"]["scored"],
+            "count.reused": report["counts"]["reused"],
+        }
+    )
     verified = report.get("verified")
     for name, scores in (verified or {}).items():
         if name in ("optimized", "uniform", "natural", "best_subset"):
             metrics.update({f"verified.{name}.{s}": v for s, v in scores.items()})
             metrics[f"verified.{name}.objective"] = verified["objective"][name]
-    params = {"objective": report["objective"], "budget_tokens": report["budget_tokens"], "surrogate": report["surrogate"]["model"],
-              "eval_fraction": report["surrogate"]["eval_fraction"], "best_subset": " + ".join(report.get("best_subset", []))}
+    params = {
+        "objective": report["objective"],
+        "budget_tokens": report["budget_tokens"],
+        "surrogate": report["surrogate"]["model"],
+        "eval_fraction": report["surrogate"]["eval_fraction"],
+        "best_subset": " + ".join(report.get("best_subset", [])),
+    }
     params.update({f"bounds.{p}": f"{lo:g}-{hi:g}" for p, (lo, hi) in report["bounds"].items()})
     with open_run(client, OPTIMIZE_EXPERIMENT, store, f"{pool} weights", tags) as run_id:
         log_values(client, run_id, params, metrics)

@@ -1,4 +1,5 @@
 """What an intake publishes to MLflow: the pool's models in the registry, the ranking run, the champion."""
+
 from __future__ import annotations
 
 from mlflow import MlflowClient
@@ -23,32 +24,53 @@ def register_models(client: MlflowClient, settings: Settings, result: RunResult)
     units = {u.name: u for u in result.inputs.units}
     for unit, model in result.models.items():
         tokens = store.unit_tokens(units[unit].digest) if unit in units else None
-        mv, is_new = models.register_unit(client, store.root, pool, model, store.weights(model.key), seed, seed_version, tokens)
+        mv, is_new = models.register_unit(
+            client, store.root, pool, model, store.weights(model.key), seed, seed_version, tokens
+        )
         versions[unit] = mv.version
         new += [unit] if is_new else []
     return versions, new
 
 
-def publish_ranking(client: MlflowClient, settings: Settings, result: RunResult, versions: dict[str, str], summary: dict) -> dict:
+def publish_ranking(
+    client: MlflowClient, settings: Settings, result: RunResult, versions: dict[str, str], summary: dict
+) -> dict:
     """Log the ranking run (with the pool's fidelity figures) and register the best mixture as the champion, each linking the other."""
     store, pool, seed = Store(settings.store), result.inputs.pool, result.inputs.seed
     snapshot = read_json(result.snapshot)
     eval_info = {}
     for name, digest in result.inputs.eval_sets.items():
         es = read_json(store.eval_set(digest))
-        eval_info[name] = {"digest": digest, "tokens": es["tokens"], "bytes": es["bytes"], "documents": es["documents"],
-                           "path": str(store.eval_set(digest).resolve())}
+        eval_info[name] = {
+            "digest": digest,
+            "tokens": es["tokens"],
+            "bytes": es["bytes"],
+            "documents": es["documents"],
+            "path": str(store.eval_set(digest).resolve()),
+        }
     run_id = log_snapshot(client, store.root, pool, snapshot, result.ranking, versions, eval_info, summary)
     top = result.ranking[0]
     best = mixture_of(top.units, result.models, settings.rank.weighting)
     exp_id = client.get_run(run_id).info.experiment_id
-    champion = models.register_champion(client, store.root, pool, materialize(store, best), seed, top.units, top.scores, best.key,
-                                        (exp_id, run_id), snapshot["ranked_by"])
+    champion = models.register_champion(
+        client,
+        store.root,
+        pool,
+        materialize(store, best),
+        seed,
+        top.units,
+        top.scores,
+        best.key,
+        (exp_id, run_id),
+        snapshot["ranked_by"],
+    )
     link_champion(client, run_id, pool, champion.version, snapshot, result.ranking)
     return {"snapshot": str(result.snapshot), "ranking_run_id": run_id, "champion_version": champion.version}
 
 
-def publish_weights(client: MlflowClient, settings: Settings, result: RunResult, ranking_run_id: str, progress: bool = False) -> dict:
+def publish_weights(
+    client: MlflowClient, settings: Settings, result: RunResult, ranking_run_id: str, progress: bool = False
+) -> dict:
     """Re-optimize the pool's mixture weights (warm-started) and log them beside the ranking run.
     A pool of one partition has no weights to choose: skipped, and said so."""
     partitions = {m.partition for m in result.models.values()}
@@ -59,5 +81,10 @@ def publish_weights(client: MlflowClient, settings: Settings, result: RunResult,
     except UserError as e:  # bounds or objective that do not fit this pool: the ranking stands
         return {"skipped": str(e)}
     run_id = log_optimization(client, settings.store, result.inputs.pool, opt.report, opt.cv, ranking_run_id)
-    return {"weights": opt.report["weights"], "change": opt.report.get("change"), "optimize_run_id": run_id,
-            "surrogate_spearman": opt.report["surrogate"]["spearman"], "scored": opt.report["counts"]["scored"]}
+    return {
+        "weights": opt.report["weights"],
+        "change": opt.report.get("change"),
+        "optimize_run_id": run_id,
+        "surrogate_spearman": opt.report["surrogate"]["spearman"],
+        "scored": opt.report["counts"]["scored"],
+    }

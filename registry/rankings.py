@@ -1,4 +1,5 @@
 """Ranking snapshots: one MLflow run per scoring pass, never one per mixture."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,13 @@ T = "dataassess."
 def ranking_frame(ranking: list[RankedMixture]) -> pd.DataFrame:
     rows = []
     for r in ranking:
-        row = {"rank": r.rank, "mixture": " + ".join(r.units), "k": r.k, "rank_in_size": r.rank_in_size, "macro": r.macro}
+        row = {
+            "rank": r.rank,
+            "mixture": " + ".join(r.units),
+            "k": r.k,
+            "rank_in_size": r.rank_in_size,
+            "macro": r.macro,
+        }
         row.update({f"ppl {s}": v for s, v in r.scores.items()})
         row["rank_change"] = r.rank_change  # places moved among mixtures ranked last time; None: new
         row["units"] = ",".join(r.units)
@@ -59,34 +66,48 @@ def plot_top(ranking: list[RankedMixture], seed_scores: dict[str, float], top: i
 
 def eval_set_inputs(eval_sets: dict[str, dict]) -> list[DatasetInput]:
     """The evaluation sets as MLflow dataset inputs (digest, size and source path of each)."""
-    return [dataset_input({"eval_set": name, **{k: v for k, v in info.items() if k != "path"}}, name, info["path"], "evaluation")
-            for name, info in sorted(eval_sets.items())]
+    return [
+        dataset_input(
+            {"eval_set": name, **{k: v for k, v in info.items() if k != "path"}}, name, info["path"], "evaluation"
+        )
+        for name, info in sorted(eval_sets.items())
+    ]
 
 
 def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_version: str | None = None) -> str:
     """The ranking run's description (markdown): the champion, how far to trust the ranking, what it answers,
     the top 5 and what changed."""
     budget, fid, ch = snapshot["budget"], snapshot.get("fidelity") or {}, snapshot.get("changes") or {}
-    lines = [f"**Ranking of pool {pool}** ({len(ranking)} mixtures of {len(snapshot.get('units', {}))} unit models), "
-             f"ranked by {snapshot['ranked_by']} perplexity, lower is better.", ""]
+    lines = [
+        f"**Ranking of pool {pool}** ({len(ranking)} mixtures of {len(snapshot.get('units', {}))} unit models), "
+        f"ranked by {snapshot['ranked_by']} perplexity, lower is better.",
+        "",
+    ]
     champion = f"**Champion:** {' + '.join(ranking[0].units)} (macro perplexity {ranking[0].macro:.2f})"
     if champion_version:
         champion += f", model [{pool}-champion version {champion_version}](#/models/{pool}-champion/versions/{champion_version})"
     lines += [champion + ".", ""]
     if fid.get("measured"):
         num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(f"**Fidelity** ({fid['budget']} budget, {fid['n_mixtures']} mixtures trained for real, {fid['when']}): "
-                     f"Spearman {num(fid['spearman'])}, pair accuracy {num(fid['decision_accuracy'])}, noise ceiling "
-                     f"{num(fid['ceiling_spearman'])} (share of ceiling {num(fid['share_of_ceiling'])}).")
+        lines.append(
+            f"**Fidelity** ({fid['budget']} budget, {fid['n_mixtures']} mixtures trained for real, {fid['when']}): "
+            f"Spearman {num(fid['spearman'])}, pair accuracy {num(fid['decision_accuracy'])}, noise ceiling "
+            f"{num(fid['ceiling_spearman'])} (share of ceiling {num(fid['share_of_ceiling'])})."
+        )
     else:
-        lines.append("**Fidelity:** not measured for this pool. Run `dataassess fidelity CORPUS` to train ground truth for "
-                     "sampled mixtures; the next ranking shows the figures.")
+        lines.append(
+            "**Fidelity:** not measured for this pool. Run `dataassess fidelity CORPUS` to train ground truth for "
+            "sampled mixtures; the next ranking shows the figures."
+        )
     lines += ["", f"**Budget:** {budget['mode']}: {budget['score']}.", ""]
     if snapshot.get("previous") and ch:
         best = "new best (was " + " + ".join(ch["previous_best"]) + ")" if ch.get("new_best") else "best unchanged"
         dropped = f", {len(ch['dropped'])} dropped (their units left the corpus)" if ch.get("dropped") else ""
-        lines += [f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures{dropped}, {len(ch['moved'])} changed "
-                  f"order among those ranked before, {best}.", ""]
+        lines += [
+            f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures{dropped}, {len(ch['moved'])} changed "
+            f"order among those ranked before, {best}.",
+            "",
+        ]
     else:
         lines += ["**Changes:** first ranking of this pool.", ""]
     lines += ["**Top 5**", "", "| rank | mixture | macro | change |", "|---|---|---|---|"]
@@ -97,24 +118,36 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
 
 
 def log_snapshot(
-    client: MlflowClient, store: Path, pool: str, snapshot: dict, ranking: list[RankedMixture], unit_versions: dict[str, str],
-    eval_sets: dict[str, dict], summary: dict,
+    client: MlflowClient,
+    store: Path,
+    pool: str,
+    snapshot: dict,
+    ranking: list[RankedMixture],
+    unit_versions: dict[str, str],
+    eval_sets: dict[str, dict],
+    summary: dict,
 ) -> str:
     """Log one ranking run: params (pool state), table, plot, eval-set inputs, metrics, description. Returns run id."""
     fid = snapshot.get("fidelity") or {}
     tags = {
-        T + "pool": pool, T + "ranked_by": snapshot["ranked_by"], T + "snapshot": snapshot["created"],
+        T + "pool": pool,
+        T + "ranked_by": snapshot["ranked_by"],
+        T + "snapshot": snapshot["created"],
         T + "best_mixture": " + ".join(ranking[0].units),
         T + "quarantined": ("; ".join(snapshot.get("quarantined", [])) or "none")[:5000],
         T + "seed_digest": snapshot["seed_digest"],
-        T + "budget": snapshot["budget"]["mode"], T + "score": snapshot["budget"]["score"],
+        T + "budget": snapshot["budget"]["mode"],
+        T + "score": snapshot["budget"]["score"],
         T + "fidelity": "measured" if fid.get("measured") else "not measured",
         MLFLOW_RUN_NOTE: describe(pool, snapshot, ranking),
     }
     full = [r for r in ranking if r.evaluated_fraction == 1.0]  # slice scores are not comparable
     champion = ranking[0]
-    metrics = {"champion.macro": champion.macro, "top5_mean.macro": sum(r.macro for r in full[:5]) / min(5, len(full)),
-               "seed.macro": macro(snapshot["seed_scores"])}
+    metrics = {
+        "champion.macro": champion.macro,
+        "top5_mean.macro": sum(r.macro for r in full[:5]) / min(5, len(full)),
+        "seed.macro": macro(snapshot["seed_scores"]),
+    }
     for s in ranking[0].scores:
         metrics[f"champion.ppl.{s}"] = champion.scores[s]
         metrics[f"lowest_any_mixture.ppl.{s}"] = min(r.scores[s] for r in full)
@@ -123,11 +156,31 @@ def log_snapshot(
     metrics["count.new_mixtures"] = float(len((snapshot.get("changes") or {}).get("new", [])))
     metrics["count.reordered_mixtures"] = float(len((snapshot.get("changes") or {}).get("moved", [])))
     if fid.get("measured"):
-        metrics.update({f"fidelity.{k}": float(fid[k]) for k in ("spearman", "pearson", "decision_accuracy", "ceiling_spearman",
-                                                                  "share_of_ceiling", "n_mixtures") if fid.get(k) is not None})
+        metrics.update(
+            {
+                f"fidelity.{k}": float(fid[k])
+                for k in (
+                    "spearman",
+                    "pearson",
+                    "decision_accuracy",
+                    "ceiling_spearman",
+                    "share_of_ceiling",
+                    "n_mixtures",
+                )
+                if fid.get(k) is not None
+            }
+        )
     params = {f"unit.{u}": v for u, v in sorted(unit_versions.items())}
-    params.update({"pool": pool, "n_units": len(unit_versions), "n_mixtures": len(ranking), "ranked_by": snapshot["ranked_by"],
-                   "budget": snapshot["budget"]["mode"], "budget_tokens": snapshot["budget"].get("tokens", "k x units.tokens")})
+    params.update(
+        {
+            "pool": pool,
+            "n_units": len(unit_versions),
+            "n_mixtures": len(ranking),
+            "ranked_by": snapshot["ranked_by"],
+            "budget": snapshot["budget"]["mode"],
+            "budget_tokens": snapshot["budget"].get("tokens", "k x units.tokens"),
+        }
+    )
     with open_run(client, RANKINGS_EXPERIMENT, store, f"{pool} ranking {snapshot['created'][:15]}", tags) as run_id:
         log_values(client, run_id, params, metrics)
         client.log_table(run_id, ranking_frame(ranking), artifact_file="ranking.json")
@@ -136,7 +189,9 @@ def log_snapshot(
     return run_id
 
 
-def link_champion(client: MlflowClient, run_id: str, pool: str, version: str, snapshot: dict, ranking: list[RankedMixture]) -> None:
+def link_champion(
+    client: MlflowClient, run_id: str, pool: str, version: str, snapshot: dict, ranking: list[RankedMixture]
+) -> None:
     """Name the champion's model version on the ranking run, in its tags and its description."""
     client.set_tag(run_id, T + "champion_version", version)
     client.set_tag(run_id, MLFLOW_RUN_NOTE, describe(pool, snapshot, ranking, version))

@@ -2,14 +2,15 @@
 
 Everything goes through an MlflowClient: no global tracking URI, no active run.
 """
+
 from __future__ import annotations
 
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -25,7 +26,11 @@ RANKINGS_EXPERIMENT = "dataassess-rankings"
 # the experiment type MLflow 3 shows (its sidebar still starts in the GenAI view: one click on "Model training")
 ML_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 # The one retry layer: MLflow's own HTTP retries, bounded so a dead server fails in seconds.
-HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 # MLflow's hints about pandas schemas and dataset sources do not apply to what we log.
 QUIET = ".*(Inferred schema contains integer|can be interpreted in multiple ways|Add type hints).*"
 
@@ -81,9 +86,9 @@ def creating_tables(store: Path) -> Iterator[None]:
 
 EXPERIMENT_NOTES = {
     RANKINGS_EXPERIMENT: "One run per intake of a pool: the ranking of its mixtures (table, plot, description with the top 5, "
-                         "what changed and the fidelity figures), linked to the champion model version.",
+    "what changed and the fidelity figures), linked to the champion model version.",
     UNITS_EXPERIMENT: "One run per unit model (training data as a dataset input, loss curve), the seed and each champion; "
-                      "their versions are in the Model registry.",
+    "their versions are in the Model registry.",
 }
 
 
@@ -104,13 +109,21 @@ def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
     local = client.tracking_uri.startswith("sqlite:")
     root = Store(store).mlflow_artifacts().resolve().as_uri()
     tags = {**ML_EXPERIMENT, MLFLOW_RUN_NOTE: EXPERIMENT_NOTES.get(name, "")}
-    return created_or_found(lambda: client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None, tags=tags),
-                            lambda: client.get_experiment_by_name(name).experiment_id)
+    return created_or_found(
+        lambda: client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None, tags=tags),
+        lambda: client.get_experiment_by_name(name).experiment_id,
+    )
 
 
 @contextmanager
-def open_run(client: MlflowClient, experiment: str, store: Path, name: str, tags: dict[str, str],
-             span: tuple[float, float] | None = None) -> Iterator[str]:
+def open_run(
+    client: MlflowClient,
+    experiment: str,
+    store: Path,
+    name: str,
+    tags: dict[str, str],
+    span: tuple[float, float] | None = None,
+) -> Iterator[str]:
     """A run in `experiment`, ended FINISHED (or FAILED on error); yields its id.
     span: (start, end) unix seconds of the work the run records, when it happened before the run is logged."""
     start, end = (int(t * 1000) for t in span) if span else (None, None)
@@ -140,7 +153,7 @@ def log_values(client: MlflowClient, run_id: str, params: dict | None = None, me
     ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v == v]
     ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
     for i in range(0, max(len(ms), len(ps)), 100):
-        client.log_batch(run_id, metrics=ms[i:i + 100], params=ps[i:i + 100])
+        client.log_batch(run_id, metrics=ms[i : i + 100], params=ps[i : i + 100])
 
 
 def latest_ranking_run(client: MlflowClient, pool: str) -> str | None:
@@ -148,5 +161,10 @@ def latest_ranking_run(client: MlflowClient, pool: str) -> str | None:
     exp = client.get_experiment_by_name(RANKINGS_EXPERIMENT)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.`dataassess.pool` = '{pool}'", order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`dataassess.pool` = '{pool}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None

@@ -2,6 +2,7 @@
 
 Logged by path, so nothing is pickled. predict(texts) -> perplexity per text.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Run once by a maintainer; its output is committed. Deterministic: documents are
 taken in file order until each cut's character budget is reached.
 """
+
 import gzip
 import json
 import sys

@@ -2,6 +2,7 @@
 
 computing (FOLDOC) is left out: it is the tiny seed's own text.
 """
+
 import gzip
 import json
 import sys
@@ -11,10 +12,15 @@ SRC = Path(sys.argv[1])
 OUT = Path(sys.argv[2])
 CHARS = int(sys.argv[3]) if len(sys.argv) > 3 else 220_000
 PARTS = {
-    "scripture-law": ("scripture", "law"), "scripture-history": ("scripture", "history"),
-    "scripture-wisdom": ("scripture", "wisdom"), "scripture-prophets": ("scripture", "prophets"),
-    "scripture-gospels": ("scripture", "gospels"), "drama-comedy": ("drama", "comedy"),
-    "drama-tragedy": ("drama", "tragedy"), "jargon": ("jargon", None), "satire": ("satire", None),
+    "scripture-law": ("scripture", "law"),
+    "scripture-history": ("scripture", "history"),
+    "scripture-wisdom": ("scripture", "wisdom"),
+    "scripture-prophets": ("scripture", "prophets"),
+    "scripture-gospels": ("scripture", "gospels"),
+    "drama-comedy": ("drama", "comedy"),
+    "drama-tragedy": ("drama", "tragedy"),
+    "jargon": ("jargon", None),
+    "satire": ("satire", None),
     "pydocs-library": ("pydocs", "library"),
 }
 for name, (domain, sub) in PARTS.items():

@@ -1,4 +1,5 @@
 """Shared fixtures: a very small real seed, built once, and partitions of real text."""
+
 from __future__ import annotations
 
 import gzip
@@ -39,7 +40,11 @@ def write_toml(settings: Settings, path: Path) -> Path:
     """The settings as a config file, for CLI tests."""
     d = settings.model_dump(mode="json", exclude_none=True)
     top = [f"{k} = {json.dumps(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    sections = [f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()) for k, v in d.items() if isinstance(v, dict)]
+    sections = [
+        f"[{k}]\n" + "\n".join(f"{kk} = {json.dumps(vv)}" for kk, vv in v.items())
+        for k, v in d.items()
+        if isinstance(v, dict)
+    ]
     path.write_text("\n".join(top + sections) + "\n")
     return path
 
@@ -49,12 +54,28 @@ def small_settings(store: Path, **overrides) -> Settings:
     base = dict(
         store=store,
         threads=2,
-        tiny={"n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 2048, "tokens": 40_000, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2},
+        tiny={
+            "n_layer": 1,
+            "n_embd": 64,
+            "n_head": 2,
+            "vocab_size": 2048,
+            "tokens": 40_000,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+        },
         corpus={"eval_max_tokens": 1024, "min_tokens": 1024},
         units={"tokens": 8192},
         train={"seq_len": 128, "batch_tokens": 2048, "micro_batch": 16, "lr": 1e-3},
         score={"batch_size": 16},
-        optimize={"on_intake": False, "samples": 24, "rounds": 1, "round_samples": 6, "warm_samples": 8, "eval_fraction": 0.5},
+        optimize={
+            "on_intake": False,
+            "samples": 24,
+            "rounds": 1,
+            "round_samples": 6,
+            "warm_samples": 8,
+            "eval_fraction": 0.5,
+        },
     )
     for k, v in overrides.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
@@ -113,7 +134,10 @@ def free_port() -> int:
 @contextmanager
 def local_server(args: list[str], env: dict, health_url: str, timeout_s: float = 120):
     """A server process in its own process group, healthy before the block and gone (the whole group) after it."""
-    from flows.serve import stop_process_group, wait_until_healthy  # imports Prefect: only tests that start servers pay for it
+    from flows.serve import (
+        stop_process_group,
+        wait_until_healthy,
+    )  # imports Prefect: only tests that start servers pay for it
 
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

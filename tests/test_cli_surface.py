@@ -1,4 +1,5 @@
 """The CLI as a user meets it: the real `dataassess` executable, its errors, its speed, its ranking views."""
+
 import json
 import os
 import subprocess
@@ -43,7 +44,12 @@ BAD_INPUTS = [
     (["config"], {}, "[units]\ntokens = 0\n", "units.tokens = 0 (from file"),
     (["config"], {}, '[train]\nlr = "fast"\n', "train.lr = 'fast' (from file"),
     (["config"], {}, "[rank]\nbudget_tokens = -5\n", "rank.budget_tokens = -5"),
-    (["intake", "CORPUS"], {"DATAASSESS_UNITS__TOKENS": "100000000"}, "", "units.tokens = 100,000,000 is larger than every partition"),
+    (
+        ["intake", "CORPUS"],
+        {"DATAASSESS_UNITS__TOKENS": "100000000"},
+        "",
+        "units.tokens = 100,000,000 is larger than every partition",
+    ),
     (["--store", "onlyfile/notes.txt", "config"], {}, "", "is a file; the store is a folder"),
     (["no-such-command"], {}, "", "No such command"),
 ]
@@ -66,9 +72,11 @@ def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
 
 
 def test_help_and_config_are_fast_and_import_no_heavy_library(tmp_path):
-    probe = ("import sys; from flows.cli import app\n"
-             "try: app(['--help'])\nexcept SystemExit: pass\n"
-             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'prefect', 'pandas') if m in sys.modules))")
+    probe = (
+        "import sys; from flows.cli import app\n"
+        "try: app(['--help'])\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'prefect', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     for args in (["--help"], ["--store", str(tmp_path / "s"), "config"]):
@@ -89,8 +97,11 @@ def test_commands_create_nothing_in_the_working_folder_and_prefect_lives_in_the_
     root.mkdir()
     run_cli(["--store", str(store), "ranking"], work)
     run_cli(["--store", str(store), "config"], work)
-    res = run_cli(["--store", str(store), "add-partition", str(DEMO / "corpus" / "jargon"), "--corpus", str(root)], work,
-                  {"PREFECT_HOME": str(tmp_path / "not-here")})
+    res = run_cli(
+        ["--store", str(store), "add-partition", str(DEMO / "corpus" / "jargon"), "--corpus", str(root)],
+        work,
+        {"PREFECT_HOME": str(tmp_path / "not-here")},
+    )
     assert res.returncode == 0, res.stderr
     assert list(work.iterdir()) == []
     assert (store / "prefect").is_dir() and not (tmp_path / "not-here").exists()
@@ -102,7 +113,11 @@ def test_internal_errors_say_they_are_bugs_and_show_the_traceback_with_verbose(s
 
     monkeypatch.setattr(pipeline, "latest_ranking", broken)
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking"])
-    assert res.exit_code == 1 and "internal error (a bug in dataassess" in res.output and "KeyError: 'weights'" in res.output
+    assert (
+        res.exit_code == 1
+        and "internal error (a bug in dataassess" in res.output
+        and "KeyError: 'weights'" in res.output
+    )
     assert "Traceback" not in res.output and "rerun with -v" in res.output
     res = CliRunner().invoke(app, ["--store", str(settings.store), "-v", "ranking"])
     assert res.exit_code == 1 and "Traceback" in res.output
@@ -156,8 +171,10 @@ def test_the_table_fits_120_columns_whatever_the_names():
 
     sets = [f"a-rather-long-evaluation-set-name-{i}" for i in range(6)]
     units = [f"partition-with-a-long-name-{i}.u0" for i in range(4)]
-    rows = [RankedMixture([a, b], {s: 100.0 + i + j for j, s in enumerate(sets)}, {s: 1.0 for s in sets})
-            for i, (a, b) in enumerate([(units[0], units[1]), (units[2], units[3]), (units[0], units[3])])]
+    rows = [
+        RankedMixture([a, b], {s: 100.0 + i + j for j, s in enumerate(sets)}, {s: 1.0 for s in sets})
+        for i, (a, b) in enumerate([(units[0], units[1]), (units[2], units[3]), (units[0], units[3])])
+    ]
     table = format_table(rank(rows), seed_scores={s: 200.0 for s in sets})
     assert max(map(len, table.splitlines())) <= 120
     assert "sets: s1 = a-rather-long-evaluation-set-name-0" in table and "(seed, reference)" in table

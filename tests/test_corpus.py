@@ -77,7 +77,9 @@ def _bad_corpus(tmp_path):
     packed = gzip.compress("".join(json.dumps({"text": d["text"]}) + "\n" for d in demo_docs("satire", 30)).encode())
     (root / "truncgz" / "a.jsonl.gz").write_bytes(packed[: len(packed) // 2])
     (root / "noparquettext").mkdir()
-    pq.write_table(pa.table({"body": [d["text"] for d in demo_docs("satire", 5)]}), root / "noparquettext" / "a.parquet")
+    pq.write_table(
+        pa.table({"body": [d["text"] for d in demo_docs("satire", 5)]}), root / "noparquettext" / "a.parquet"
+    )
     write_jsonl(root / "café notes" / "a.jsonl", demo_docs("satire", 30))
     write_jsonl(root / "spaced" / "notes été 1.jsonl", demo_docs("satire", 30))  # file names may hold anything
     return root
@@ -109,7 +111,9 @@ def test_bad_partitions_get_a_clear_error_and_the_rest_proceed(tmp_path, name, f
 
 
 def test_partition_names_that_would_escape_the_store_are_rejected(tmp_path):
-    rows = [{"text": d["text"], "domain": dom} for dom in ("ok", "../escape", "a/b", "..") for d in demo_docs("satire", 3)]
+    rows = [
+        {"text": d["text"], "domain": dom} for dom in ("ok", "../escape", "a/b", "..") for d in demo_docs("satire", 3)
+    ]
     path = write_jsonl(tmp_path / "all.jsonl", rows)
     good, bad = discover(path, partition_field="domain")
     assert [p.name for p in good] == ["ok"]

@@ -1,5 +1,6 @@
 """The intake on Dask workers against an MLflow server on PostgreSQL, started by deploy/stack.py
 in a folder and on ports of its own (`make test-distributed`)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -69,8 +70,13 @@ def stack():
 def intake_env(stack, settings, tmp_path, **extra) -> dict:
     config = write_toml(settings, tmp_path / "dataassess.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAASSESS_", "PREFECT_API_URL"))}
-    return {**env, "DATAASSESS_CONFIG": str(config), "MLFLOW_TRACKING_URI": stack.urls()["MLFLOW_TRACKING_URI"],
-            "PREFECT_HOME": str(tmp_path / "prefect"), **extra}
+    return {
+        **env,
+        "DATAASSESS_CONFIG": str(config),
+        "MLFLOW_TRACKING_URI": stack.urls()["MLFLOW_TRACKING_URI"],
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        **extra,
+    }
 
 
 def versions_by_unit(stack, pool: str) -> dict[str, list[str]]:
@@ -90,7 +96,9 @@ def ranking_runs(stack, pool: str) -> list:
 def test_intake_on_a_local_dask_cluster_of_two_workers_against_mlflow_on_postgres(stack, settings, corpus, tmp_path):
     # no PREFECT_API_URL: the command starts a local Prefect server for the cluster's workers to report to
     env = intake_env(stack, settings, tmp_path, DATAASSESS_RUN__TASK_RUNNER="dask", DATAASSESS_RUN__DASK_WORKERS="2")
-    done = subprocess.run([DA, "intake", str(corpus), "--pool", "local"], env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [DA, "intake", str(corpus), "--pool", "local"], env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     trained = {p.name for p in (settings.store / "models").iterdir() if (p / "meta.json").exists()}
     versions = versions_by_unit(stack, "local")
@@ -104,16 +112,29 @@ def test_intake_on_a_local_dask_cluster_of_two_workers_against_mlflow_on_postgre
 
 def executing_training(client) -> dict[str, list[str]]:
     """The train tasks each Dask worker is executing now, by worker address."""
-    return client.run(lambda dask_worker: [str(k) for k, ts in dask_worker.state.tasks.items()
-                                           if ts.state == "executing" and str(k).startswith("train")])
+    return client.run(
+        lambda dask_worker: [
+            str(k)
+            for k, ts in dask_worker.state.tasks.items()
+            if ts.state == "executing" and str(k).startswith("train")
+        ]
+    )
 
 
 def test_a_worker_killed_during_training_loses_no_unit_and_adds_no_version(stack, settings, corpus, tmp_path):
     from distributed import Client
 
-    slow = settings.model_copy(update={"units": settings.units.model_copy(update={"tokens": 24576})})  # trainings of seconds
-    env = intake_env(stack, slow, tmp_path, DATAASSESS_RUN__TASK_RUNNER="dask", PREFECT_API_URL=stack.urls()["PREFECT_API_URL"],
-                     DATAASSESS_RUN__DASK_ADDRESS=stack.urls()["DASK_SCHEDULER_ADDRESS"])
+    slow = settings.model_copy(
+        update={"units": settings.units.model_copy(update={"tokens": 24576})}
+    )  # trainings of seconds
+    env = intake_env(
+        stack,
+        slow,
+        tmp_path,
+        DATAASSESS_RUN__TASK_RUNNER="dask",
+        PREFECT_API_URL=stack.urls()["PREFECT_API_URL"],
+        DATAASSESS_RUN__DASK_ADDRESS=stack.urls()["DASK_SCHEDULER_ADDRESS"],
+    )
     log = tmp_path / "intake.log"
     with open(log, "w") as out, Client(stack.urls()["DASK_SCHEDULER_ADDRESS"], timeout=30) as client:
         proc = subprocess.Popen([DA, "intake", str(corpus), "--pool", "killed"], env=env, stdout=out, stderr=out)
@@ -132,7 +153,9 @@ def test_a_worker_killed_during_training_loses_no_unit_and_adds_no_version(stack
     trained = {p.name for p in (slow.store / "models").iterdir() if (p / "meta.json").exists()}
     versions = versions_by_unit(stack, "killed")
     assert len(versions) == len(trained) >= 2 and all(v == ["1"] for v in versions.values()), versions
-    again = subprocess.run([DA, "intake", str(corpus), "--pool", "killed"], env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [DA, "intake", str(corpus), "--pool", "killed"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trained 0," in again.stdout, again.stdout[-1500:]
     assert versions_by_unit(stack, "killed") == versions, "the rerun registered nothing new"
@@ -158,8 +181,10 @@ def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 addr, port = fields[1].split(":")
                 raw = bytes.fromhex(addr)
-                ip = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
-                                      b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+                ip = socket.inet_ntop(
+                    socket.AF_INET if len(raw) == 4 else socket.AF_INET6,
+                    b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)),
+                )
                 found.add((ip, int(port, 16)))
     return found
 

@@ -1,4 +1,5 @@
 """Faults a store meets in real use: corrupted files, links out of the corpus, pools sharing units, a dead tracking server."""
+
 import logging
 import os
 import shutil
@@ -31,7 +32,9 @@ def test_corrupt_unit_weights_are_reported_and_retrained_not_reused(settings, co
     with caplog.at_level(logging.WARNING, logger="dataassess"):
         second = pipeline.run(corpus, settings, progress=False)
     assert sorted(second.trained) == sorted(first.models)[:2]
-    assert truncated.stat().st_size == size and truncated.read_bytes() == original, "retrained, and training is deterministic"
+    assert truncated.stat().st_size == size and truncated.read_bytes() == original, (
+        "retrained, and training is deterministic"
+    )
     assert sum("does not match the digest recorded" in r.getMessage() for r in caplog.records) == 2
     assert second.counts["scored"] == 0, "the same weights again: the mixtures' scores still hold"
 
@@ -86,8 +89,17 @@ def test_links_out_of_eval_sets_added_partitions_and_seed_text_are_refused(tmp_p
     with pytest.raises(UserError, match="is a link out of"):
         read_texts(tmp_path / "seedtext")
     (tmp_path / "corpus").mkdir()
-    res = CliRunner().invoke(app, ["--store", str(tmp_path / "store"), "add-partition", str(tmp_path / "incoming"),
-                                   "--corpus", str(tmp_path / "corpus")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "--store",
+            str(tmp_path / "store"),
+            "add-partition",
+            str(tmp_path / "incoming"),
+            "--corpus",
+            str(tmp_path / "corpus"),
+        ],
+    )
     assert res.exit_code == 2 and "a link out of the corpus root" in res.stderr and str(outside) in res.stderr
     assert not list((tmp_path / "corpus").iterdir()), "nothing copied"
 
@@ -120,8 +132,10 @@ def test_an_experiment_or_model_created_by_another_process_first_is_found_not_an
     client = connect(tmp_path / "store")
     other = MlflowClient(embedded_uri(tmp_path / "store"))  # another process's client, as the database sees it
     made = other.create_experiment("dataassess-rankings")
-    found = created_or_found(lambda: client.create_experiment("dataassess-rankings"),
-                             lambda: client.get_experiment_by_name("dataassess-rankings").experiment_id)
+    found = created_or_found(
+        lambda: client.create_experiment("dataassess-rankings"),
+        lambda: client.get_experiment_by_name("dataassess-rankings").experiment_id,
+    )
     assert found == made
     other.create_registered_model("pool.u0")
     assert created_or_found(lambda: client.create_registered_model("pool.u0"), lambda: "found") == "found"
@@ -130,7 +144,9 @@ def test_an_experiment_or_model_created_by_another_process_first_is_found_not_an
 
 
 @pytest.mark.faults  # a minute or more: `make test-faults`
-def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_register_per_pool(settings, corpus, tmp_path):
+def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_register_per_pool(
+    settings, corpus, tmp_path
+):
     """Two `dataassess intake` processes started while the store is locked (as by a running intake): both
     say they wait, both start MLflow and Prefect on the store at once, then run one after the other."""
     import re
@@ -141,7 +157,11 @@ def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_regi
     renamed = tmp_path / "renamed"
     shutil.copytree(corpus, renamed)  # every unit shared with the first root
     toml = write_toml(settings, tmp_path / "dataassess.toml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAASSESS_", "PREFECT_")) and k != "MLFLOW_TRACKING_URI"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATAASSESS_", "PREFECT_")) and k != "MLFLOW_TRACKING_URI"
+    }
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
     waiting = "another intake is running on the store"
     held = FileLock(str(Store(settings.store).lock()))
@@ -150,12 +170,22 @@ def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_regi
     try:
         for root, log in zip((corpus, renamed), logs):
             with open(log, "w") as err:
-                procs.append(subprocess.Popen([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake",
-                                               str(root)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True))
+                procs.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake", str(root)],
+                        cwd=tmp_path,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        text=True,
+                    )
+                )
         deadline = time.monotonic() + 300
         try:
             while not all(waiting in log.read_text() for log in logs):
-                assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+                    log.read_text()[-2000:] for log in logs
+                ]
                 time.sleep(0.5)
         finally:
             held.release()
@@ -171,8 +201,11 @@ def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_regi
     trained = sorted(int(re.search(r"^trained (\d+), skipped", out, re.M).group(1)) for out in outs)
     n_units = len(list(Store(settings.store).root.glob("models/*/meta.json")))
     assert trained == [0, n_units] and n_units >= 4, (trained, outs)
-    names = [v.name for v in MlflowClient(embedded_uri(settings.store)).search_model_versions()
-             if "." in v.name and not v.name.endswith(("-seed", "-champion"))]
+    names = [
+        v.name
+        for v in MlflowClient(embedded_uri(settings.store)).search_model_versions()
+        if "." in v.name and not v.name.endswith(("-seed", "-champion"))
+    ]
     assert len(names) == len(set(names)) == 2 * n_units, "one version per unit per pool"
     assert {n.split(".")[0] for n in names} == {"corpus", "renamed"}
 
@@ -183,8 +216,14 @@ def test_a_down_tracking_server_fails_before_training_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"
     for command in ("intake", "serve", "fidelity", "optimize"):
-        res = subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--store", str(store), command, str(DEMO / "corpus")],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [str(Path(sys.executable).with_name("dataassess")), "--store", str(store), command, str(DEMO / "corpus")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1, (command, res.stderr)
         assert "unreachable" in lines[0] and "Nothing was registered" in lines[0], (command, res.stderr)
@@ -205,14 +244,29 @@ def test_a_store_this_user_cannot_write_fails_in_one_line_before_any_work(tmp_pa
     dataassess = str(Path(sys.executable).with_name("dataassess"))
     try:
         for args in (["intake", str(DEMO / "corpus")], ["seed"]):
-            res = subprocess.run(as_user + [dataassess, "--store", str(store), *args], cwd=tmp_path, env=env,
-                                 capture_output=True, text=True, timeout=120)
+            res = subprocess.run(
+                as_user + [dataassess, "--store", str(store), *args],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             lines = res.stderr.strip().splitlines()
             assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
-            assert lines[0] == f"error: cannot write the store {store}: Permission denied; run as a user who can write it, or pass --store DIR"
+            assert (
+                lines[0]
+                == f"error: cannot write the store {store}: Permission denied; run as a user who can write it, or pass --store DIR"
+            )
         assert not list(store.iterdir())
-        res = subprocess.run(as_user + [dataassess, "--store", str(store), "config"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            as_user + [dataassess, "--store", str(store), "config"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert res.returncode == 0 and str(store) in res.stdout, "reading the config needs no write"
     finally:
         store.chmod(0o755)
@@ -239,14 +293,23 @@ def test_a_full_disk_ends_in_one_line_leaves_nothing_half_written_and_the_next_r
     """The store on a small tmpfs: full while the seed is written, then while the second unit model is."""
     store = tmp_path / "store"
     store.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(store)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(store)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     toml = write_toml(small_settings(store), tmp_path / "dataassess.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_") and k != "MLFLOW_TRACKING_URI"}
 
     def dataassess(*args):
-        return subprocess.run([str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     def assert_one_full_disk_line(res):
         lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -259,7 +322,9 @@ def test_a_full_disk_ends_in_one_line_leaves_nothing_half_written_and_the_next_r
 
     try:
         assert_one_full_disk_line(dataassess("seed"))
-        assert not [p for p in (store / "seeds").glob("*") if not p.name.startswith(".")], "no half-built seed under its final name"
+        assert not [p for p in (store / "seeds").glob("*") if not p.name.startswith(".")], (
+            "no half-built seed under its final name"
+        )
 
         resize(64 << 20)
         assert dataassess("units", str(corpus)).returncode == 0
@@ -268,7 +333,9 @@ def test_a_full_disk_ends_in_one_line_leaves_nothing_half_written_and_the_next_r
         assert_one_full_disk_line(dataassess("train", str(corpus)))
         finished = {p.parent: p.stat().st_mtime_ns for p in store.glob("models/*/meta.json")}
         assert len(finished) == 1
-        assert {p.parent for p in store.glob("models/*/model.safetensors")} == set(finished), "no weights without their meta.json"
+        assert {p.parent for p in store.glob("models/*/model.safetensors")} == set(finished), (
+            "no weights without their meta.json"
+        )
 
         resize(64 << 20)
         res = dataassess("train", str(corpus))
@@ -298,8 +365,12 @@ def test_a_20_mb_single_line_document_is_cut_in_bounded_memory_beside_latin1_tex
     (root / "long" / "one-line.txt").write_text((text + " ") * (20_000_000 // (len(text) + 1) + 1))
     (root / "latin1").mkdir()
     (root / "latin1" / "a.txt").write_bytes(("café naïve déjà vu. " * 2000).encode("latin-1"))
-    done = subprocess.run([sys.executable, "-c", PREPARE, str(root), settings.model_dump_json()], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PREPARE, str(root), settings.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     partitions, peak_mib = done.stdout.strip().splitlines()
     assert partitions.startswith("['good', 'long'] |") and "latin1" in partitions and "not valid UTF-8" in partitions

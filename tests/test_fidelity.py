@@ -48,8 +48,11 @@ def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
     store, units, length = Store(settings.store), inputs.units[:2], settings.train.seq_len
     seqs = union_sequences(store, units, length)
     # by hand: every whole window of each unit's stored tokens, each exactly once
-    raw = [load_file(str(settings.store / "units" / u.digest[:24] / "tokens.safetensors"))["tokens"].tolist() for u in units]
-    windows = [tuple(r[i:i + length]) for r in raw for i in range(0, len(r) - length + 1, length)]
+    raw = [
+        load_file(str(settings.store / "units" / u.digest[:24] / "tokens.safetensors"))["tokens"].tolist()
+        for u in units
+    ]
+    windows = [tuple(r[i : i + length]) for r in raw for i in range(0, len(r) - length + 1, length)]
     assert sorted(map(tuple, seqs.tolist())) == sorted(windows)
     assert len(seqs) * length == 2 * settings.units.tokens
     with Steps(settings, inputs.seed) as steps:
@@ -65,15 +68,20 @@ def test_fixed_budget_truth_trains_on_exactly_b_tokens_of_the_mixtures_units(set
     store, units, length = Store(settings.store), inputs.units[:2], settings.train.seq_len
     budget = settings.units.tokens  # B: half of the pair's union
     drawn = budget_sequences(store, units, length, budget, data_seed=0)
-    raw = [load_file(str(settings.store / "units" / u.digest[:24] / "tokens.safetensors"))["tokens"].tolist() for u in units]
-    windows = [tuple(r[i:i + length]) for r in raw for i in range(0, len(r) - length + 1, length)]
+    raw = [
+        load_file(str(settings.store / "units" / u.digest[:24] / "tokens.safetensors"))["tokens"].tolist()
+        for u in units
+    ]
+    windows = [tuple(r[i : i + length]) for r in raw for i in range(0, len(r) - length + 1, length)]
     rows = [tuple(r) for r in drawn.tolist()]
     assert len(rows) * length == budget and len(set(rows)) == len(rows)  # B tokens, each window at most once
     assert set(rows) <= set(windows)  # only from the mixture's units
     assert Counter(rows) != Counter(windows[: len(rows)]), "drawn from the shuffled union, not the first unit"
     with Steps(settings, inputs.seed) as steps:
         meta = train_truth(steps, units, Truth("fixed", budget, settings.train.seed))
-        assert meta["kind"] == "truth" and meta["tokens"] == budget and meta["unit_digests"] == [u.digest for u in units]
+        assert (
+            meta["kind"] == "truth" and meta["tokens"] == budget and meta["unit_digests"] == [u.digest for u in units]
+        )
 
 
 def test_a_single_units_truth_is_its_unit_model_at_the_unit_budget(settings, corpus):
@@ -119,12 +127,38 @@ def test_union_ranking_without_a_calibration_never_compares_sizes(settings, corp
 
 def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corpus):
     toml = write_toml(settings, settings.store.parent / "f.toml")
-    keys = {"pearson", "spearman", "kendall", "decision_accuracy", "n_mixtures", "baseline_pearson",
-            "baseline_decision_accuracy", "ceiling_spearman", "ceiling_decision_accuracy"}
+    keys = {
+        "pearson",
+        "spearman",
+        "kendall",
+        "decision_accuracy",
+        "n_mixtures",
+        "baseline_pearson",
+        "baseline_decision_accuracy",
+        "ceiling_spearman",
+        "ceiling_decision_accuracy",
+    }
     reports = {}
     for budget in ("fixed", "union"):
-        res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--budget", budget,
-                                       "--n", "9", "--k-max", "2", "--ceiling", "3", "--json", "--no-mlflow"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "--config",
+                str(toml),
+                "fidelity",
+                str(corpus),
+                "--budget",
+                budget,
+                "--n",
+                "9",
+                "--k-max",
+                "2",
+                "--ceiling",
+                "3",
+                "--json",
+                "--no-mlflow",
+            ],
+        )
         assert res.exit_code == 0, res.output
         report = reports[budget] = json.loads(res.stdout)
         assert report["budget"] == budget and set(report["eval_sets"]) and "macro" in report and "by_k" in report
@@ -144,6 +178,10 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
     snapshot = pipeline.latest_ranking(settings)
     assert snapshot["budget"]["calibrated"] is True
     fidelity = snapshot["fidelity"]  # the pool's latest report (union), as every ranking shows it
-    assert fidelity["measured"] and fidelity["budget"] == "union" and fidelity["spearman"] == reports["union"]["macro"]["spearman"]
+    assert (
+        fidelity["measured"]
+        and fidelity["budget"] == "union"
+        and fidelity["spearman"] == reports["union"]["macro"]["spearman"]
+    )
     res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
     assert res.exit_code == 0 and "fidelity (union budget, 9 mixtures trained" in res.stdout

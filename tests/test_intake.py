@@ -1,4 +1,5 @@
 """The Prefect intake over a real sqlite-backed MLflow: incremental, idempotent, safe."""
+
 import json
 import os
 import shutil
@@ -37,7 +38,11 @@ def client_for(settings) -> MlflowClient:
 
 
 def unit_versions(settings):
-    return [v for v in client_for(settings).search_model_versions() if "." in v.name and not v.name.endswith(("-seed", "-champion"))]
+    return [
+        v
+        for v in client_for(settings).search_model_versions()
+        if "." in v.name and not v.name.endswith(("-seed", "-champion"))
+    ]
 
 
 def run(corpus, settings, **kw):
@@ -76,7 +81,10 @@ def test_intake_trains_only_new_units_and_is_idempotent(settings, corpus, tmp_pa
     before = {v.name for v in versions}
     for unit in changed:
         current = client.get_model_version_by_alias(f"t.{unit}", "current")
-        assert int(current.version) == (2 if f"t.{unit}" in before else 1) and current.tags["dataassess.partition"] == "drama"
+        assert (
+            int(current.version) == (2 if f"t.{unit}" in before else 1)
+            and current.tags["dataassess.partition"] == "drama"
+        )
 
 
 def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
@@ -93,27 +101,39 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
     assert ranking_run.data.metrics["champion.macro"] == pytest.approx(best["macro"])
     for name, ppl in best["scores"].items():
         assert ranking_run.data.metrics[f"champion.ppl.{name}"] == pytest.approx(ppl)
-        assert ranking_run.data.metrics[f"lowest_any_mixture.ppl.{name}"] == pytest.approx(min(r["scores"][name] for r in snapshot["ranking"]))
+        assert ranking_run.data.metrics[f"lowest_any_mixture.ppl.{name}"] == pytest.approx(
+            min(r["scores"][name] for r in snapshot["ranking"])
+        )
     assert any(k.startswith("unit.") for k in ranking_run.data.params)
     assert ranking_run.data.tags["dataassess.fidelity"] == "not measured"  # until `dataassess fidelity` runs
     description = ranking_run.data.tags["mlflow.note.content"]
     version = ranking_run.data.tags["dataassess.champion_version"]
-    assert f"**Champion:** {' + '.join(best['units'])}" in description and f"#/models/c-champion/versions/{version}" in description
+    assert (
+        f"**Champion:** {' + '.join(best['units'])}" in description
+        and f"#/models/c-champion/versions/{version}" in description
+    )
     assert "**Fidelity:** not measured" in description and "**Top 5**" in description
     champion_version = client.get_model_version("c-champion", version)
     assert champion_version.tags["dataassess.ranking_run_id"] == ranking_run.info.run_id
-    assert champion_version.tags["dataassess.mixture"] == " + ".join(best["units"]) and ranking_run.info.run_id in champion_version.description
+    assert (
+        champion_version.tags["dataassess.mixture"] == " + ".join(best["units"])
+        and ranking_run.info.run_id in champion_version.description
+    )
 
     unit = next(iter(snapshot["units"]))
     unit_version = client.get_model_version(f"c.{unit}", "1")
     unit_run = client.get_run(unit_version.run_id)
     meta = json.loads((Store(settings.store).meta(snapshot["units"][unit]["key"])).read_text())
     losses = client.get_metric_history(unit_run.info.run_id, "train_loss")
-    assert [m.step for m in losses] == list(range(1, meta["steps"] + 1)) and [m.value for m in losses] == pytest.approx(meta["losses"])
+    assert [m.step for m in losses] == list(range(1, meta["steps"] + 1)) and [m.value for m in losses] == pytest.approx(
+        meta["losses"]
+    )
     assert (unit_run.info.end_time - unit_run.info.start_time) / 1000 == pytest.approx(meta["wall_s"], abs=0.01)
     [training] = unit_run.inputs.dataset_inputs
     assert training.dataset.name == unit and training.tags[0].value == "training"
-    assert f"of partition **{meta['partition']}**" in unit_version.description and "seed tiny" in unit_version.description
+    assert (
+        f"of partition **{meta['partition']}**" in unit_version.description and "seed tiny" in unit_version.description
+    )
     assert ranking_run.data.tags["dataassess.budget"] == "fixed" == latest_ranking(settings)["budget"]["mode"]
     assert ranking_run.data.params["budget_tokens"] == str(settings.units.tokens)
     inputs = ranking_run.inputs.dataset_inputs
@@ -186,7 +206,9 @@ def test_two_intakes_of_two_roots_sharing_units_register_one_version_per_unit_pe
         t.join()
     assert not errors, errors
     assert sorted(r["trained"] for r in results.values())[0] == 0, "the second found every unit trained"
-    assert results["corpus"]["registered"] == results["renamed"]["registered"] > 0, "each pool registers its own versions"
+    assert results["corpus"]["registered"] == results["renamed"]["registered"] > 0, (
+        "each pool registers its own versions"
+    )
     names = [v.name for v in unit_versions(settings)]
     assert len(names) == len(set(names)) == 2 * results["corpus"]["registered"]
     assert {n.split(".")[0] for n in names} == {"corpus", "renamed"}
@@ -196,8 +218,12 @@ def killable_env(tmp_path: Path) -> dict[str, str]:
     """The environment of an intake the test kills: its Prefect home and temporary folders (which a
     SIGKILL leaves behind) under tmp_path."""
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    return {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-            "TMPDIR": str(tmp_path / "tmp")}
+    return {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "ph"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
 
 
 KILL_IN_SECOND_TRAINING = """
@@ -222,8 +248,13 @@ def test_resume_after_intake_is_killed_mid_training(settings, corpus, tmp_path):
     env = killable_env(tmp_path)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", KILL_IN_SECOND_TRAINING, str(corpus), settings.model_dump_json()],
-                                env=env, stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_IN_SECOND_TRAINING, str(corpus), settings.model_dump_json()],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
         try:
             returncode = proc.wait(timeout=300)
         finally:
@@ -271,12 +302,19 @@ intake(sys.argv[1], json.loads(sys.argv[2]), pool="k")
 
 @pytest.mark.faults
 @pytest.mark.parametrize("point", ["scoring", "registration", "publish"])
-def test_killed_during_scoring_registration_or_publish_the_rerun_finishes_without_duplicates(point, settings, corpus, tmp_path):
+def test_killed_during_scoring_registration_or_publish_the_rerun_finishes_without_duplicates(
+    point, settings, corpus, tmp_path
+):
     env = killable_env(tmp_path)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", KILL_AT, str(corpus), settings.model_dump_json(), point],
-                                env=env, stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_AT, str(corpus), settings.model_dump_json(), point],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
         try:
             returncode = proc.wait(timeout=300)
         finally:
@@ -330,7 +368,9 @@ def test_prefect_yaml_declares_the_intake_on_a_schedule_and_the_partition_event(
 
 
 def test_screened_intake_scores_slices_then_the_best_on_the_full_sets(settings, corpus):
-    screen = settings.rank.model_copy(update={"screen": True, "screen_keep": 3, "screen_eta": 2, "screen_min_fraction": 0.25})
+    screen = settings.rank.model_copy(
+        update={"screen": True, "screen_keep": 3, "screen_eta": 2, "screen_min_fraction": 0.25}
+    )
     s = settings.model_copy(update={"rank": screen})
     summary = run(corpus, s, pool="s")
     info = summary["screening"]
@@ -339,7 +379,9 @@ def test_screened_intake_scores_slices_then_the_best_on_the_full_sets(settings, 
     full = [r for r in ranking if "evaluated_fraction" not in r]
     assert len(full) == info["rungs"][-1]["scored"] >= 3 and ranking[: len(full)] == full
     again = run(corpus, s, pool="s")
-    assert again["rescored"] == 0 and [r["units"] for r in latest_ranking(s)["ranking"]] == [r["units"] for r in ranking]
+    assert again["rescored"] == 0 and [r["units"] for r in latest_ranking(s)["ranking"]] == [
+        r["units"] for r in ranking
+    ]
 
 
 HEARTBEAT = """
@@ -355,7 +397,9 @@ def test_heartbeats_are_off_only_for_the_in_process_ephemeral_api():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
 
     def heartbeat(**extra):
-        out = subprocess.run([sys.executable, "-c", HEARTBEAT], env={**env, **extra}, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", HEARTBEAT], env={**env, **extra}, capture_output=True, text=True, check=True
+        )
         return out.stdout.split()[-2:]
 
     inside, after = heartbeat()
@@ -396,13 +440,22 @@ def test_serve_runs_the_intake_on_its_schedule(settings, corpus, tmp_path):
 
     toml = write_toml(settings, tmp_path / "c.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2", PREFECT_RUNNER_POLL_FREQUENCY="1")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "ph"),
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
     cli = [sys.executable, "-c", "from flows.cli import main; main()"]
     log = tmp_path / "serve.log"
     latest = settings.store / "rankings" / "corpus" / "latest.json"
     with open(log, "w") as out:
-        proc = subprocess.Popen([*cli, "--config", str(toml), "serve", str(corpus), "--interval", "5"], env=env,
-                                stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            [*cli, "--config", str(toml), "serve", str(corpus), "--interval", "5"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
         try:
             deadline = time.time() + 300
             while not latest.exists() and proc.poll() is None and time.time() < deadline:
@@ -410,7 +463,9 @@ def test_serve_runs_the_intake_on_its_schedule(settings, corpus, tmp_path):
             assert latest.exists(), log.read_text()[-3000:]
             assert json.loads(latest.read_text())["pool"] == "corpus"
         finally:
-            proc.send_signal(signal.SIGINT)  # Ctrl-C: serve lets the intake in flight end, then stops the Prefect server it started
+            proc.send_signal(
+                signal.SIGINT
+            )  # Ctrl-C: serve lets the intake in flight end, then stops the Prefect server it started
             try:
                 proc.wait(timeout=150)  # an intake runs every 5 s, and a loaded machine slows the one in flight
             finally:

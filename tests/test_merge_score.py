@@ -53,7 +53,6 @@ def test_tied_embeddings_survive_a_merge(seed, tmp_path):
     assert torch.allclose(model.lm_head.weight, expected, atol=1e-6)
 
 
-
 def test_merge_into_model_parameters_across_small_blocks(seed, tmp_path):
     paths = perturbed_models(seed, tmp_path, 3)
     expected = linear_merge(paths, [1, 2, 3])
@@ -66,7 +65,10 @@ def test_merge_into_model_parameters_across_small_blocks(seed, tmp_path):
 
 def test_bf16_models_merge_in_float32_and_cast_back(tmp_path):
     g = torch.Generator().manual_seed(0)
-    states = [{"a": torch.randn(300, 7, generator=g).bfloat16(), "b": torch.randn(5, generator=g).bfloat16()} for _ in range(3)]
+    states = [
+        {"a": torch.randn(300, 7, generator=g).bfloat16(), "b": torch.randn(5, generator=g).bfloat16()}
+        for _ in range(3)
+    ]
     paths = []
     for i, st in enumerate(states):
         paths.append(tmp_path / f"{i}.safetensors")
@@ -75,21 +77,24 @@ def test_bf16_models_merge_in_float32_and_cast_back(tmp_path):
     for key in states[0]:
         naive = torch.stack([st[key].float() for st in states]).mean(0)
         assert merged[key].dtype == torch.bfloat16, key
-        assert torch.allclose(merged[key].float(), naive, rtol=2 ** -7, atol=1e-3), key  # one bf16 rounding
-
+        assert torch.allclose(merged[key].float(), naive, rtol=2**-7, atol=1e-3), key  # one bf16 rounding
 
 
 def test_merge_into_mixed_targets_with_empty_tensors(tmp_path):
     g = torch.Generator().manual_seed(1)
-    states = [{"a": torch.randn(300, 7, generator=g), "empty": torch.zeros(0), "b": torch.randn(5, generator=g)} for _ in range(2)]
+    states = [
+        {"a": torch.randn(300, 7, generator=g), "empty": torch.zeros(0), "b": torch.randn(5, generator=g)}
+        for _ in range(2)
+    ]
     paths = []
     for i, st in enumerate(states):
         paths.append(tmp_path / f"{i}.safetensors")
         save_file(st, str(paths[-1]))
     out = {"a": torch.empty(300, 7, dtype=torch.bfloat16), "empty": torch.zeros(0), "b": torch.empty(5)}
     linear_merge(paths, out=out, block=100)
-    assert torch.allclose(out["a"].float(), (states[0]["a"] + states[1]["a"]) / 2, rtol=2 ** -7, atol=1e-3)
+    assert torch.allclose(out["a"].float(), (states[0]["a"] + states[1]["a"]) / 2, rtol=2**-7, atol=1e-3)
     assert torch.allclose(out["b"], (states[0]["b"] + states[1]["b"]) / 2, atol=1e-6)
+
 
 def test_revolving_door_visits_every_subset_once_by_single_swaps():
     import itertools
@@ -112,6 +117,7 @@ def test_running_merges_equal_merging_each_subset(seed, tmp_path, refresh):
                 assert torch.allclose(merged[key], t, atol=1e-5), (subset, key)
             seen += 1
     assert seen == 10
+
 
 def test_non_float_tensors_are_copied_and_checked(tmp_path):
     a, b, c = (tmp_path / f"{x}.safetensors" for x in "abc")
@@ -185,7 +191,6 @@ def test_long_documents_match_a_manual_rolling_window_loss(seed):
     assert score.perplexity == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
 
 
-
 def test_head_on_scored_positions_equals_full_forward(seed):
     model, tok = seed.load_model(), seed.load_tokenizer()
     docs = [Document(d["text"][:3000], "d") for d in demo_docs("drama-comedy", 3)]
@@ -194,6 +199,7 @@ def test_head_on_scored_positions_equals_full_forward(seed):
     full = score_model(model, es, batch_size=5, device=resolve_device("cpu"), head_only=False)
     assert fast.tokens == full.tokens
     assert fast.nll == pytest.approx(full.nll, rel=1e-5)
+
 
 def test_scoring_spread_over_threads_equals_one_thread(seed):
     model, tok = seed.load_model(), seed.load_tokenizer()
@@ -208,11 +214,14 @@ def test_scoring_spread_over_threads_equals_one_thread(seed):
         assert spread.nll == pytest.approx(serial.nll, rel=1e-6) and spread.tokens == serial.tokens
         one_batch = score_model(model, es, batch_size=1000, device=resolve_device("cpu"))
         torch.set_num_threads(2)  # one batch: its rows are split over the workers
-        assert score_model(model, es, batch_size=1000, device=resolve_device("cpu")).nll == pytest.approx(one_batch.nll, rel=1e-6)
+        assert score_model(model, es, batch_size=1000, device=resolve_device("cpu")).nll == pytest.approx(
+            one_batch.nll, rel=1e-6
+        )
         torch.set_num_threads(2)
         score_model(model, es, batch_size=2, device=resolve_device("cpu"))
         assert torch.get_num_threads() == 2  # the workers' single thread does not leak out
         from concurrent.futures import ThreadPoolExecutor
+
         assert ThreadPoolExecutor(1).submit(torch.get_num_threads).result() == 2
     finally:
         torch.set_num_threads(before)
@@ -222,8 +231,17 @@ def test_sets_scored_in_shared_batches_equal_each_alone(seed):
     from dataassess.scoring import score_sets
 
     model, tok = seed.load_model(), seed.load_tokenizer()
-    sets = [build_eval_set(name, [Document(d["text"][:2500], name) for d in demo_docs(name, 3)], tok, ctx=128, stride=64, max_tokens=900)
-            for name in ("jargon", "satire", "drama-comedy")]
+    sets = [
+        build_eval_set(
+            name,
+            [Document(d["text"][:2500], name) for d in demo_docs(name, 3)],
+            tok,
+            ctx=128,
+            stride=64,
+            max_tokens=900,
+        )
+        for name in ("jargon", "satire", "drama-comedy")
+    ]
     together = score_sets(model, sets, batch_size=4, device=resolve_device("cpu"))  # batches mix the sets' windows
     for es, score in zip(sets, together):
         alone = score_model(model, es, batch_size=4, device=resolve_device("cpu"))
@@ -264,7 +282,9 @@ def test_merge_peak_memory_does_not_grow_with_the_number_of_models(tmp_path):
     model_bytes = paths[0].stat().st_size
 
     def peak(k):
-        out = subprocess.run([sys.executable, "-c", PEAK, *map(str, paths[:k])], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK, *map(str, paths[:k])], capture_output=True, text=True, check=True
+        )
         return int(out.stdout.strip().splitlines()[-1])
 
     p2, p6 = peak(2), peak(6)

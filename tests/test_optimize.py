@@ -1,4 +1,5 @@
 """Mixture weights: the search space's bounds, weighted ground truths, the warm-started search, the CLI and the flow."""
+
 import json
 
 import numpy as np
@@ -28,7 +29,7 @@ def k1(settings):
 
 def windows_of(settings, unit, length):
     raw = load_file(str(settings.store / "units" / unit.digest[:24] / "tokens.safetensors"))["tokens"].tolist()
-    return [tuple(raw[i:i + length]) for i in range(0, len(raw) - length + 1, length)]
+    return [tuple(raw[i : i + length]) for i in range(0, len(raw) - length + 1, length)]
 
 
 def test_bounds_and_the_repetition_cap_hold_for_every_point(settings, corpus):
@@ -44,8 +45,13 @@ def test_bounds_and_the_repetition_cap_hold_for_every_point(settings, corpus):
     assert space.upper.tolist() == pytest.approx(expected_upper)
     assert any(u < 0.6 for u in expected_upper), "the fixture has a partition smaller than the budget"
     rng = np.random.default_rng(0)
-    points = [space.uniform, space.natural, *space.vertices(), *space.sample(rng, 300),
-              *space.sample(rng, 50, around=space.vertices()[0], concentration=40.0)]
+    points = [
+        space.uniform,
+        space.natural,
+        *space.vertices(),
+        *space.sample(rng, 300),
+        *space.sample(rng, 50, around=space.vertices()[0], concentration=40.0),
+    ]
     for w in points:
         assert w.sum() == pytest.approx(1.0, abs=1e-5)
         assert (w >= space.lower - 1e-6).all() and (w <= space.upper + 1e-6).all(), w
@@ -68,13 +74,17 @@ def test_weighted_truth_draws_each_units_share_of_the_budget(settings, corpus):
     for u in units:  # by hand: each unit gives its share, whole windows of its own tokens, none twice
         n = counts[u.name]
         assert abs(n * length - shares[u.name] * budget) <= length, (u.name, n)
-        mine = rows[start:start + n]
+        mine = rows[start : start + n]
         assert set(mine) <= set(windows_of(settings, u, length)) and len(set(mine)) == len(mine)
         start += n
     assert apportion([0.5, 0.25, 0.25], 10) == [5, 3, 2] and apportion([1, 1, 1], 4) == [2, 1, 1]
     # one unit asked for twice its tokens: every window is drawn, then a fresh shuffle
-    twice, c = weighted_sequences(Store(settings.store), units[:1], {units[0].name: 1.0}, length, 2 * units[0].tokens, data_seed=0)
-    assert sorted(map(tuple, twice.tolist())) == sorted(windows_of(settings, units[0], length) * 2) and c[units[0].name] == len(twice)
+    twice, c = weighted_sequences(
+        Store(settings.store), units[:1], {units[0].name: 1.0}, length, 2 * units[0].tokens, data_seed=0
+    )
+    assert sorted(map(tuple, twice.tolist())) == sorted(windows_of(settings, units[0], length) * 2) and c[
+        units[0].name
+    ] == len(twice)
     with Steps(settings, inputs.seed) as steps:
         meta = train_truth(steps, units, Truth("fixed", budget, settings.train.seed), shares)
         assert meta["kind"] == "truth" and meta["tokens"] == budget and meta["sequences_per_unit"] == counts
@@ -93,8 +103,11 @@ def test_the_weighted_proxy_is_the_weighted_average_of_the_unit_models(settings,
     merged = linear_merge([store.weights(k) for k in mixture.model_keys], mixture.weights)
     states = {u: load_file(str(store.weights(result.models[u].key))) for u in mixture.units}
     for name in merged:  # by hand: each partition's share split over its units
-        expected = sum(float(s) / len(space.units[p]) * states[u][name].double()
-                       for p, s in zip(space.partitions, w) for u in space.units[p])
+        expected = sum(
+            float(s) / len(space.units[p]) * states[u][name].double()
+            for p, s in zip(space.partitions, w)
+            for u in space.units[p]
+        )
         assert torch.allclose(merged[name].double(), expected, atol=1e-6), name
 
 
@@ -105,7 +118,10 @@ def test_search_is_idempotent_and_a_warm_restart_scores_only_new_proxies(setting
     assert set(report["weights"]) == {"drama", "jargon", "satire", "scripture"}
     assert sum(report["weights"].values()) == pytest.approx(1.0, abs=1e-5)
     assert report["surrogate"]["n_proxies"] >= 40 + 6 and -1 <= report["surrogate"]["spearman"] <= 1
-    assert report["objective_value"]["optimized"] <= min(report["objective_value"]["uniform"], report["objective_value"]["natural"]) + 1e-9
+    assert (
+        report["objective_value"]["optimized"]
+        <= min(report["objective_value"]["uniform"], report["objective_value"]["natural"]) + 1e-9
+    )
     store = Store(settings.store)
     written = {p: p.stat().st_mtime_ns for p in (store.root / "scores").rglob("score.json")}
 
@@ -118,8 +134,11 @@ def test_search_is_idempotent_and_a_warm_restart_scores_only_new_proxies(setting
     assert set(warm.report["change"]) == set(warm.report["weights"])
     # every point scored before is in the warm design with its cached scores (wisdom at 0)
     before = {tuple(sorted(p["weights"].items())): p["scores"] for p in first.proxies}
-    reused = {tuple(sorted((k, v) for k, v in p["weights"].items() if k != "wisdom")): p["scores"]
-              for p in warm.proxies if p["weights"]["wisdom"] == 0}
+    reused = {
+        tuple(sorted((k, v) for k, v in p["weights"].items() if k != "wisdom")): p["scores"]
+        for p in warm.proxies
+        if p["weights"]["wisdom"] == 0
+    }
     assert all(reused.get(k) == v for k, v in before.items())
     # only what is new was scored: the warm samples, the new vertex, uniform and natural, one round, the confirmations
     o = cold.optimize
@@ -132,7 +151,7 @@ def test_optimize_cli_verifies_by_training_and_logs_to_mlflow(settings, corpus, 
     toml = write_toml(settings, tmp_path / "o.toml")
     res = CliRunner().invoke(app, ["--config", str(toml), "optimize", str(corpus), "--json", "--verify"])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout[res.stdout.index("{"):])
+    report = json.loads(res.stdout[res.stdout.index("{") :])
     assert {"objective", "weights", "predicted", "surrogate", "verified"} <= set(report)
     assert {"spearman", "n_proxies"} <= set(report["surrogate"])
     verified = report["verified"]
@@ -144,10 +163,18 @@ def test_optimize_cli_verifies_by_training_and_logs_to_mlflow(settings, corpus, 
     client = MlflowClient(embedded_uri(settings.store))
     (run,) = client.search_runs([client.get_experiment_by_name("dataassess-optimize").experiment_id])
     assert run.data.metrics["verified.optimized.objective"] == pytest.approx(verified["objective"]["optimized"])
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"weights.json", "weights.png", "surrogate_fit.png", "verified.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "weights.json",
+        "weights.png",
+        "surrogate_fit.png",
+        "verified.json",
+    }
     res = CliRunner().invoke(app, ["--config", str(toml), "optimize", str(corpus), "--no-mlflow"])
     assert res.exit_code == 0 and "mixture weights" in res.output and "scored now 0" in res.output, res.output
-    bad = write_toml(settings.model_copy(update={"optimize": settings.optimize.model_copy(update={"objective": "nope"})}), tmp_path / "b.toml")
+    bad = write_toml(
+        settings.model_copy(update={"optimize": settings.optimize.model_copy(update={"objective": "nope"})}),
+        tmp_path / "b.toml",
+    )
     res = CliRunner().invoke(app, ["--config", str(bad), "optimize", str(corpus)])
     assert res.exit_code == 2 and "optimize.objective 'nope'" in res.output
 
@@ -161,7 +188,10 @@ def harness():
 def test_an_intake_re_optimizes_and_links_the_weights_to_its_ranking_run(settings, corpus, harness):
     on = settings.model_copy(update={"optimize": settings.optimize.model_copy(update={"on_intake": True})})
     first = intake(str(corpus), on.model_dump(mode="json"), pool="w")
-    assert set(first["weights"]["weights"]) == {"drama", "jargon", "satire", "scripture"} and first["weights"]["change"] is None
+    assert (
+        set(first["weights"]["weights"]) == {"drama", "jargon", "satire", "scripture"}
+        and first["weights"]["change"] is None
+    )
     write_jsonl(corpus / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
     second = intake(str(corpus), on.model_dump(mode="json"), pool="w")
     moved = second["weights"]["change"]
@@ -169,5 +199,8 @@ def test_an_intake_re_optimizes_and_links_the_weights_to_its_ranking_run(setting
     client = MlflowClient(embedded_uri(settings.store))
     ranking = client.get_run(second["ranking_run_id"])
     assert ranking.data.tags["dataassess.optimize_run"] == second["weights"]["optimize_run_id"]
-    assert client.get_run(second["weights"]["optimize_run_id"]).data.tags["dataassess.ranking_run"] == second["ranking_run_id"]
+    assert (
+        client.get_run(second["weights"]["optimize_run_id"]).data.tags["dataassess.ranking_run"]
+        == second["ranking_run_id"]
+    )
     assert "weight.wisdom" in ranking.data.metrics

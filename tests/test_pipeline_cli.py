@@ -61,7 +61,11 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     bad.write_text("[train]\nlr = 'fast'\n")
     res = runner.invoke(app, ["--config", str(bad), "config"])
     assert res.exit_code == 2 and "invalid configuration" in res.output
-    assert "train.lr = 'fast' (from file" in res.output and "pydantic" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert (
+        "train.lr = 'fast' (from file" in res.output
+        and "pydantic" not in res.output
+        and len(res.output.strip().splitlines()) == 1
+    )
 
 
 def test_config_env_overrides_file_and_defaults(tmp_path, monkeypatch):
@@ -106,7 +110,9 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(seed, tmp_path):
     seed.load_tokenizer().save_pretrained(folder)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     s = small_settings(tmp_path / "store", base_model=str(folder))
-    with pytest.raises(ValueError, match=r"cannot load base_model .*model\.safetensors.*pickled \.bin weights are not read"):
+    with pytest.raises(
+        ValueError, match=r"cannot load base_model .*model\.safetensors.*pickled \.bin weights are not read"
+    ):
         prepare_seed(s, progress=False)
     assert not list((tmp_path / "store" / "seeds").glob("*/model.safetensors"))
 
@@ -133,9 +139,15 @@ def test_real_pretrained_135m_model_smoke(tmp_path):
     write_jsonl(corpus / "satire" / "a.jsonl", demo_docs("satire", 12))
     write_jsonl(corpus / "jargon" / "a.jsonl", demo_docs("jargon", 8))
     write_jsonl(evals / "drama" / "a.jsonl", demo_docs("drama-poems", 1, where="eval"))
-    s = small_settings(tmp_path / "s", base_model=folder, gguf_file=ggufs[0], units={"tokens": 1024},
-                       corpus={"min_tokens": 256, "eval_max_tokens": 256},
-                       train={"seq_len": 128, "batch_tokens": 512, "micro_batch": 4}, rank={"k_max": 2})
+    s = small_settings(
+        tmp_path / "s",
+        base_model=folder,
+        gguf_file=ggufs[0],
+        units={"tokens": 1024},
+        corpus={"min_tokens": 256, "eval_max_tokens": 256},
+        train={"seq_len": 128, "batch_tokens": 512, "micro_batch": 4},
+        rank={"k_max": 2},
+    )
     result = pipeline.run(corpus, s, eval_sets_dir=evals, progress=False)
     assert len(result.trained) >= 2 and result.ranking
     assert all(1 < v < 1e4 for r in result.ranking for v in r.scores.values())

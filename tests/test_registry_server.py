@@ -1,4 +1,5 @@
 """The registry against a real `mlflow server` on 127.0.0.1, and against none."""
+
 import os
 import sys
 import time
@@ -18,9 +19,27 @@ def mlflow_server(tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     url = f"http://127.0.0.1:{port}"
-    with local_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                       "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts")],
-                      env, f"{url}/health", 90) as proc:
+    with local_server(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        env,
+        f"{url}/health",
+        90,
+    ) as proc:
         yield url
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):  # no orphan left in the server's process group
@@ -36,7 +55,9 @@ def test_register_against_a_real_mlflow_server(mlflow_server, settings, corpus, 
     seed_v = models.register_seed(client, settings.store, "srv", pool.seed)
     mv, new = models.register_unit(client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version)
     assert new and mv.tags["dataassess.unit_digest"] == pool.units[0].digest
-    again, new_again = models.register_unit(client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version)
+    again, new_again = models.register_unit(
+        client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version
+    )
     assert not new_again and again.version == mv.version
     remote = MlflowClient(mlflow_server, mlflow_server)
     assert remote.get_model_version_by_alias(mv.name, "current").version == mv.version

@@ -1,4 +1,5 @@
 """pipeline.run's options and cache paths, each checked against a value computed another way."""
+
 import json
 
 import pytest
@@ -40,7 +41,10 @@ def test_token_weighting_scores_the_merge_weighted_by_distinct_tokens(settings, 
     assert a.source_tokens != b.source_tokens, "the fixture's partitions differ in size"
     # by hand: the weighted average of the two state dicts, loaded into the seed's model
     sa, sb = (load_file(str(settings.store / "models" / m.key / "model.safetensors")) for m in (a, b))
-    wa, wb = a.source_tokens / (a.source_tokens + b.source_tokens), b.source_tokens / (a.source_tokens + b.source_tokens)
+    wa, wb = (
+        a.source_tokens / (a.source_tokens + b.source_tokens),
+        b.source_tokens / (a.source_tokens + b.source_tokens),
+    )
     model = result.inputs.seed.load_model()
     model.load_state_dict({k: wa * sa[k] + wb * sb[k] for k in sa}, strict=False)
     model.tie_weights()
@@ -80,7 +84,10 @@ def test_rank_change_counts_only_moves_among_mixtures_ranked_both_times(settings
     assert all(r.rank_change is None for r in after if r.k == 2)
     snapshot = pipeline.latest_ranking(settings)
     changes = snapshot["changes"]
-    assert sorted(map(tuple, changes["new"])) == sorted(tuple(r.units) for r in after if r.k == 2) and changes["moved"] == []
+    assert (
+        sorted(map(tuple, changes["new"])) == sorted(tuple(r.units) for r in after if r.k == 2)
+        and changes["moved"] == []
+    )
     assert changes["new_best"] == (tuple(after[0].units) != singles[0])
 
     previous = [tuple(r.units) for r in after]
@@ -89,7 +96,9 @@ def test_rank_change_counts_only_moves_among_mixtures_ranked_both_times(settings
     for place, row in enumerate(resorted):
         assert row.rank_change == previous.index(tuple(row.units)) - place  # every mixture was ranked both times
     assert any(r.rank_change for r in resorted), "one set orders the mixtures differently from macro"
-    assert sorted(map(tuple, pipeline.latest_ranking(settings)["changes"]["moved"])) == sorted(tuple(r.units) for r in resorted if r.rank_change)
+    assert sorted(map(tuple, pipeline.latest_ranking(settings)["changes"]["moved"])) == sorted(
+        tuple(r.units) for r in resorted if r.rank_change
+    )
 
 
 def test_lost_weights_or_metadata_retrain_that_unit_once(settings, corpus):
@@ -101,7 +110,10 @@ def test_lost_weights_or_metadata_retrain_that_unit_once(settings, corpus):
     second = pipeline.run(corpus, with_rank(settings, k_max=1), progress=False)
     assert sorted(second.trained) == ["jargon.u0", "satire.u0"]
     for unit in ("jargon.u0", "satire.u0"):  # the same model again: training is deterministic
-        assert (second.models[unit].key, second.models[unit].final_loss) == (first.models[unit].key, first.models[unit].final_loss)
+        assert (second.models[unit].key, second.models[unit].final_loss) == (
+            first.models[unit].key,
+            first.models[unit].final_loss,
+        )
     assert pipeline.run(corpus, with_rank(settings, k_max=1), progress=False).trained == []
 
 
@@ -141,5 +153,5 @@ def test_cli_rank_and_score_agree_with_the_pipeline(settings, corpus, tmp_path):
     snapshot = pipeline.latest_ranking(settings)
     res = runner.invoke(app, ["--config", str(toml), "score", str(corpus), "-m", "jargon.u0"])
     assert res.exit_code == 0, res.output
-    row = json.loads(res.stdout[res.stdout.index("{"):])
+    row = json.loads(res.stdout[res.stdout.index("{") :])
     assert row["scores"] == next(r["scores"] for r in snapshot["ranking"] if r["units"] == ["jargon.u0"])

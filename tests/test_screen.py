@@ -64,6 +64,6 @@ def test_screened_ranking_puts_full_scores_on_top(settings, corpus):
     assert len(tops) >= 4 and rows[: len(tops)] == tops
     for row in tops:  # survivors carry the exact full-set scores (reused from the exhaustive run)
         assert row["scores"] == exact[tuple(row["units"])]
-    assert {r["evaluated_fraction"] for r in rows[len(tops):]} <= {0.25, 0.5}
+    assert {r["evaluated_fraction"] for r in rows[len(tops) :]} <= {0.25, 0.5}
     info = screened.counts["screening"]
     assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and info["cost"] < 1

@@ -1,4 +1,5 @@
 """The layout's promises: imports without side effects, one pipeline sequence."""
+
 import json
 import subprocess
 import sys
@@ -45,7 +46,9 @@ print(json.dumps({k: [before[k], after[k]] for k in before if before[k] != after
 def test_importing_the_packages_creates_no_file_and_changes_no_global_setting(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    out = subprocess.run([sys.executable, "-c", SIDE_EFFECTS, str(ROOT)], cwd=empty, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SIDE_EFFECTS, str(ROOT)], cwd=empty, capture_output=True, text=True, check=True
+    )
     changed = json.loads(out.stdout.strip().splitlines()[-1])
     assert changed == {}, changed
     assert list(empty.iterdir()) == []

@@ -3,6 +3,7 @@
 Playwright drives Debian's Chromium (`make setup` installs both); without Chromium the tests are
 skipped with the reason. Screenshots go to ui-screenshots/ (or $DATAASSESS_UI_SCREENSHOTS).
 """
+
 import os
 import re
 import shutil
@@ -15,12 +16,21 @@ import pytest
 from tests.conftest import demo_docs, free_port, local_server, small_settings, write_jsonl, write_toml
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (make setup does, as root)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium: `apt-get install chromium` (make setup does, as root)"
+)
 SHOTS = Path(os.environ.get("DATAASSESS_UI_SCREENSHOTS", Path(__file__).resolve().parents[1] / "ui-screenshots"))
 BIN = Path(sys.executable).parent
 # the closed network here refuses Chromium's background connections; these flags stop it trying
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +44,14 @@ def intake_store(tmp_path_factory):
     store = root / "store"
     toml = write_toml(small_settings(store), root / "dataassess.toml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAASSESS_", "PREFECT_", "MLFLOW_TRACKING"))}
-    res = subprocess.run([str(BIN / "dataassess"), "--config", str(toml), "intake", str(corpus)], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [str(BIN / "dataassess"), "--config", str(toml), "intake", str(corpus)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return store, env, res.stdout
 
@@ -55,9 +71,24 @@ def browser():
 def mlflow_ui(intake_store):
     store, env, _ = intake_store
     port = free_port()
-    with local_server([str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                       "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--default-artifact-root", str(store / "mlartifacts")],
-                      {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"http://127.0.0.1:{port}/health"):
+    with local_server(
+        [
+            str(BIN / "mlflow"),
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(store / "mlartifacts"),
+        ],
+        {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        f"http://127.0.0.1:{port}/health",
+    ):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -109,14 +140,23 @@ def test_prefect_ui_lists_the_intake_run_with_its_tasks(intake_store, browser):
     store, env, _ = intake_store
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    with local_server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                      {**env, "PREFECT_HOME": str(store / "prefect"), "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
-                      f"{api}/health"):
+    with local_server(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        {
+            **env,
+            "PREFECT_HOME": str(store / "prefect"),
+            "PREFECT_UI_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        },
+        f"{api}/health",
+    ):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
         page.goto(f"http://127.0.0.1:{port}/runs")
         page.get_by_text(re.compile(r"intake corpus \d{4}-\d\d-\d\d")).first.click()
-        page.get_by_text(re.compile(r"units: \d+ trained")).first.wait_for()  # the flow's own log line, in the run's log pane
+        page.get_by_text(
+            re.compile(r"units: \d+ trained")
+        ).first.wait_for()  # the flow's own log line, in the run's log pane
         page.screenshot(path=str(SHOTS / "prefect-flow-run.png"), full_page=True)
         page.get_by_text("Task Runs", exact=True).first.click()
         page.get_by_text(re.compile(r"train satire\.u0")).first.wait_for()

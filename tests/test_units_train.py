@@ -51,7 +51,11 @@ def test_unit_training_writes_safetensors_and_metadata_once(settings, corpus):
     unit = pool.units[0]
     steps = Steps(settings, pool.seed)
     model = steps.train(unit)
-    assert (model.unit_digest, model.seed_digest, model.train_config_hash) == (unit.digest, pool.seed.digest, settings.train.digest())
+    assert (model.unit_digest, model.seed_digest, model.train_config_hash) == (
+        unit.digest,
+        pool.seed.digest,
+        settings.train.digest(),
+    )
     assert model.tokens == settings.units.tokens and model.final_loss > 0 and model.wall_s > 0
     weights = settings.store / "models" / model.key / "model.safetensors"
     assert recorded_digest(weights) == model.weights_digest == sha256_file(weights)  # checked before every reuse
@@ -66,7 +70,9 @@ def test_unit_training_writes_safetensors_and_metadata_once(settings, corpus):
     assert steps.train(unit) == model
     assert weights.stat().st_mtime_ns == mtime
     assert finished_unit_model(Store(settings.store), unit_model_key(unit, pool.seed, settings)) == model
-    assert str(settings.store) not in (settings.store / "models" / model.key / "meta.json").read_text()  # keys, never paths
+    assert (
+        str(settings.store) not in (settings.store / "models" / model.key / "meta.json").read_text()
+    )  # keys, never paths
 
 
 def test_training_is_deterministic_for_a_fixed_seed(settings, corpus, tmp_path):

@@ -1,8 +1,9 @@
 """One interface for every merge method (in the spirit of mergekit's merge_methods/)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -14,8 +15,12 @@ class MergeMethod:
     A method may hold threads and buffers across merges: use it as a context manager.
     """
 
-    def merge(self, paths: Sequence[Path | str], weights: Sequence[float] | None = None,
-              out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def merge(
+        self,
+        paths: Sequence[Path | str],
+        weights: Sequence[float] | None = None,
+        out: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def close(self) -> None:

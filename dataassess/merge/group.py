@@ -3,10 +3,11 @@
 Computed in one streamed pass with the equivalent per-model weights; any
 already-merged file can also be passed to a linear merge directly.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -26,8 +27,12 @@ class GroupMerge(MergeMethod):
     def __init__(self, linear: LinearMerge | None = None):
         self.linear = linear or LinearMerge()
 
-    def merge(self, groups: Sequence[Sequence[Path | str]], weights: Sequence[float] | None = None,
-              out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def merge(
+        self,
+        groups: Sequence[Sequence[Path | str]],
+        weights: Sequence[float] | None = None,
+        out: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         paths = [p for g in groups for p in g]
         return self.linear.merge(paths, group_weights([[1.0] * len(g) for g in groups], weights), out)
 

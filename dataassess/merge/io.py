@@ -4,22 +4,31 @@ grow with the number of inputs (touched pages of a mapping count as resident unt
 Format: 8-byte little-endian header length, a JSON header {name: {dtype, shape,
 data_offsets}}, then the raw tensor bytes.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -47,7 +56,8 @@ class SafetensorsReader:
         header.pop("__metadata__", None)
         self.data_start = 8 + n
         self.tensors = {
-            name: TensorInfo(DTYPES[h["dtype"]], tuple(h["shape"]), 8 + n + h["data_offsets"][0]) for name, h in header.items()
+            name: TensorInfo(DTYPES[h["dtype"]], tuple(h["shape"]), 8 + n + h["data_offsets"][0])
+            for name, h in header.items()
         }
 
     def keys(self) -> list[str]:
@@ -59,7 +69,9 @@ class SafetensorsReader:
         reader.close()
         return reader.keys()
 
-    def read(self, name: str, start: int = 0, count: int | None = None, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    def read(
+        self, name: str, start: int = 0, count: int | None = None, buffer: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Elements [start, start + count) of the flattened tensor, into `buffer` (bytes) if given."""
         info = self.tensors[name]
         count = info.numel - start if count is None else count

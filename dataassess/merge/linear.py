@@ -13,14 +13,15 @@ blocks instead of many small tensors, and the output tensors are views of one bu
 A LinearMerge owns its worker threads and read buffers: keep one open across many merges
 (fresh buffers would page-fault on every call) and close it when done.
 """
+
 from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -54,7 +55,7 @@ class FlatLayout:
         return torch.empty(0, dtype=self.dtype).element_size()
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {n: flat[o:o + _numel(s)].view(s) for n, o, s in zip(self.names, self.offsets, self.shapes)}
+        return {n: flat[o : o + _numel(s)].view(s) for n, o, s in zip(self.names, self.offsets, self.shapes)}
 
     def segments(self, state: dict[str, torch.Tensor]) -> list[tuple[int, int, torch.Tensor]]:
         """(flat offset, numel, flat view of state[name]) for each tensor, in layout order."""
@@ -94,7 +95,9 @@ def flat_layout(readers: Sequence[SafetensorsReader]) -> FlatLayout | None:
     return FlatLayout(dtype, tuple(n for n, _ in infos), tuple(offsets), tuple(i.shape for _, i in infos), expected)
 
 
-def read_flat(reader: SafetensorsReader, layout: FlatLayout, start: int, count: int, buffer: torch.Tensor) -> torch.Tensor:
+def read_flat(
+    reader: SafetensorsReader, layout: FlatLayout, start: int, count: int, buffer: torch.Tensor
+) -> torch.Tensor:
     """Elements [start, start + count) of a reader's flat data section."""
     item = layout.itemsize
     return reader.read_raw(reader.data_start + start * item, count * item, buffer).view(layout.dtype)
@@ -132,8 +135,12 @@ class LinearMerge(MergeMethod):
             self._executor = None
         self._buffers.clear()
 
-    def merge(self, paths: Sequence[Path | str], weights: Sequence[float] | None = None,
-              out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def merge(
+        self,
+        paths: Sequence[Path | str],
+        weights: Sequence[float] | None = None,
+        out: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Average of the models in `paths`; written into `out` (e.g. a model's parameters) if given."""
         if not paths:
             raise ValueError("nothing to merge")
@@ -175,7 +182,7 @@ class LinearMerge(MergeMethod):
             acc = torch.empty(info.numel, dtype=torch.float32)
             for start in range(0, info.numel, self.block):
                 count = min(self.block, info.numel - start)
-                block = acc[start:start + count]
+                block = acc[start : start + count]
                 scaled_into(block, readers[0].read(name, start, count, buffers[0]), w[0])
                 for r, wi, buf in zip(readers[1:], w[1:], buffers[1:]):
                     block.add_(r.read(name, start, count, buf), alpha=wi)
@@ -192,8 +199,14 @@ class LinearMerge(MergeMethod):
                 bufs[i] = torch.empty(nbytes, dtype=torch.uint8)
         return bufs[:k]
 
-    def flat_weighted_sum(self, readers: Sequence[SafetensorsReader], layout: FlatLayout, weights: Sequence[float],
-                          segments: list[tuple[int, int, torch.Tensor]], direct: bool) -> None:
+    def flat_weighted_sum(
+        self,
+        readers: Sequence[SafetensorsReader],
+        layout: FlatLayout,
+        weights: Sequence[float],
+        segments: list[tuple[int, int, torch.Tensor]],
+        direct: bool,
+    ) -> None:
         """Write sum(w_i * model_i) into `segments`. With `direct`, the single segment is a float32
         flat buffer accumulated into in place; otherwise blocks go through a float32 scratch.
 
@@ -211,7 +224,9 @@ class LinearMerge(MergeMethod):
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="merge")
         list(self._executor.map(lambda r: self._sum_range(readers, layout, weights, segments, direct, *r), ranges))
 
-    def _sum_range(self, readers, layout: FlatLayout, weights, segments, direct: bool, slot: int, bounds: tuple[int, int]) -> None:
+    def _sum_range(
+        self, readers, layout: FlatLayout, weights, segments, direct: bool, slot: int, bounds: tuple[int, int]
+    ) -> None:
         lo, hi = bounds
         buffers = self.buffers(slot, len(readers) + (not direct), self.block * max(layout.itemsize, 4))
         scratch = None if direct else buffers[-1].view(torch.float32)
@@ -222,7 +237,7 @@ class LinearMerge(MergeMethod):
             offset, n, target = segments[seg]
             inside = offset <= start and end <= offset + n and target.dtype == torch.float32
             if scratch is None or inside:  # accumulate in place: no copy through the scratch block
-                acc = target[start - offset:end - offset]
+                acc = target[start - offset : end - offset]
             else:
                 acc = scratch[:count]
             scaled_into(acc, read_flat(readers[0], layout, start, count, buffers[0]), weights[0])
@@ -235,14 +250,18 @@ class LinearMerge(MergeMethod):
             while seg < len(segments) and segments[seg][0] < end:  # copy the block into each tensor it covers
                 offset, n, target = segments[seg]
                 lo_, hi_ = max(offset, start), min(offset + n, end)
-                target[lo_ - offset:hi_ - offset].copy_(acc[lo_ - start:hi_ - start])
+                target[lo_ - offset : hi_ - offset].copy_(acc[lo_ - start : hi_ - start])
                 if offset + n > end:
                     break
                 seg += 1
 
 
-def linear_merge(paths: Sequence[Path | str], weights: Sequence[float] | None = None,
-                 out: dict[str, torch.Tensor] | None = None, block: int = BLOCK) -> dict[str, torch.Tensor]:
+def linear_merge(
+    paths: Sequence[Path | str],
+    weights: Sequence[float] | None = None,
+    out: dict[str, torch.Tensor] | None = None,
+    block: int = BLOCK,
+) -> dict[str, torch.Tensor]:
     """One merge with its own threads and buffers; hold a LinearMerge open for many."""
     with LinearMerge(block) as method:
         return method.merge(paths, weights, out)

@@ -5,10 +5,11 @@ model out and one in, so the running sum moves by two model reads, and each merg
 costs O(model) whatever k is, against O(k * model) for merging each subset from scratch.
 The float32 sum is recomputed from scratch every `refresh` steps to bound rounding drift.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -28,7 +29,10 @@ def revolving_door(n: int, k: int) -> list[tuple[int, ...]]:
 
 
 def running_merges(
-    paths: Sequence[Path | str], k: int, refresh: int = 32, out: dict[str, torch.Tensor] | None = None,
+    paths: Sequence[Path | str],
+    k: int,
+    refresh: int = 32,
+    out: dict[str, torch.Tensor] | None = None,
     linear: LinearMerge | None = None,
 ) -> Iterator[tuple[tuple[int, ...], dict[str, torch.Tensor]]]:
     """Yield (subset, merged state) for every k-subset of `paths` in revolving-door order.
@@ -61,20 +65,21 @@ def _running(paths, k, refresh, out, linear: LinearMerge, step_size: int, subset
         previous: tuple[int, ...] | None = None
         for step, subset in enumerate(subsets):
             if previous is None or step % refresh == 0:  # the plain sum, from scratch
-                linear.flat_weighted_sum([readers[i] for i in subset], layout, [1.0] * k, [(0, total, running)], direct=True)
+                linear.flat_weighted_sum(
+                    [readers[i] for i in subset], layout, [1.0] * k, [(0, total, running)], direct=True
+                )
             else:
                 (add,) = set(subset) - set(previous)
                 (sub,) = set(previous) - set(subset)
                 for start in range(0, total, step_size):
                     count = min(step_size, total - start)
-                    block = running[start:start + count]
+                    block = running[start : start + count]
                     block.add_(read_flat(readers[add], layout, start, count, buf_a))
                     block.sub_(read_flat(readers[sub], layout, start, count, buf_b))
             for start, count, target in targets:
                 if target.dtype == torch.float32:
-                    torch.mul(running[start:start + count], 1.0 / k, out=target)
+                    torch.mul(running[start : start + count], 1.0 / k, out=target)
                 else:
-                    target.copy_(running[start:start + count] / k)
+                    target.copy_(running[start : start + count] / k)
             previous = subset
             yield subset, merged
-
