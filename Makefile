@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup browser demo test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
+.PHONY: setup browser demo lint test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -91,6 +91,12 @@ prefect-ui: setup
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (flow 'dataassess-intake': one run per intake, named by pool and time)"
 	PREFECT_HOME=$(abspath $(STORE))/prefect PREFECT_API_URL= PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
 	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# ruff (lint and format, line length 120) and import-linter's layer contracts (pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: setup
 	@mkdir -p "$(PREFECT_HOME)"

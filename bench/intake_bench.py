@@ -1,4 +1,5 @@
-"""make bench-intake (bench.py --only intake): adding one partition to a pool of n, against rebuilding all n+1 from scratch.
+"""make bench-intake (bench.py --only intake): adding one partition to a pool of n, against rebuilding all n+1 from
+scratch.
 
 Both sides run the real Prefect intake (training, registration, scoring, publishing) on the
 demo corpus with its fixed evaluation sets; the seed is built once beforehand and shared.
@@ -20,11 +21,11 @@ from itertools import combinations
 from pathlib import Path
 
 from dataassess.config import Settings
-from dataassess.pipeline import latest_ranking
+from dataassess.merge import merge_spec
+from dataassess.pipeline import latest_snapshot
 from dataassess.seed import prepare_seed
-from dataassess.steps import mixture_of
 from dataassess.store import Store, atomic_dir, read_json
-from dataassess.types import UnitModel
+from dataassess.types import UnitModel, mixture_of
 from flows.intake import intake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +61,11 @@ def seed_pool(rebuilt: Settings, pool: Settings, old_partitions: set[str]) -> No
         if model.partition in old_partitions:
             shutil.copytree(src.model_dir(model.key), dst.model_dir(model.key))  # metadata holds keys, not paths
             models[model.unit] = model
-    eval_digests = latest_ranking(rebuilt)["eval_sets"].values()
+    eval_digests = latest_snapshot(src).eval_sets.values()
     score_config = rebuilt.score.digest()
     for k in range(1, rebuilt.rank.k_max + 1):
         for names in combinations(sorted(models), k):
-            key = mixture_of(names, models, rebuilt.rank.weighting).key
+            key = mixture_of(names, models, merge_spec(rebuilt.merge.method), rebuilt.rank.weighting).key
             for digest in eval_digests:
                 if src.score(key, digest, score_config).exists():
                     dst.score(key, digest, score_config).parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def keep_models(rebuilt: Settings, store: Path) -> None:
 def sides(work: Path):
     """The figure's two sides for bench.paired, as callables returning seconds: a rebuild, then an add on
     the pool that rebuild leaves. Also returns each side's intake summaries and n."""
-    prepare_seed(Settings(store=SEED_STORE), progress=False)
+    prepare_seed(Settings(store=SEED_STORE), Store(SEED_STORE), progress=False)
     parts = sorted(p for p in (DEMO / "corpus").iterdir() if p.is_dir())
     old = [p for p in parts if p.name != NEW]
     timed_intake(*fresh(work, "warm-up", old[:1]))

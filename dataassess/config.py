@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .errors import UserError
-from .store import digest_json
+from .files import digest_json
 
 ENV_PREFIX = "DATAASSESS_"
 
@@ -31,20 +31,20 @@ class Section(BaseModel):
 class TinySeedConfig(Section):
     """The built-in `tiny` seed: a small model and a byte-level BPE trained here."""
 
-    arch: Literal["gpt2", "llama"] = "gpt2"
-    n_layer: int = Field(2, ge=1)
-    n_embd: int = Field(128, ge=8)
-    n_head: int = Field(4, ge=1)
-    vocab_size: int = Field(8192, ge=256)
+    arch: Literal["gpt2", "llama"] = "gpt2"  # the architecture built from its config
+    n_layer: int = Field(2, ge=1)  # transformer blocks
+    n_embd: int = Field(128, ge=8)  # hidden width
+    n_head: int = Field(4, ge=1)  # attention heads
+    vocab_size: int = Field(8192, ge=256)  # of the byte-level BPE trained on the seed text
     tokens: int = Field(1_000_000, gt=0)  # pretraining token budget on the seed text
-    lr: float = Field(2e-3, gt=0)
-    min_lr: float = 2e-4
-    warmup_steps: int = 20
+    lr: float = Field(2e-3, gt=0)  # peak pretraining learning rate (cosine to min_lr)
+    min_lr: float = 2e-4  # final pretraining learning rate
+    warmup_steps: int = 20  # linear warm-up steps of pretraining
     text: str | None = None  # seed text file/dir; None = the bundled FOLDOC cut
 
 
 class CorpusConfig(Section):
-    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # documents held out of training as evaluation text
     eval_max_tokens: int = Field(8192, gt=0)  # per evaluation set
     eval_group: Literal["domain", "partition"] = "domain"  # held-out docs grouped by `domain` field or partition
     partition_field: str = "domain"  # when the corpus is one dataset (file or hub id) instead of a folder
@@ -56,59 +56,66 @@ class UnitConfig(Section):
 
 
 class TrainConfig(Section):
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    seq_len: int = Field(256, ge=2)
+    """Continued pretraining of the seed, for unit models and ground truths alike. Part of every model's key."""
+
+    lr: float = Field(3e-4, gt=0)  # peak learning rate (AdamW, cosine schedule)
+    weight_decay: float = 0.1  # AdamW weight decay
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # gradient-norm clip
+    seq_len: int = Field(256, ge=2)  # tokens per training sequence (and evaluation window, at most)
     batch_tokens: int = Field(4096, gt=0)  # tokens per optimizer step; gradient accumulation reaches it
     micro_batch: int = Field(16, ge=1)  # sequences per forward pass
-    seed: int = 0
+    seed: int = 0  # data order and initialization seed of unit training
 
 
 class ScoreConfig(Section):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)  # evaluation windows per forward pass
     stride: int | None = Field(None, gt=0)  # rolling-window stride; None = half the context
 
 
 class RankConfig(Section):
-    # what a score answers: "fixed" = every mixture trained on the same token budget (the uniform
-    # average is its first-order proxy); "union" = trained on all of its units (k x the tokens),
-    # predicted by a calibration fitted by `dataassess fidelity --budget union`
-    budget: Literal["fixed", "union"] = "fixed"
+    # what a score answers (dataassess/budgets.py): fixed = every mixture trained on the same B tokens; union = on
+    # all of its units (k x the tokens), predicted by a calibration fitted by `dataassess fidelity --budget union`
+    budget: Literal["fixed", "union"] = "fixed"  # what a score answers (see above)
     budget_tokens: int | None = Field(None, gt=0)  # the fixed budget B; None = units.tokens
-    k_max: int = Field(2, ge=1)
+    k_max: int = Field(2, ge=1)  # largest mixture size ranked
     mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
     by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)
-    weighting: Literal["uniform", "tokens"] = "uniform"
+    weighting: Literal["uniform", "tokens"] = "uniform"  # a mixture's units merged evenly or by distinct tokens
     # staged screening (successive halving): score all mixtures on 1/25 of each evaluation set,
     # keep the best 1/eta (at least screen_keep) for an eta-times larger slice, then the survivors on the full sets;
     # three rungs cost about 3/25 + screen_keep/mixtures of scoring everything in full
-    screen: bool = False
-    screen_eta: int = Field(5, ge=2)
-    screen_min_fraction: float = Field(1 / 25, gt=0.0, le=1.0)
+    screen: bool = False  # staged screening (see above)
+    screen_eta: int = Field(5, ge=2)  # each rung keeps 1/eta of the mixtures on an eta-times larger slice
+    screen_min_fraction: float = Field(1 / 25, gt=0.0, le=1.0)  # the first rung's slice of each set
     screen_keep: int = Field(10, ge=1)  # the top screen_keep mixtures always get full-set scores
+
+
+class MergeConfig(Section):
+    """How unit models are merged into a mixture's proxy: a method of dataassess/merge/ by name, and its parameters
+    (unset ones take the method's defaults). Part of every mixture's key."""
+
+    method: str = "linear"  # linear (the parameter average), task_arithmetic, ties, ...
+    params: dict[str, float] = {}  # e.g. {scale = 0.5} for task_arithmetic, {density = 0.2} for ties
 
 
 class OptimizeConfig(Section):
     """Mixture weights (`dataassess optimize`): partition shares of the fixed budget, searched over weighted merges."""
 
     on_intake: bool = True  # every intake re-optimizes after its ranking (warm-started from the last optimum)
-    objective: str | dict[str, float] = (
-        "macro"  # "macro", an evaluation-set name, or {set: weight} (weighted mean of log ppl)
-    )
+    objective: str | dict[str, float] = "macro"  # "macro", a set's name, or {set: weight} (mean of log ppl)
     min_share: float | dict[str, float] = 0.0  # lower bound per partition (one value, or by partition name)
     max_share: float | dict[str, float] = 1.0  # upper bound per partition
     max_epochs: float = Field(4.0, gt=0)  # a partition gets at most max_epochs x its distinct tokens of the budget
     samples: int = Field(160, ge=4)  # the first design: vertices, uniform, natural, then Dirichlet samples
     warm_samples: int = Field(48, ge=0)  # new samples when partitions changed since the pool's last optimization
     rounds: int = Field(3, ge=0)  # refits, each sampling round_samples near the surrogate's optimum
-    round_samples: int = Field(16, ge=1)
+    round_samples: int = Field(16, ge=1)  # points sampled near each round's optimum
     concentration: float = Field(40.0, gt=0)  # Dirichlet concentration of the samples near an optimum
     eval_fraction: float = Field(0.25, gt=0.0, le=1.0)  # slice of each evaluation set the search scores on
     surrogate: Literal["auto", "loglinear", "quadratic", "trees"] = "auto"  # auto: best cross-validated Spearman
-    seed: int = 0
+    seed: int = 0  # the search's random seed
 
 
 class RunConfig(Section):
@@ -135,6 +142,7 @@ class Settings(BaseSettings):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     rank: RankConfig = RankConfig()
+    merge: MergeConfig = MergeConfig()
     optimize: OptimizeConfig = OptimizeConfig()
     run: RunConfig = RunConfig()
 
@@ -205,7 +213,8 @@ def _describe(err: dict, toml: str | Path, overrides: dict) -> str:
             if section is not None and hasattr(section.annotation, "model_fields")
             else sorted(Settings.model_fields)
         )
-        return f"unknown key '{key}' (from {where}); known keys{f' of [{loc[0]}]' if len(loc) > 1 else ''}: {', '.join(known)}"
+        of = f" of [{loc[0]}]" if len(loc) > 1 else ""
+        return f"unknown key '{key}' (from {where}); known keys{of}: {', '.join(known)}"
     value = err.get("input")
     shown = f"'{value}'" if isinstance(value, Path) else repr(value)
     return f"{key} = {shown} (from {where}): {err['msg'].removeprefix('Value error, ')}"

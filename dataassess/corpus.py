@@ -10,13 +10,14 @@ import gzip
 import hashlib
 import logging
 import re
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .store import digest_json, sha256_bytes
+from .files import digest_json, sha256_bytes
 
 if TYPE_CHECKING:
     import datasets
@@ -71,7 +72,13 @@ def suffix_of(path: Path) -> str | None:
     return next((s for s in SUFFIXES if name.endswith(s)), None)
 
 
+MAX_NAME = 100  # characters: names become folder names, store keys and MLflow model names
+
+
 def check_name(name: str) -> None:
+    """A partition name is one plain path component: no separators, no '..', no leading dot, not empty, bounded."""
+    if not name or len(name) > MAX_NAME:
+        raise CorpusError(name, f"invalid partition name: it must have 1 to {MAX_NAME} characters")
     if "/" in name or "\\" in name or ".." in name:
         raise CorpusError(
             name,
@@ -175,7 +182,8 @@ def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path
 def load_dataset_partitions(
     source: str, partition_field: str, cache_dir: str | None = None
 ) -> tuple[list[Partition], list[CorpusError]]:
-    """A single dataset (local file, or HF hub id written hf://owner/name), grouped into partitions by `partition_field`."""
+    """A single dataset (local file, or HF hub id written hf://owner/name), grouped into partitions by
+    `partition_field`."""
     import datasets
 
     path = Path(source)
@@ -264,3 +272,23 @@ def text_digest(docs: list[Document]) -> str:
     for d in docs:
         h.update(d.digest.encode())
     return h.hexdigest()
+
+
+def add_partition(folder: Path, root: Path, name: str | None = None) -> tuple[Partition, Path]:
+    """Validate a partition folder and copy it into a corpus root as `name` (default: the folder's name).
+    Every check runs before anything is written; the copy appears whole (a hidden temporary folder, renamed)."""
+    if not root.is_dir():
+        raise UserError(f"corpus root not found: {root} is not a folder")
+    if not folder.is_dir():
+        raise UserError(f"partition not found: {folder} is not a folder")
+    name = folder.resolve().name if name is None else name
+    check_name(name)
+    part = load_partition_folder(folder)  # rejects bad input before anything is copied
+    target = root / name
+    if target.exists():
+        raise UserError(f"{target} already exists; remove it first or pass --name")
+    tmp = root / f".{name}.incoming"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp)
+    tmp.rename(target)
+    return part, target

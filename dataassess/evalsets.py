@@ -109,10 +109,8 @@ class EvalSets:
     def pin(self, pool: str, found: dict[str, str], refresh: bool) -> dict[str, str]:
         """A pool's held-out evaluation sets are fixed at its first run, so later runs re-score only
         mixtures with new units; `refresh` re-pins them to the current held-out data."""
-        pin = self.store.pinned_eval_sets(pool)
-        if pin.exists() and not refresh:
-            pinned = read_json(pin)
-            if all(self.store.eval_set(d).exists() for d in pinned.values()):
-                return pinned
-        write_json(pin, found)
+        pinned = self.store.pinned_eval_sets(pool)
+        if pinned is not None and not refresh and all(self.store.eval_set(d).exists() for d in pinned.values()):
+            return pinned
+        self.store.pin_eval_sets(pool, found)
         return found

@@ -1,6 +1,6 @@
 """Fidelity: do merged-model proxies rank mixtures as models really trained on them do?
 
-Two ground truths, one per budget (rank.budget), each the seed continue-pretrained with
+Two ground truths, one per budget (budgets.py), each the seed continue-pretrained with
 the same hyperparameters:
 - fixed: on B tokens drawn from the shuffled union of the mixture's units (B = rank.budget_tokens,
   default the unit budget); the uniform parameter average is its first-order proxy;
@@ -9,7 +9,8 @@ the same hyperparameters:
 When the truth would be trained exactly as a unit model was (one unit, its own budget, the
 same data order), the truth is that unit model. The noise ceiling: a second truth with
 another data-order seed for a stratified subset; truth against truth is the best any proxy
-can reach. The study runs the pipeline's own steps (prepare, train_units, Steps.score).
+can reach. The study is a function of a prepared pool and runs its steps (train, score). Any merge
+method can be measured against the same truths (compare_merges).
 """
 
 from __future__ import annotations
@@ -19,20 +20,22 @@ import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
 from . import pipeline
-from .calibration import Calibration, fit_set
-from .config import Settings
+from .budgets import FIXED, Budget
+from .calibration import Calibration
 from .errors import UserError
-from .merge import group_weights
+from .merge import METHODS, group_weights, merge_spec
 from .optimize import make_space, objective_value, objective_weights
+from .pipeline import Pool
 from .rank import macro
-from .steps import Steps, mixture_of
+from .steps import LINEAR
 from .truth import Truth, train_truth, truth_perplexities
-from .types import Mixture, UnitModel
+from .types import FidelityRecord, MergeSpec, Mixture, perplexities
 
 
 def sample_mixtures(
@@ -135,10 +138,10 @@ def figures(proxy: Sequence[float], truth: Sequence[float], baseline: Sequence[f
 
 @dataclass
 class FidelityResult:
-    report: dict  # {"budget", "eval_sets": {name: figures}, "macro": figures, "by_k": {...}, "variants": {...}, "settings": {...}}
+    report: dict  # {"budget", "merge", "eval_sets": {name: figures}, "macro", "by_k", "variants", "settings"}
     rows: list[dict]  # per mixture: units, k, proxy, truth, baseline (and calibrated, truth_replicate) scores
     quarantined: list[str]
-    calibration: Calibration | None = None  # union only: fitted on every row
+    calibration: Calibration | None = None  # budgets that fit one (union): fitted on every row
 
 
 def stratified(mixtures: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, ...]]:
@@ -154,59 +157,71 @@ def stratified(mixtures: Sequence[tuple[str, ...]], n: int) -> list[tuple[str, .
     return out
 
 
+@dataclass
+class Truths:
+    """Sampled mixtures and their trained ground truths (and replicates, another data order, for some)."""
+
+    budget: Budget
+    mixtures: list[tuple[str, ...]]
+    main: dict[tuple[str, ...], dict]
+    replicate: dict[tuple[str, ...], dict]
+
+
+def train_truths(pool: Pool, n: int, k_max: int, budget: Budget, ceiling: int) -> Truths:
+    """Train what is missing: the unit models, a ground truth per sampled mixture, a replicate for `ceiling` of them."""
+    pipeline.train(pool)
+    mixtures = sample_mixtures(list(pool.models), n, k_max, pool.settings.train.seed)
+    if len(mixtures) < 3:
+        raise UserError(f"need at least 3 mixtures to measure fidelity; the pool has {len(pool.models)} units")
+    tokens = budget.tokens(pool) or pool.settings.units.tokens
+    main, again = Truth(budget, tokens, pool.settings.train.seed), Truth(budget, tokens, pool.settings.train.seed + 1)
+    jobs = [(mix, main) for mix in mixtures] + [(mix, again) for mix in stratified(mixtures, ceiling)]
+    trained = pool.map_fn(
+        "ground truth",
+        lambda job: train_truth(pool.steps, [pool.unit(u) for u in job[0]], job[1]),
+        jobs,
+        lambda job: " + ".join(job[0]) + (" (replicate)" if job[1] is again else ""),
+    )
+    truths = Truths(budget, mixtures, {}, {})
+    for (mix, truth), meta in zip(jobs, trained):
+        (truths.main if truth is main else truths.replicate)[mix] = meta
+    return truths
+
+
 def run_fidelity(
-    corpus,
-    settings: Settings,
-    eval_sets_dir=None,
+    pool: Pool,
     n: int = 24,
     k_max: int = 3,
-    budget: str | None = None,
+    budget: Budget | None = None,
     ceiling: int = 8,
-    map_fn: pipeline.MapFn | None = None,
-    progress: bool = True,
     n_boot: int = 1000,
-    pool: str | None = None,
+    merge: MergeSpec | None = None,
 ) -> FidelityResult:
-    """Train what is missing (unit models, ground truths and their replicates), score, compare."""
-    map_fn = map_fn or pipeline.serial_map(progress)
-    budget = budget or settings.rank.budget
-    tokens = settings.rank.budget_tokens or settings.units.tokens
-    main, replicate = Truth(budget, tokens, settings.train.seed), Truth(budget, tokens, settings.train.seed + 1)
-    inputs = pipeline.prepare(corpus, settings, eval_sets_dir, pool, progress=progress)
-    with Steps(settings, inputs.seed, progress) as steps:
-        models, _ = pipeline.train_units(steps, inputs.units, map_fn)
-        mixtures = sample_mixtures(list(models), n, k_max, settings.train.seed)
-        if len(mixtures) < 3:
-            raise UserError(f"need at least 3 mixtures to measure fidelity; the pool has {len(models)} units")
-        by_name = {u.name: u for u in inputs.units}
-        jobs = [(mix, main) for mix in mixtures] + [(mix, replicate) for mix in stratified(mixtures, ceiling)]
-        trained = map_fn(
-            "ground truth",
-            lambda job: train_truth(steps, [by_name[u] for u in job[0]], job[1]),
-            jobs,
-            lambda job: " + ".join(job[0]) + (" (replicate)" if job[1] is replicate else ""),
-        )
-        truths = dict(zip(((mix, t.data_seed) for mix, t in jobs), trained))
-        rows = [
-            _row(
-                steps,
-                inputs.eval_sets,
-                models,
-                mix,
-                truths[mix, main.data_seed],
-                truths.get((mix, replicate.data_seed)),
-            )
-            for mix in mixtures
-        ]
-        summary = _settings_summary(steps, len(inputs.units), n, k_max)
-    sets = sorted(inputs.eval_sets)
-    calibration = None
-    if budget == "union":
-        calibration = _calibrate(rows, sets, inputs, settings)
+    """How well the pool's proxies (by its merge method, or `merge`) predict really trained ground truths."""
+    truths = train_truths(pool, n, k_max, budget or pool.budget, ceiling)
+    return fidelity_of(pool, truths, merge or pool.merge, n, k_max, n_boot)
+
+
+def compare_merges(
+    pool: Pool, n: int = 24, k_max: int = 3, budget: Budget | None = None, ceiling: int = 8, n_boot: int = 1000
+) -> dict[str, FidelityResult]:
+    """Every registered merge method (with its default parameters; the pool's own with its configured ones)
+    measured against one set of ground truths."""
+    truths = train_truths(pool, n, k_max, budget or pool.budget, ceiling)
+    specs = {name: pool.merge if name == pool.merge.method else merge_spec(name) for name in sorted(METHODS)}
+    return {name: fidelity_of(pool, truths, spec, n, k_max, n_boot) for name, spec in specs.items()}
+
+
+def fidelity_of(pool: Pool, truths: Truths, merge: MergeSpec, n: int, k_max: int, n_boot: int) -> FidelityResult:
+    """The figures of one merge method's proxies against the trained truths."""
+    budget, sets = truths.budget, sorted(pool.eval_sets)
+    rows = [_row(pool, mix, truths.main[mix], truths.replicate.get(mix), merge) for mix in truths.mixtures]
+    calibration = budget.fit(rows, sets, pool)
     report = {
-        "budget": budget,
-        **({"budget_tokens": tokens} if budget == "fixed" else {}),
-        "settings": summary,
+        "budget": budget.name,
+        **({"budget_tokens": budget.tokens(pool)} if budget.fixed_tokens else {}),
+        "merge": merge.to_json(),
+        "settings": _settings_summary(pool, n, k_max),
         **_figures_of(rows, sets, n_boot, budget),
     }
     report["by_k"] = {
@@ -218,73 +233,69 @@ def run_fidelity(
     }
     if calibration is not None:
         report["calibration"] = calibration.to_json()
-    return FidelityResult(report, rows, inputs.quarantined, calibration)
+    return FidelityResult(report, rows, pool.quarantined, calibration)
 
 
-def run_weighted_fidelity(
-    corpus,
-    settings: Settings,
-    eval_sets_dir=None,
-    n: int = 16,
-    ceiling: int = 8,
-    map_fn: pipeline.MapFn | None = None,
-    progress: bool = True,
-    n_boot: int = 1000,
-    pool: str | None = None,
-) -> FidelityResult:
+def save(pool: Pool, result: FidelityResult, measured: str) -> Path | None:
+    """Keep a study of the pool's own merge method as the pool's fidelity (what its rankings show), and its
+    calibration; a study of another method is reported, not kept. Returns where the report was kept."""
+    if result.report["merge"] != pool.merge.to_json() or result.report.get("weighted"):
+        return None
+    if result.calibration is not None:
+        pool.store.save_calibration(pool.name, result.calibration)
+    return pool.store.save_fidelity(pool.name, FidelityRecord(result.report, result.rows))
+
+
+def run_weighted_fidelity(pool: Pool, n: int = 16, ceiling: int = 8, n_boot: int = 1000) -> FidelityResult:
     """Weighted merges against the seed trained at the fixed budget on the same weighted mixtures:
     n weight vectors over the partitions (uniform, natural, Dirichlet samples within optimize's bounds)."""
-    map_fn = map_fn or pipeline.serial_map(progress)
-    tokens = settings.rank.budget_tokens or settings.units.tokens
-    main, replicate = Truth("fixed", tokens, settings.train.seed), Truth("fixed", tokens, settings.train.seed + 1)
-    inputs = pipeline.prepare(corpus, settings, eval_sets_dir, pool, progress=progress)
-    sets = sorted(inputs.eval_sets)
-    with Steps(settings, inputs.seed, progress) as steps:
-        models, _ = pipeline.train_units(steps, inputs.units, map_fn)
-        space = make_space(models, settings.optimize, tokens)
-        rng = np.random.default_rng([settings.optimize.seed, 1])
-        points = list({tuple(w): w for w in [space.uniform, space.natural, *space.sample(rng, max(0, n - 2))]}.values())
-        by_name = {u.name: u for u in inputs.units}
+    tokens = FIXED.tokens(pool)
+    main, replicate = Truth(FIXED, tokens, pool.settings.train.seed), Truth(FIXED, tokens, pool.settings.train.seed + 1)
+    sets = sorted(pool.eval_sets)
+    pipeline.train(pool)
+    space = make_space(pool.models, pool.settings.optimize, tokens)
+    rng = np.random.default_rng([pool.settings.optimize.seed, 1])
+    points = list({tuple(w): w for w in [space.uniform, space.natural, *space.sample(rng, max(0, n - 2))]}.values())
 
-        def train(job):
-            shares = space.unit_weights(points[job[0]])
-            return train_truth(steps, [by_name[u] for u in sorted(shares)], job[1], shares)
+    def train(job):
+        shares = space.unit_weights(points[job[0]])
+        return train_truth(pool.steps, [pool.unit(u) for u in sorted(shares)], job[1], shares)
 
-        jobs = [(i, main) for i in range(len(points))] + [(i, replicate) for i in range(min(ceiling, len(points)))]
-        trained = map_fn(
-            "ground truth",
-            train,
-            jobs,
-            lambda job: f"weights #{job[0]}" + (" (replicate)" if job[1] is replicate else ""),
-        )
-        truths = {(i, t.data_seed): meta for (i, t), meta in zip(jobs, trained)}
-        rows = []
-        for i, w in enumerate(points):
-            shares = space.unit_weights(w)
-            singles = {u: _perplexities(steps, mixture_of([u], models, "uniform"), inputs.eval_sets) for u in shares}
-            row = {
-                "units": sorted(shares),
-                "k": int((w > 0).sum()),
-                "weights": space.as_dict(w),
-                "proxy": _perplexities(steps, space.mixture(w, models), inputs.eval_sets),
-                "truth": truth_perplexities(steps, truths[i, main.data_seed], inputs.eval_sets),
-                "truth_kind": "truth",
-                "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets},
-            }
-            if (i, replicate.data_seed) in truths:
-                row["truth_replicate"] = truth_perplexities(steps, truths[i, replicate.data_seed], inputs.eval_sets)
-            rows.append(row)
-        summary = _settings_summary(steps, len(inputs.units), n, len(space.partitions))
-    c = objective_weights(settings.optimize.objective, sets)
+    jobs = [(i, main) for i in range(len(points))] + [(i, replicate) for i in range(min(ceiling, len(points)))]
+    trained = pool.map_fn(
+        "ground truth",
+        train,
+        jobs,
+        lambda job: f"weights #{job[0]}" + (" (replicate)" if job[1] is replicate else ""),
+    )
+    truths = {(i, t.data_seed): meta for (i, t), meta in zip(jobs, trained)}
+    rows = []
+    for i, w in enumerate(points):
+        shares = space.unit_weights(w)
+        singles = {u: _perplexities(pool, pool.mixture([u], "uniform", LINEAR)) for u in shares}
+        row = {
+            "units": sorted(shares),
+            "k": int((w > 0).sum()),
+            "weights": space.as_dict(w),
+            "proxy": _perplexities(pool, space.mixture(w, pool)),
+            "truth": truth_perplexities(pool.steps, truths[i, main.data_seed], pool.eval_sets),
+            "truth_kind": "truth",
+            "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets},
+        }
+        if (i, replicate.data_seed) in truths:
+            row["truth_replicate"] = truth_perplexities(pool.steps, truths[i, replicate.data_seed], pool.eval_sets)
+        rows.append(row)
+    c = objective_weights(pool.settings.optimize.objective, sets)
     report = {
-        "budget": "fixed",
+        "budget": FIXED.name,
         "weighted": True,
         "budget_tokens": tokens,
-        "settings": summary,
-        **_figures_of(rows, sets, n_boot),
+        "merge": pool.merge.to_json(),
+        "settings": _settings_summary(pool, n, len(space.partitions)),
+        **_figures_of(rows, sets, n_boot, FIXED),
     }
-    report["objective"] = {"objective": settings.optimize.objective, **_objective_figures(rows, c, sets, n_boot)}
-    return FidelityResult(report, rows, inputs.quarantined)
+    report["objective"] = {"objective": pool.settings.optimize.objective, **_objective_figures(rows, c, sets, n_boot)}
+    return FidelityResult(report, rows, pool.quarantined)
 
 
 def _objective_figures(rows: list[dict], c: np.ndarray, sets: list[str], n_boot: int) -> dict:
@@ -301,73 +312,55 @@ def _objective_figures(rows: list[dict], c: np.ndarray, sets: list[str], n_boot:
     return out
 
 
-def _perplexities(steps: Steps, mixture: Mixture, eval_sets) -> dict[str, float]:
-    return {n: s["perplexity"] for n, s in sorted(steps.score(mixture, eval_sets).items())}
+def _perplexities(pool: Pool, mixture: Mixture) -> dict[str, float]:
+    return perplexities(pool.scores(mixture))
 
 
-def _truth_perplexities(steps: Steps, eval_sets, models: dict[str, UnitModel], truth: dict) -> dict[str, float]:
-    if truth["kind"] == "models":  # the unit model itself: its scores are the single-unit proxy's
-        return _perplexities(steps, mixture_of(truth["units"], models, "uniform"), eval_sets)
-    return truth_perplexities(steps, truth, eval_sets)
+def _truth_perplexities(pool: Pool, truth: dict) -> dict[str, float]:
+    if truth["kind"] == "models":  # the unit model itself: its scores are the single-unit model's
+        return _perplexities(pool, pool.mixture(truth["units"], "uniform", LINEAR))
+    return truth_perplexities(pool.steps, truth, pool.eval_sets)
 
 
-def _row(
-    steps: Steps,
-    eval_sets: dict[str, str],
-    models: dict[str, UnitModel],
-    mix: tuple[str, ...],
-    truth: dict,
-    replicate: dict | None,
-) -> dict:
-    """One sampled mixture: its proxies (uniform, token-weighted, group merge), truths and the naive baseline."""
-    singles = [_perplexities(steps, mixture_of([u], models, "uniform"), eval_sets) for u in mix]
+def _row(pool: Pool, mix: tuple[str, ...], truth: dict, replicate: dict | None, merge: MergeSpec) -> dict:
+    """One sampled mixture: its proxy (and token-weighted and group-merged variants), its truths and the naive
+    baseline (the mean of its single unit models' perplexities)."""
+    singles = [_perplexities(pool, pool.mixture([u], "uniform", LINEAR)) for u in mix]
     row = {
         "units": list(mix),
         "k": len(mix),
-        "proxy": _perplexities(steps, mixture_of(mix, models, "uniform"), eval_sets),
-        "proxy_tokens": _perplexities(steps, mixture_of(mix, models, "tokens"), eval_sets),
-        "truth": _truth_perplexities(steps, eval_sets, models, truth),
+        "proxy": _perplexities(pool, pool.mixture(mix, "uniform", merge)),
+        "truth": _truth_perplexities(pool, truth),
         "truth_kind": truth["kind"],
-        "baseline": {s: float(np.mean([single[s] for single in singles])) for s in eval_sets},
+        "baseline": {s: float(np.mean([single[s] for single in singles])) for s in pool.eval_sets},
     }
     if replicate is not None:
-        row["truth_replicate"] = _truth_perplexities(steps, eval_sets, models, replicate)
+        row["truth_replicate"] = _truth_perplexities(pool, replicate)
+    row["proxy_tokens"] = _perplexities(pool, pool.mixture(mix, "tokens", merge))
     partitions: dict[str, list[str]] = {}
     for u in mix:
-        partitions.setdefault(models[u].partition, []).append(u)
+        partitions.setdefault(pool.models[u].partition, []).append(u)
     if len(partitions) > 1 and any(len(g) > 1 for g in partitions.values()):  # a group merge differs from the plain one
         groups = list(partitions.values())
         ordered = [u for g in groups for u in g]
-        weights = tuple(group_weights([[1.0] * len(g) for g in groups]))
-        row["proxy_group_merge"] = _perplexities(
-            steps, Mixture(tuple(ordered), tuple(models[u].key for u in ordered), weights), eval_sets
-        )
+        weights = dict(zip(ordered, group_weights([[1.0] * len(g) for g in groups])))
+        row["proxy_group_merge"] = _perplexities(pool, pool.mixture(ordered, weights, merge))
     return row
 
 
-def _calibrate(rows: list[dict], sets: list[str], inputs: pipeline.Inputs, settings: Settings) -> Calibration:
-    """Fit the union calibration per set; each row gets its leave-one-out prediction ("calibrated")."""
-    fitted = {}
-    for s in sets:
-        fitted[s], loo = fit_set([r["proxy"][s] for r in rows], [r["truth"][s] for r in rows], [r["k"] for r in rows])
-        for r, p in zip(rows, loo):
-            r.setdefault("calibrated", {})[s] = float(p)
-    return Calibration(dict(inputs.eval_sets), fitted, inputs.seed.digest, settings.train.digest())
-
-
-def _figures_of(rows: list[dict], sets: list[str], n_boot: int, budget: str = "fixed") -> dict:
-    """Per set and macro: the published score's figures (calibrated under "union", with the raw
-    average's in "raw"), the naive baseline's, and the noise ceiling from the replicates."""
+def _figures_of(rows: list[dict], sets: list[str], n_boot: int, budget: Budget) -> dict:
+    """Per set and macro: the published score's figures (calibrated under a calibrated budget, with the raw
+    proxy's in "raw"), the naive baseline's, and the noise ceiling from the replicates."""
 
     def column(key, name=None, among=rows):
         return [macro(r[key]) if name is None else r[key][name] for r in among]
 
     replicated = [r for r in rows if "truth_replicate" in r]
-    score = "calibrated" if budget == "union" else "proxy"
+    score = budget.score_column
     out: dict = {"eval_sets": {}}
     for name in [*sets, None]:
         figs = figures(column(score, name), column("truth", name), column("baseline", name), n_boot)
-        if budget == "union":
+        if budget.calibrated:
             figs["raw"] = figures(column("proxy", name), column("truth", name), column("baseline", name), n_boot)
         truth, again = column("truth", name, replicated), column("truth_replicate", name, replicated)
         figs["ceiling_n_mixtures"] = len(replicated)
@@ -404,16 +397,16 @@ def _variant(rows: list[dict], a: str, b: str) -> dict:
     }
 
 
-def _settings_summary(steps: Steps, n_units: int, n: int, k_max: int) -> dict:
-    s = steps.settings
+def _settings_summary(pool: Pool, n: int, k_max: int) -> dict:
+    s = pool.settings
     return {
-        "params": sum(p.numel() for p in steps.seed.load_model().parameters()),
+        "params": sum(p.numel() for p in pool.seed.load_model().parameters()),
         "unit_tokens": s.units.tokens,
         "lr": s.train.lr,
         "steps_per_unit": s.units.tokens // s.train.batch_tokens,
         "batch_tokens": s.train.batch_tokens,
         "n_requested": n,
         "k_max": k_max,
-        "n_units": n_units,
-        "seed_digest": steps.seed.digest,
+        "n_units": len(pool.units),
+        "seed_digest": pool.seed.digest,
     }

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import pipeline
-from .config import OptimizeConfig, Settings
+from .budgets import FIXED
+from .config import OptimizeConfig
 from .errors import UserError
-from .steps import Steps
-from .store import read_json, write_json
+from .pipeline import Pool
 from .truth import Truth, train_truth, truth_perplexities
-from .types import Mixture, Unit, UnitModel
+from .types import Mixture, OptimizationRecord, RankedMixture, Unit, UnitModel, perplexities
 
 SURROGATES = ("loglinear", "quadratic", "trees")
 ALPHAS = tuple(float(a) for a in np.logspace(-6, 2, 17))
@@ -86,10 +86,10 @@ class Space:
         """Each unit's share of the budget: its partition's share split evenly over its units."""
         return {u: float(s) / len(self.units[p]) for p, s in zip(self.partitions, w) if s > 0 for u in self.units[p]}
 
-    def mixture(self, w: np.ndarray, models: Mapping[str, UnitModel]) -> Mixture:
+    def mixture(self, w: np.ndarray, pool: Pool) -> Mixture:
+        """The weighted merge of the pool's unit models by these partition shares."""
         shares = self.unit_weights(w)
-        names = tuple(sorted(shares))
-        return Mixture(names, tuple(models[u].key for u in names), tuple(round(shares[u], 9) for u in names))
+        return pool.mixture(sorted(shares), shares)
 
     def as_dict(self, w: np.ndarray) -> dict[str, float]:
         return {p: float(s) for p, s in zip(self.partitions, w)}
@@ -157,7 +157,8 @@ def objective_weights(objective: str | Mapping[str, float], sets: Sequence[str])
     unknown = sorted(set(objective) - set(sets))
     if unknown or not objective or any(v < 0 for v in objective.values()) or sum(objective.values()) <= 0:
         raise UserError(
-            f"optimize.objective must weigh known evaluation sets {sets} with non-negative weights; got {dict(objective)}"
+            f"optimize.objective must weigh known evaluation sets {sets} with non-negative weights; got "
+            f"{dict(objective)}"
         )
     c = np.array([float(objective.get(s, 0.0)) for s in sets])
     return c / c.sum()
@@ -264,34 +265,26 @@ def label(space: Space, w: np.ndarray) -> str:
     return ", ".join(f"{p} {s:.2f}" for p, s in zip(space.partitions, w) if s > 0)
 
 
-def search(
-    steps: Steps,
-    models: Mapping[str, UnitModel],
-    eval_sets: Mapping[str, str],
-    map_fn,
-    pool: str,
-    best_subset: Sequence[str] | None = None,
-) -> OptimizeResult:
+def search(pool: Pool, best_subset: Sequence[str] | None = None) -> OptimizeResult:
     """The optimal partition shares for a pool, warm-started from its last search (see the module docstring)."""
-    settings: Settings = steps.settings
-    cfg = settings.optimize
-    budget = settings.rank.budget_tokens or settings.units.tokens
-    space = make_space(models, cfg, budget)
+    steps, eval_sets, cfg = pool.steps, pool.eval_sets, pool.settings.optimize
+    budget = FIXED.tokens(pool)
+    space = make_space(pool.models, cfg, budget)
     sets = sorted(eval_sets)
     c = objective_weights(cfg.objective, sets)
     search_sets = dict(eval_sets) if cfg.eval_fraction == 1.0 else steps.evalsets.sliced(eval_sets, cfg.eval_fraction)
     scored_now: list[str] = []
 
     def score(points: Sequence[np.ndarray], on: Mapping[str, str]) -> list[dict[str, float]]:
-        mixtures = [space.mixture(w, models) for w in points]
+        mixtures = [space.mixture(w, pool) for w in points]
         pending = {m.key: (m, w) for m, w in zip(mixtures, points) if len(steps.cached(m.key, on)) < len(on)}
         scored_now.extend(pending)
-        map_fn(
+        pool.map_fn(
             "proxy", lambda item: steps.score(item[0], on), list(pending.values()), lambda item: label(space, item[1])
         )
-        return [{n: s["perplexity"] for n, s in steps.cached(m.key, on).items()} for m in mixtures]
+        return [perplexities(steps.cached(m.key, on)) for m in mixtures]
 
-    previous = _previous(steps, pool)
+    previous = pool.store.optimization(pool.name)
     design = _design(space, previous, cfg)
     points: list[np.ndarray] = list(design)
     scores = score(points, search_sets)
@@ -319,7 +312,7 @@ def search(
         "objective": cfg.objective,
         "objective_sets": dict(zip(sets, map(float, c))),
         "budget_tokens": budget,
-        "pool": pool,
+        "pool": pool.name,
         "weights": space.as_dict(weights),
         "unit_weights": space.unit_weights(weights),
         "predicted": {n: proxy[n] for n in sets},
@@ -344,7 +337,7 @@ def search(
     if best_subset:
         report["best_subset"] = list(best_subset)
     if previous is not None:
-        before = previous["report"]["weights"]
+        before = previous.report["weights"]
         report["previous_weights"] = before
         report["change"] = {
             p: report["weights"].get(p, 0.0) - before.get(p, 0.0) for p in sorted({*before, *report["weights"]})
@@ -363,23 +356,18 @@ def search(
     )
 
 
-def _previous(steps: Steps, pool: str) -> dict | None:
-    path = steps.store.optimization(pool)
-    return read_json(path) if path.exists() else None
-
-
-def _design(space: Space, previous: dict | None, cfg: OptimizeConfig) -> list[np.ndarray]:
+def _design(space: Space, previous: OptimizationRecord | None, cfg: OptimizeConfig) -> list[np.ndarray]:
     """The first points: the pool's previous design (its scores are cached) when there is one, plus fresh
     samples: cfg.samples for a new pool, cfg.warm_samples when its partitions changed, none otherwise."""
-    if previous is not None and previous["partitions"] == _fingerprint(space):  # the same search again: all cached
-        same = [np.array([d[p] for p in space.partitions]) for d in previous["design"]]
+    if previous is not None and previous.partitions == _fingerprint(space):  # the same search again: all cached
+        same = [np.array([d[p] for p in space.partitions]) for d in previous.design]
         if all(space.feasible(w) for w in same):
             return same
     points = [space.uniform, space.natural, *space.vertices()]
     if previous is None:
         fresh = cfg.samples - len(points)
     else:  # what the new data does not touch is reused: every point scored before, with 0 for new partitions
-        old = [space.embed(d) for d in previous["design"] + previous["round_points"]]
+        old = [space.embed(d) for d in previous.design + previous.round_points]
         points += [w for w in old if w is not None]
         fresh = cfg.warm_samples
     rng = np.random.default_rng([cfg.seed, len(space.partitions), len(points)])
@@ -394,34 +382,19 @@ def _fingerprint(space: Space) -> dict[str, list[str]]:
     return {p: list(u) for p, u in space.units.items()}
 
 
-def save(steps: Steps, pool: str, result: OptimizeResult) -> None:
+def save(pool: Pool, result: OptimizeResult) -> None:
     """The pool's latest search: its report, design and every point scored (the next search's warm start)."""
     design = {tuple(sorted(d.items())) for d in result.design}
     rounds = [p["weights"] for p in result.proxies if tuple(sorted(p["weights"].items())) not in design]
-    write_json(
-        steps.store.optimization(pool),
-        {
-            "report": result.report,
-            "design": result.design,
-            "round_points": rounds,
-            "partitions": result.partitions,
-            "proxies": result.proxies,
-        },
-    )
+    record = OptimizationRecord(result.report, result.design, rounds, result.partitions, result.proxies)
+    pool.store.save_optimization(pool.name, record)
 
 
-def verify(
-    steps: Steps,
-    units: Sequence[Unit],
-    models: Mapping[str, UnitModel],
-    report: dict,
-    eval_sets: Mapping[str, str],
-    map_fn,
-) -> dict:
+def verify(pool: Pool, report: dict) -> dict:
     """Train the seed at the fixed budget on the optimized, uniform and natural weights and on the best
     subset (its units evenly), and score them: the claim, checked by real training."""
-    space = make_space(models, steps.settings.optimize, report["budget_tokens"])
-    by_name = {u.name: u for u in units}
+    steps, models = pool.steps, pool.models
+    space = make_space(models, pool.settings.optimize, report["budget_tokens"])
     subset = report.get("best_subset") or []
     candidates = {
         "optimized": space.unit_weights(np.array([report["weights"][p] for p in space.partitions])),
@@ -430,21 +403,20 @@ def verify(
     }
     if subset:
         candidates["best_subset"] = {u: 1.0 / len(subset) for u in subset}
-    truth = Truth("fixed", report["budget_tokens"], steps.settings.train.seed)
+    truth = Truth(FIXED, report["budget_tokens"], pool.settings.train.seed)
     jobs = list(candidates.items())
-    trained = map_fn(
+    trained = pool.map_fn(
         "verify",
-        lambda job: train_truth(steps, [by_name[u] for u in sorted(job[1])], truth, job[1]),
+        lambda job: train_truth(steps, [pool.unit(u) for u in sorted(job[1])], truth, job[1]),
         jobs,
         lambda job: job[0],
     )
-    sets = sorted(eval_sets)
-    c = objective_weights(steps.settings.optimize.objective, sets)
-    out: dict = {name: truth_perplexities(steps, meta, eval_sets) for (name, _), meta in zip(jobs, trained)}
+    sets = sorted(pool.eval_sets)
+    c = objective_weights(pool.settings.optimize.objective, sets)
+    out: dict = {name: truth_perplexities(steps, meta, pool.eval_sets) for (name, _), meta in zip(jobs, trained)}
     out["objective"] = {name: objective_value(out[name], c, sets) for name, _ in jobs}
     out["tokens_per_partition"] = {
-        name: _tokens_per_partition(meta, models, steps.settings.train.seq_len)
-        for (name, _), meta in zip(jobs, trained)
+        name: _tokens_per_partition(meta, models, pool.settings.train.seq_len) for (name, _), meta in zip(jobs, trained)
     }
     return out
 
@@ -465,61 +437,25 @@ def best_subset(ranking, c: np.ndarray, sets: Sequence[str]) -> list[str]:
 # ---- the whole of it --------------------------------------------------------------------
 
 
-def optimize_pool(
-    steps: Steps, inputs: pipeline.Inputs, models: Mapping[str, UnitModel], ranking, map_fn, check: bool = False
+def check(pool: Pool) -> None:
+    """A bad objective or bounds fail here, before any training."""
+    objective_weights(pool.settings.optimize.objective, sorted(pool.eval_sets))
+    make_space({u.name: u for u in pool.units}, pool.settings.optimize, FIXED.tokens(pool))
+
+
+def optimize(
+    pool: Pool, ranking: list[RankedMixture] | None = None, verify_by_training: bool = False
 ) -> OptimizeResult:
-    """Search a pool's weights (warm-started from its last search), verify them by training if asked, keep the result."""
-    sets = sorted(inputs.eval_sets)
-    subset = best_subset(ranking, objective_weights(steps.settings.optimize.objective, sets), sets)
-    result = search(steps, models, inputs.eval_sets, map_fn, inputs.pool, subset)
-    if check:
-        result.report["verified"] = verify(steps, inputs.units, models, result.report, inputs.eval_sets, map_fn)
-    save(steps, inputs.pool, result)
+    """Search a pool's weights (warm-started from its last search), verify them by training if asked, keep the
+    result. Without a ranking, the pool's (everything cached is reused) is computed first."""
+    check(pool)
+    if ranking is None:
+        pipeline.train(pool)
+        ranking, _ = pipeline.score(pool)
+    sets = sorted(pool.eval_sets)
+    subset = best_subset(ranking, objective_weights(pool.settings.optimize.objective, sets), sets)
+    result = search(pool, subset)
+    if verify_by_training:
+        result.report["verified"] = verify(pool, result.report)
+    save(pool, result)
     return result
-
-
-def run_optimize(
-    corpus,
-    settings: Settings,
-    eval_sets_dir=None,
-    pool: str | None = None,
-    check: bool = False,
-    map_fn: pipeline.MapFn | None = None,
-    progress: bool = True,
-) -> OptimizeResult:
-    """The pipeline up to the ranking (everything cached is reused), then the weight search."""
-    map_fn = map_fn or pipeline.serial_map(progress)
-    inputs = pipeline.prepare(corpus, settings, eval_sets_dir, pool, progress=progress)
-    # a bad objective or bounds fail before any training
-    objective_weights(settings.optimize.objective, sorted(inputs.eval_sets))
-    make_space(
-        {u.name: u for u in inputs.units}, settings.optimize, settings.rank.budget_tokens or settings.units.tokens
-    )
-    with Steps(settings, inputs.seed, progress) as steps:
-        models, _ = pipeline.train_units(steps, inputs.units, map_fn)
-        ranking, _ = pipeline.score_and_rank(steps, models, inputs.eval_sets, map_fn)
-        return optimize_pool(steps, inputs, models, ranking, map_fn, check)
-
-
-def after_run(run: pipeline.RunResult, settings: Settings, map_fn, progress: bool = False) -> OptimizeResult:
-    """Re-optimize a pool after an intake's pipeline run, from what that run left in the store."""
-    with Steps(settings, run.inputs.seed, progress) as steps:
-        return optimize_pool(steps, run.inputs, run.models, run.ranking, map_fn)
-
-
-__all__ = [
-    "Space",
-    "make_space",
-    "objective_weights",
-    "objective_value",
-    "fit_surrogate",
-    "minimize",
-    "search",
-    "save",
-    "verify",
-    "best_subset",
-    "OptimizeResult",
-    "optimize_pool",
-    "run_optimize",
-    "after_run",
-]

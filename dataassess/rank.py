@@ -99,7 +99,7 @@ def fidelity_summary(report: dict | None) -> dict:
     m = report["macro"]
     return {
         "measured": True,
-        "budget": report.get("budget", "fixed"),
+        "budget": report["budget"],
         "when": report.get("measured", ""),
         "n_mixtures": m.get("n_mixtures"),
         "spearman": m.get("spearman"),
@@ -115,7 +115,8 @@ def fidelity_line(f: dict) -> str:
         return "fidelity: " + f["how"]
     num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     return (
-        f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): Spearman {num(f['spearman'])}, "
+        f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): Spearman "
+        f"{num(f['spearman'])}, "
         f"pair accuracy {num(f['decision_accuracy'])}, noise ceiling {num(f['ceiling_spearman'])}"
     )
 
@@ -168,7 +169,8 @@ def format_table(
         cells = "".join(f" {r.scores[s]:>{cell}.2f}" for s in sets)
         screened = "  (screened out)" if r.evaluated_fraction < 1 else ""
         lines.append(
-            f"{r.rank:>4} {r.k:>2} {r.rank_in_size:>4} {change:>6}  {name(r.units):<{width}}{cells}  {r.macro:>{cell}.2f}{screened}"
+            f"{r.rank:>4} {r.k:>2} {r.rank_in_size:>4} {change:>6}  {name(r.units):<{width}}{cells}  "
+            f"{r.macro:>{cell}.2f}{screened}"
         )
     if seed_scores:
         cells = "".join(f" {seed_scores[s]:>{cell}.2f}" for s in sets)

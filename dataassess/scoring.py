@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .merge import LinearMerge
+from .merge import MergeMethod, method_class
 from .seed import Seed
 from .train import autocast
-from .types import EvalSet, Score
+from .types import EvalSet, MergeSpec, Score
 
 # Architectures whose logits are exactly lm_head(last hidden state): no soft-capping or
 # scaling after the head. Others go through the full forward.
@@ -82,7 +82,8 @@ class Scorer:
         self._local = threading.local()  # per worker: the LM-head block
         self._executor: ThreadPoolExecutor | None = None
         self._models: dict[str, torch.nn.Module] = {}  # the seed's shape, on CPU and on the device
-        self._merger: LinearMerge | None = None
+        self._mergers: dict[str, MergeMethod] = {}  # by method name, each held open across merges
+        self._base: Path | None = None  # the seed's weights as a merge base, for methods that use one
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:  # for remote workers: the settings, not the threads or buffers
@@ -101,8 +102,8 @@ class Scorer:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown()
-        if self._merger is not None:
-            self._merger.close()
+        for method in self._mergers.values():
+            method.close()
         self._reset()
 
     # ---- any model ------------------------------------------------------------------
@@ -219,16 +220,25 @@ class Scorer:
     # ---- merged models of the seed's shape -------------------------------------------
 
     def score_merge(
-        self, paths: Sequence[str | Path], weights: Sequence[float] | None, eval_sets: Sequence[EvalSet]
+        self,
+        paths: Sequence[str | Path],
+        weights: Sequence[float] | None,
+        eval_sets: Sequence[EvalSet],
+        merge: MergeSpec | None = None,
     ) -> list[Score]:
-        """Merge the models straight into the parameters of a seed-shaped model and score it."""
+        """Merge the models (by `merge`, default linear) straight into the parameters of a seed-shaped model
+        and score it."""
         if self.seed is None:
             raise ValueError("a Scorer without a seed cannot score merged models")
+        merge = merge or MergeSpec("linear")
         with self._lock:
             cpu = self._model("cpu")
-            if self._merger is None:
-                self._merger = LinearMerge()
-            self._merger.merge(paths, weights, out=cpu.state_dict())
+            if merge.method not in self._mergers:
+                self._mergers[merge.method] = method_class(merge.method)()
+            method = self._mergers[merge.method]
+            if method.uses_base and self._base is None:
+                self._base = self.seed.base_weights()
+            method.merge(paths, weights, out=cpu.state_dict(), base=self._base, params=dict(merge.params))
             model = cpu
             if self.device.type != "cpu":
                 model = self._model(str(self.device))

@@ -21,9 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 
 from .config import Settings
 from .errors import UserError
-from .store import Store, atomic_dir, digest_json, read_json, sha256_file, write_json
+from .store import Store, atomic_dir, digest_json, intact, read_json, sha256_file, write_json
 from .train import resolve_device, to_sequences, train_lm, warmup_cosine
-from .weights import os_errors, save_state
+from .weights import os_errors, save_state, save_weights
 
 log = logging.getLogger(__name__)
 TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
@@ -46,6 +46,14 @@ class Seed:
 
     def load_tokenizer(self):
         return AutoTokenizer.from_pretrained(self.path)
+
+    def base_weights(self) -> Path:
+        """The seed's weights laid out as a unit model's (the same tensor names, tied ones stored once): the base
+        of merge methods that merge updates. Written beside the seed once, atomically."""
+        path = self.path / "base.safetensors"
+        if not intact(path):
+            save_weights(self.load_model(), path)
+        return path
 
 
 def bundled_seed_text() -> Path:
@@ -249,9 +257,9 @@ def _seed_intact(folder: Path, meta: dict) -> bool:
     return True
 
 
-def prepare_seed(settings: Settings, progress: bool = True) -> Seed:
+def prepare_seed(settings: Settings, store: Store, progress: bool = True) -> Seed:
     """Build or import the seed once; later calls return the stored one."""
-    folder = Store(settings.store).seed_dir(_source_key(settings))
+    folder = store.seed_dir(_source_key(settings))
     meta_path = folder / "seed.json"
     if meta_path.exists() and not _seed_intact(folder, read_json(meta_path)):
         meta_path.unlink()
@@ -280,3 +288,11 @@ def prepare_seed(settings: Settings, progress: bool = True) -> Seed:
             )
     meta = read_json(meta_path)
     return Seed(folder, meta["digest"], meta["tokenizer_digest"], meta["source"])
+
+
+def find_seed(store: Store, digest: str) -> Seed | None:
+    """The stored seed with this digest, if any."""
+    for folder in sorted(store.root.glob("seeds/*")):
+        if (folder / "seed.json").is_file() and (meta := read_json(folder / "seed.json"))["digest"] == digest:
+            return Seed(folder, meta["digest"], meta["tokenizer_digest"], meta["source"])
+    return None

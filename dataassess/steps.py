@@ -17,16 +17,17 @@ import torch
 from . import __version__
 from .config import Settings
 from .evalsets import EvalSets
-from .merge import linear_merge
+from .merge import method_class
 from .scoring import Scorer
 from .seed import Seed
 from .store import Store, intact, read_json, short_key, write_json
 from .train import TrainResult, cpu_threads, resolve_device, to_sequences, train_lm
-from .types import Mixture, Unit, UnitModel
+from .types import MergeSpec, Mixture, Score, Unit, UnitModel, perplexities
 from .units import unit_tokens
 from .weights import save_state, save_weights
 
 log = logging.getLogger(__name__)
+LINEAR = MergeSpec("linear")
 
 
 def unit_model_key(unit: Unit, seed: Seed, settings: Settings) -> str:
@@ -69,19 +70,11 @@ def train_seed_copy(
     return dataclasses.replace(result, weights_digest=digest)
 
 
-def mixture_of(units: Sequence[str], models: Mapping[str, UnitModel], weighting: str) -> Mixture:
-    """The mixture of these units, weighted uniformly or by their distinct (pre-upsampling) tokens."""
-    ms = [models[u] for u in units]
-    weights = None if weighting == "uniform" else tuple(float(m.source_tokens) for m in ms)
-    return Mixture(tuple(units), tuple(m.key for m in ms), weights, tuple(m.weights_digest for m in ms))
-
-
 class Steps:
     """The cached steps of one run over a store, seed and settings. Owns the run's Scorer."""
 
-    def __init__(self, settings: Settings, seed: Seed, progress: bool = False):
-        self.settings, self.seed, self.progress = settings, seed, progress
-        self.store = Store(settings.store)
+    def __init__(self, settings: Settings, seed: Seed, store: Store, progress: bool = False):
+        self.settings, self.seed, self.store, self.progress = settings, seed, store, progress
         self.evalsets = EvalSets(self.store)
         self.scorer = Scorer(settings.score.batch_size, resolve_device(settings.device), settings.threads, seed)
 
@@ -130,36 +123,38 @@ class Steps:
 
     # ---- score -------------------------------------------------------------------------
 
-    def mixture(self, units: Sequence[str], models: Mapping[str, UnitModel]) -> Mixture:
-        return mixture_of(units, models, self.settings.rank.weighting)
-
-    def cached(self, model_key: str, eval_sets: Mapping[str, str]) -> dict[str, dict]:
+    def cached(self, model_key: str, eval_sets: Mapping[str, str]) -> dict[str, Score]:
         """Stored scores of a model (a mixture's key, or a single model's) on the named eval sets."""
         out = {}
         for name, digest in eval_sets.items():
             path = self.store.score(model_key, digest, self.settings.score.digest())
             if path.exists():
                 try:
-                    out[name] = read_json(path)
-                except ValueError:  # not the JSON written there: scored again
+                    out[name] = Score.from_json(read_json(path))
+                except (ValueError, TypeError):  # not the JSON written there: scored again
                     log.warning("store: %s is not a valid score file: scoring again", path)
         return out
 
-    def score(self, mixture: Mixture, eval_sets: Mapping[str, str]) -> dict[str, dict]:
+    def score(self, mixture: Mixture, eval_sets: Mapping[str, str]) -> dict[str, Score]:
         """A mixture's scores on every set (the merge of its unit models), computing only missing ones."""
         paths = [self.store.weights(k) for k in mixture.model_keys]
-        return self.score_weights(mixture.key, paths, mixture.weights, eval_sets)
+        return self.score_weights(mixture.key, paths, mixture.weights, eval_sets, mixture.merge)
 
     def score_weights(
-        self, model_key: str, paths: Sequence[Path], weights: Sequence[float] | None, eval_sets: Mapping[str, str]
-    ) -> dict[str, dict]:
+        self,
+        model_key: str,
+        paths: Sequence[Path],
+        weights: Sequence[float] | None,
+        eval_sets: Mapping[str, str],
+        merge: MergeSpec = LINEAR,
+    ) -> dict[str, Score]:
         scores = self.cached(model_key, eval_sets)
         missing = [n for n in eval_sets if n not in scores]
         if missing:
             sets = [self.evalsets.load(eval_sets[n]) for n in missing]
-            for name, es, score in zip(missing, sets, self.scorer.score_merge(paths, weights, sets)):
-                scores[name] = score.to_json()
-                write_json(self.store.score(model_key, es.digest, self.settings.score.digest()), scores[name])
+            for name, es, score in zip(missing, sets, self.scorer.score_merge(paths, weights, sets, merge)):
+                scores[name] = score
+                write_json(self.store.score(model_key, es.digest, self.settings.score.digest()), score.to_json())
         return {n: scores[n] for n in eval_sets}
 
     def score_seed(self, eval_sets: Mapping[str, str]) -> dict[str, float]:
@@ -167,13 +162,19 @@ class Steps:
         scores = self.score_weights(
             short_key({"seed": self.seed.digest}), [self.seed.path / "model.safetensors"], None, eval_sets
         )
-        return {n: s["perplexity"] for n, s in sorted(scores.items())}
+        return perplexities(scores)
 
 
-def materialize(store: Store, mixture: Mixture) -> Path:
-    """A mixture's merged weights, written to the store once (for the registry's champion)."""
+def materialize(store: Store, seed: Seed, mixture: Mixture) -> Path:
+    """A mixture's merged weights, by its merge method, written to the store once (the champion's, an export's)."""
     path = store.mixture_weights(mixture.key)
     if not intact(path):
-        merged = linear_merge([store.weights(k) for k in mixture.model_keys], mixture.weights)
-        save_state(merged, path, metadata={"units": ",".join(mixture.units)})
+        with method_class(mixture.merge.method)() as method:
+            merged = method.merge(
+                [store.weights(k) for k in mixture.model_keys],
+                mixture.weights,
+                base=seed.base_weights() if method.uses_base else None,
+                params=dict(mixture.merge.params),
+            )
+        save_state(merged, path, metadata={"units": ",".join(mixture.units), "merge": mixture.merge.label})
     return path

@@ -19,123 +19,31 @@ is reported, removed and rebuilt.
     pools/<pool>/optimize.json       the pool's latest mixture-weight search (its design warm-starts the next)
     pools/<pool>/fidelity.json       the pool's latest fidelity report
     rankings/<pool>/<stamp>.json, latest.json
+
+The records under pools/ and rankings/ are read and written here only, as typed objects.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from dataassess.errors import UserError
-
-log = logging.getLogger(__name__)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def digest_record(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def record_digest(path: Path) -> str:
-    """Record a just-written file's size and SHA-256 beside it; returns the SHA-256."""
-    sha = sha256_file(path)
-    with atomic_path(digest_record(path)) as tmp:
-        tmp.write_text(f"{path.stat().st_size} {sha}\n")
-    return sha
-
-
-def recorded_digest(path: Path) -> str | None:
-    record = digest_record(path)
-    return record.read_text().split()[1] if record.exists() else None
-
-
-def intact(path: Path) -> bool:
-    """Does the file exist as it was written? A file that does not match its recorded size and SHA-256 is
-    reported in one line and removed, with its record, so that its producer rebuilds it. A file written before
-    digests were recorded gets its record now."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    record = digest_record(path)
-    if not record.exists():
-        record_digest(path)
-        return True
-    size, sha = record.read_text().split()
-    actual = path.stat().st_size
-    if actual != int(size) or sha256_file(path) != sha:
-        what = f"{actual} bytes, {size} when written" if actual != int(size) else "its SHA-256 changed"
-        log.warning("store: %s does not match the digest recorded when it was written (%s): rebuilding it", path, what)
-        path.unlink()
-        record.unlink()
-        return False
-    return True
-
-
-def digest_json(obj) -> str:
-    """The one content digest of JSON-able data: sorted keys, compact separators."""
-    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
-
-
-def short_key(obj) -> str:
-    """A store key: the first 24 hex digits of the digest."""
-    return digest_json(obj)[:24]
-
-
-@contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temp path beside `dest`; on success it is renamed over `dest`, on error removed."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `dest` whole."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+from .calibration import Calibration
+from .errors import UserError
+from .files import (  # noqa: F401  (the store's file helpers, imported from here by the rest of the core)
+    atomic_dir,
+    atomic_path,
+    digest_json,
+    intact,
+    read_json,
+    record_digest,
+    recorded_digest,
+    sha256_bytes,
+    sha256_file,
+    short_key,
+    write_json,
+)
+from .types import FidelityRecord, OptimizationRecord, Snapshot
 
 
 class Store:
@@ -195,10 +103,11 @@ class Store:
         meta = self.meta(key, kind)
         if not meta.exists():
             return None
-        if not intact(self.weights(key, kind)):
+        found = read_json(meta)
+        if not intact(self.weights(key, kind), found.get("weights_digest")):
             meta.unlink()  # the model is retrained, and its new metadata written after its weights
             return None
-        return read_json(meta)
+        return found
 
     def mixture_weights(self, key: str) -> Path:
         return self.root / "mixtures" / key / "model.safetensors"
@@ -210,21 +119,58 @@ class Store:
     def score(self, model_key: str, eval_digest: str, score_config: str) -> Path:
         return self.root / "scores" / short_key([model_key, eval_digest, score_config]) / "score.json"
 
-    def pinned_eval_sets(self, pool: str) -> Path:
-        return self.root / "pools" / pool / "eval_sets.json"
+    # a pool's records
+    def _pool_file(self, pool: str, name: str) -> Path:
+        return self.root / "pools" / pool / name
 
-    def calibration(self, pool: str) -> Path:
-        return self.root / "pools" / pool / "calibration.json"
+    def pinned_eval_sets(self, pool: str) -> dict[str, str] | None:
+        """The evaluation sets pinned at the pool's first run (name -> digest), if any."""
+        path = self._pool_file(pool, "eval_sets.json")
+        return read_json(path) if path.exists() else None
 
-    def optimization(self, pool: str) -> Path:
-        return self.root / "pools" / pool / "optimize.json"
+    def pin_eval_sets(self, pool: str, sets: dict[str, str]) -> None:
+        write_json(self._pool_file(pool, "eval_sets.json"), sets)
 
-    # outputs
-    def rankings(self, pool: str | None = None) -> Path:
-        return self.root / "rankings" / pool if pool else self.root / "rankings"
+    def calibration(self, pool: str) -> Calibration | None:
+        path = self._pool_file(pool, "calibration.json")
+        return Calibration.from_json(read_json(path)) if path.exists() else None
 
-    def fidelity(self, pool: str) -> Path:
-        return self.root / "pools" / pool / "fidelity.json"
+    def save_calibration(self, pool: str, calibration: Calibration) -> None:
+        write_json(self._pool_file(pool, "calibration.json"), calibration.to_json())
+
+    def optimization(self, pool: str) -> OptimizationRecord | None:
+        path = self._pool_file(pool, "optimize.json")
+        return OptimizationRecord.from_json(read_json(path)) if path.exists() else None
+
+    def save_optimization(self, pool: str, record: OptimizationRecord) -> None:
+        write_json(self._pool_file(pool, "optimize.json"), record.to_json())
+
+    def fidelity(self, pool: str) -> FidelityRecord | None:
+        path = self._pool_file(pool, "fidelity.json")
+        return FidelityRecord.from_json(read_json(path)) if path.exists() else None
+
+    def save_fidelity(self, pool: str, record: FidelityRecord) -> Path:
+        path = self._pool_file(pool, "fidelity.json")
+        write_json(path, record.to_json())
+        return path
+
+    # rankings
+    def ranked_pools(self) -> list[str]:
+        """The pools that have a ranking in this store."""
+        root = self.root / "rankings"
+        return sorted(p.name for p in root.iterdir() if (p / "latest.json").is_file()) if root.is_dir() else []
+
+    def latest_ranking(self, pool: str) -> Snapshot | None:
+        path = self.root / "rankings" / pool / "latest.json"
+        return Snapshot.from_json(read_json(path)) if path.exists() else None
+
+    def save_ranking(self, snapshot: Snapshot) -> Path:
+        """Write the snapshot under its time stamp and as the pool's `latest.json`; returns the stamped file."""
+        folder = self.root / "rankings" / snapshot.pool
+        data = snapshot.to_json()
+        write_json(folder / f"{snapshot.created}.json", data)
+        write_json(folder / "latest.json", data)
+        return folder / f"{snapshot.created}.json"
 
     # services beside the data
     def lock(self) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,20 +22,23 @@ from .errors import UserError
 from .steps import Steps, train_seed_copy
 from .store import Store, short_key, write_json
 from .train import to_sequences
-from .types import Unit
+from .types import Unit, perplexities
 from .units import unit_tokens
+
+if TYPE_CHECKING:
+    from .budgets import Budget
 
 
 @dataclass(frozen=True)
 class Truth:
     """How a mixture's ground truth is trained."""
 
-    budget: str  # "fixed" or "union"
-    tokens: int  # B for "fixed"; ignored for "union" (k x the unit budget)
+    budget: Budget
+    tokens: int  # B when the budget has fixed tokens; ignored otherwise (k x the unit budget)
     data_seed: int
 
     def is_unit_model(self, units: Sequence[Unit], settings: Settings) -> bool:
-        same_budget = self.budget == "union" or self.tokens == units[0].tokens
+        same_budget = not self.budget.fixed_tokens or self.tokens == units[0].tokens
         return len(units) == 1 and same_budget and self.data_seed == settings.train.seed
 
 
@@ -87,8 +91,8 @@ def truth_key(units: Sequence[Unit], steps: Steps, truth: Truth, shares: Mapping
             "truth": sorted(u.digest for u in units),
             "seed": steps.seed.digest,
             "train": steps.settings.train.digest(),
-            "budget": truth.budget,
-            "tokens": truth.tokens if truth.budget == "fixed" else None,
+            "budget": truth.budget.name,
+            "tokens": truth.tokens if truth.budget.fixed_tokens else None,
             "data_seed": truth.data_seed,
             **({"shares": weighted} if weighted else {}),
         }
@@ -100,7 +104,7 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
     Returns its metadata; `kind` says where its weights are ("models": it is a unit model)."""
     if shares is None and truth.is_unit_model(units, steps.settings):
         return {"kind": "models", "key": steps.train(units[0]).key, "units": [units[0].name], "tokens": units[0].tokens}
-    if shares is not None and truth.budget != "fixed":
+    if shares is not None and not truth.budget.fixed_tokens:
         raise UserError("weighted ground truths are trained at a fixed budget")
     key = truth_key(units, steps, truth, shares)
     if (done := steps.store.finished(key, "truth")) is not None:
@@ -112,11 +116,8 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
     if shares is not None:
         seqs, per_unit = weighted_sequences(steps.store, units, shares, seq_len, truth.tokens, truth.data_seed)
         total = seqs.numel()
-    elif truth.budget == "union":
-        seqs, total = union_sequences(steps.store, units, seq_len), sum(u.tokens for u in units)
     else:
-        seqs = budget_sequences(steps.store, units, seq_len, truth.tokens, truth.data_seed)
-        total = seqs.numel()
+        seqs, total = truth.budget.truth_sequences(steps.store, units, seq_len, truth.tokens, truth.data_seed)
     result = train_seed_copy(
         steps.store,
         "truth",
@@ -133,11 +134,12 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
         "key": key,
         "units": [u.name for u in units],
         "unit_digests": [u.digest for u in units],
-        "budget": truth.budget,
+        "budget": truth.budget.name,
         "data_seed": truth.data_seed,
         "tokens": result.tokens,
         "final_loss": result.final_loss,
         "wall_s": result.wall_s,
+        "weights_digest": result.weights_digest,
     }
     if shares is not None:
         meta.update(shares={u.name: shares[u.name] for u in units}, sequences_per_unit=per_unit)
@@ -148,4 +150,4 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
 def truth_perplexities(steps: Steps, truth: dict, eval_sets: Mapping[str, str]) -> dict[str, float]:
     """A trained truth's perplexities on the evaluation sets, cached like every score."""
     scores = steps.score_weights(f"truth:{truth['key']}", [steps.store.weights(truth["key"], "truth")], None, eval_sets)
-    return {n: s["perplexity"] for n, s in sorted(scores.items())}
+    return perplexities(scores)

@@ -6,10 +6,11 @@ corpus -> Unit -> UnitModel -> Mixture -> Score (per EvalSet) -> RankedMixture
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
-from .store import short_key
+from .files import short_key
 
 
 class JsonForm:
@@ -63,30 +64,71 @@ class UnitModel(JsonForm):
 
 
 @dataclass(frozen=True)
-class Mixture(JsonForm):
-    """Units merged into one model: uniform (weights None) or weighted."""
+class MergeSpec(JsonForm):
+    """A merge method by name (dataassess/merge/) and its parameters, every declared one set."""
+
+    method: str = "linear"
+    params: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.method + "".join(f" {k}={v:g}" for k, v in self.params)
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "params": dict(self.params)}
+
+
+class ModelRef(Protocol):
+    """What a mixture needs of a unit model: its store key, weights digest and distinct tokens."""
+
+    key: str
+    weights_digest: str
+    source_tokens: int
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Unit models merged into one by a merge method: uniform (weights None) or weighted. Built by mixture_of only."""
 
     units: tuple[str, ...]
     model_keys: tuple[str, ...]
-    weights: tuple[float, ...] | None = None
-    digests: tuple[str, ...] = ()  # of the models' weights files: a rebuilt model that differs gives new keys
+    digests: tuple[str, ...]  # of the models' weights files: a rebuilt model that differs gives new keys
+    weights: tuple[float, ...] | None
+    merge: MergeSpec
 
     @property
     def key(self) -> str:
-        """Order-free: the same models (and weights files) with the same weights give the same key."""
+        """Order-free: the same weights files with the same weights, merged the same way, give the same key."""
         weights = self.weights or [1.0] * len(self.model_keys)
-        if self.digests and all(self.digests):
-            return short_key({"models": [list(p) for p in sorted(zip(self.model_keys, weights, self.digests))]})
-        return short_key({"models": [list(p) for p in sorted(zip(self.model_keys, weights))]})
+        models = sorted([k, w, d] for k, w, d in zip(self.model_keys, weights, self.digests))
+        return short_key({"models": models, "merge": self.merge.to_json()})
 
     @property
     def label(self) -> str:
         return " + ".join(self.units)
 
-    @classmethod
-    def from_json(cls, d: dict) -> Mixture:
-        w = d.get("weights")
-        return cls(tuple(d["units"]), tuple(d["model_keys"]), None if w is None else tuple(w))
+
+def mixture_of(
+    units: Sequence[str],
+    models: Mapping[str, ModelRef],
+    merge: MergeSpec,
+    weights: str | Mapping[str, float] | None = None,
+) -> Mixture:
+    """The one way to name a mixture: its units' models and weights digests, its weights (None or "uniform",
+    "tokens": by distinct pre-upsampling tokens, or a share per unit) and its merge method."""
+    ms = [models[u] for u in units]
+    missing = [u for u, m in zip(units, ms) if not m.weights_digest]
+    if missing:
+        raise ValueError(f"unit models without a weights digest: {missing}")
+    if weights is None or weights == "uniform":
+        w = None
+    elif weights == "tokens":
+        w = tuple(float(m.source_tokens) for m in ms)
+    elif isinstance(weights, Mapping):
+        w = tuple(round(float(weights[u]), 9) for u in units)
+    else:
+        raise ValueError(f"unknown weighting {weights!r}")
+    return Mixture(tuple(units), tuple(m.key for m in ms), tuple(m.weights_digest for m in ms), w, merge)
 
 
 @dataclass(frozen=True)
@@ -105,6 +147,8 @@ class EvalSet(JsonForm):
 
 @dataclass(frozen=True)
 class Score(JsonForm):
+    """One model on one evaluation set. Stored as JSON; the derived figures are properties."""
+
     nll: float  # summed, nats
     tokens: int
     bytes: int
@@ -127,6 +171,11 @@ class Score(JsonForm):
         }
 
 
+def perplexities(scores: Mapping[str, Score]) -> dict[str, float]:
+    """Perplexity per evaluation set, sorted by set name."""
+    return {name: scores[name].perplexity for name in sorted(scores)}
+
+
 @dataclass
 class RankedMixture(JsonForm):
     """One row of a ranking. rank_change: places moved up since the previous snapshot (None: new)."""
@@ -146,9 +195,75 @@ class RankedMixture(JsonForm):
     def k(self) -> int:
         return len(self.units)
 
+    @classmethod
+    def from_scores(cls, units: Sequence[str], scores: Mapping[str, Score], evaluated_fraction: float = 1.0):
+        names = sorted(scores)
+        return cls(
+            list(units),
+            {n: scores[n].perplexity for n in names},
+            {n: scores[n].bits_per_byte for n in names},
+            evaluated_fraction=evaluated_fraction,
+        )
+
     def to_json(self) -> dict:
         d = {**asdict(self), "k": self.k}
         for key, absent in (("evaluated_fraction", 1.0), ("proxy_scores", None), ("intervals", None)):
             if d[key] == absent:
                 del d[key]
         return d
+
+
+@dataclass
+class Snapshot:
+    """A pool's ranking at one time, with what it answers (budget), how far to trust it (fidelity),
+    what changed since the previous one, and the inputs it was computed from."""
+
+    pool: str
+    created: str  # UTC stamp, also its file name
+    ranked_by: str
+    ranking: list[RankedMixture]
+    budget: dict
+    previous: str | None = None
+    changes: dict = field(default_factory=dict)
+    fidelity: dict = field(default_factory=dict)
+    corpus: str = ""
+    seed_digest: str = ""
+    seed_scores: dict[str, float] = field(default_factory=dict)
+    units: dict[str, dict] = field(default_factory=dict)  # unit -> its model's key, digests and token counts
+    eval_sets: dict[str, str] = field(default_factory=dict)
+    quarantined: list[str] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    merge: dict = field(default_factory=dict)  # the merge method, its parameters and the weighting
+    resorted: bool = False  # re-sorted from the stored scores by `ranking --by`
+
+    def to_json(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["ranking"] = [r.to_json() for r in self.ranking]
+        if not self.resorted:
+            del d["resorted"]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Snapshot:
+        names = {f.name for f in fields(cls)}
+        rows = [RankedMixture.from_json(r) for r in d["ranking"]]
+        return cls(**{**{k: v for k, v in d.items() if k in names}, "ranking": rows})
+
+
+@dataclass
+class FidelityRecord(JsonForm):
+    """A pool's latest fidelity study: its report and one row per mixture (proxy, truths, baselines)."""
+
+    report: dict
+    rows: list[dict]
+
+
+@dataclass
+class OptimizationRecord(JsonForm):
+    """A pool's latest weight search: its report, and the points it scored (the next search's warm start)."""
+
+    report: dict
+    design: list[dict[str, float]]
+    round_points: list[dict[str, float]]
+    partitions: dict[str, list[str]]
+    proxies: list[dict]

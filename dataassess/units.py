@@ -49,7 +49,8 @@ def cut_units(store: Store, partition: Partition, seed: Seed, tokenizer, setting
     if total < settings.corpus.min_tokens:
         raise CorpusError(
             partition.name,
-            f"too small: {total} training tokens after holding out evaluation documents, minimum is {settings.corpus.min_tokens}",
+            f"too small: {total} training tokens after holding out evaluation documents, minimum is "
+            f"{settings.corpus.min_tokens}",
             partition.source,
         )
     n_units = max(1, round(total / budget))

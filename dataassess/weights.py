@@ -17,7 +17,8 @@ from .store import atomic_path, record_digest
 
 @contextmanager
 def os_errors(path: Path) -> Iterator[None]:
-    """safetensors reports a failed write (a full disk, no permission) as its own error type: raise it as the OSError it is."""
+    """safetensors reports a failed write (a full disk, no permission) as its own error type: raise it as the
+    OSError it is."""
     try:
         yield
     except SafetensorError as e:
@@ -29,7 +30,8 @@ def os_errors(path: Path) -> Iterator[None]:
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Model weights to `path` atomically; tied aliases are stored once. Returns the file's SHA-256 (recorded beside it)."""
+    """Model weights to `path` atomically; tied aliases are stored once. Returns the file's SHA-256 (recorded
+    beside it)."""
     with atomic_path(path) as tmp, os_errors(path):
         save_model(model, str(tmp), metadata=metadata)
     return record_digest(path)

@@ -129,7 +129,8 @@ def main() -> None:
         run_wave(wave, corpus, config)
     check(len(waves))
     print(
-        f"MLflow UI: {os.environ['MLFLOW_TRACKING_URI']}  Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}  "
+        f"MLflow UI: {os.environ['MLFLOW_TRACKING_URI']}  Prefect UI: "
+        f"{os.environ['PREFECT_API_URL'].removesuffix('/api')}  "
         "(both stop with the stack)"
     )
 

@@ -354,12 +354,17 @@ use = egg:swift#{kind}
 """
 )
 
+PROXY_PIPELINE = (
+    "catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth proxy-logging proxy-server"
+).split()
 PROXY_CONF = (
     DEFAULTS
     + """log_name = proxy
 
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth proxy-logging proxy-server
+pipeline = """
+    + " ".join(PROXY_PIPELINE)
+    + """
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -397,7 +402,8 @@ def swift_prepare() -> None:
         return
     (sw / "devices" / "d1").mkdir(parents=True, exist_ok=True)
     (sw / "swift.conf").write_text(
-        f"[swift-hash]\nswift_hash_path_suffix = {secrets.token_hex(8)}\nswift_hash_path_prefix = {secrets.token_hex(8)}\n\n"
+        f"[swift-hash]\nswift_hash_path_suffix = {secrets.token_hex(8)}\nswift_hash_path_prefix = "
+        f"{secrets.token_hex(8)}\n\n"
         "[storage-policy:0]\nname = Policy-0\ndefault = yes\n"
     )
     for kind in ("account", "container", "object"):
@@ -635,7 +641,8 @@ def ensure_packages(only: set[str] | None = None) -> None:
         return
     if not (is_root() and shutil.which("apt-get")):
         raise SystemExit(
-            f"error: the stack needs Debian packages {' '.join(missing)}: run `sudo apt-get install {' '.join(missing)}` "
+            f"error: the stack needs Debian packages {' '.join(missing)}: run `sudo apt-get install "
+            f"{' '.join(missing)}` "
             "or `make stack-up` as root"
         )
     say(f"installing {' '.join(missing)} (apt-get)")

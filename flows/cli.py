@@ -4,6 +4,7 @@ unit models (Na et al. 2024), refreshed by Prefect intakes and tracked in MLflow
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover
 from dataassess.config import Settings, load_settings
 from dataassess.errors import UserError
 from dataassess.store import Store
+from dataassess.types import Snapshot
 
 CORPUS_HELP = (
     "Corpus: a folder with one subfolder per partition, a dataset file (.jsonl, .parquet, ...) or hf://owner/name."
@@ -69,6 +71,11 @@ def settings() -> Settings:
     return _state["settings"]
 
 
+def store() -> Store:
+    """The command's store, constructed once from the settings."""
+    return _state["store"]
+
+
 def _error(message: str) -> None:
     typer.secho("error: " + " ".join(str(message).split()), err=True, fg="red")
 
@@ -82,7 +89,7 @@ def friendly(fn, writes: bool = True):
     def wrapper(*args, **kwargs):
         try:
             if writes:
-                Store(settings().store).check_writable()
+                store().check_writable()
             return fn(*args, **kwargs)
         except UserError as e:
             _error(str(e))
@@ -164,7 +171,8 @@ def _main(
         raise typer.Exit(2) from None
     from flows.runtime import configure_process
 
-    configure_process(_state["settings"].store, verbose)  # before Prefect is imported
+    _state["store"] = Store(_state["settings"].store)
+    configure_process(_state["store"], verbose)  # before Prefect is imported
 
 
 @command(writes=False)
@@ -178,7 +186,7 @@ def seed():
     """Build (tiny) or import (HF id / local folder) the seed model."""
     from dataassess.seed import prepare_seed
 
-    s = prepare_seed(settings())
+    s = prepare_seed(settings(), store())
     typer.echo(f"seed {s.source}: {s.path}\ndigest {s.digest}")
 
 
@@ -187,26 +195,24 @@ def units(corpus: Corpus):
     """Validate the corpus and cut it into equal-token units."""
     from dataassess.pipeline import prepare
 
-    inputs = prepare(corpus, settings())
-    typer.echo(f"{'unit':<32} {'tokens':>8} {'distinct':>9} {'repeat':>7}  digest")
-    for u in inputs.units:
-        typer.echo(f"{u.name:<32} {u.tokens:>8} {u.source_tokens:>9} {u.repeat:>7.2f}  {u.digest[:12]}")
-    typer.echo(f"evaluation sets: {', '.join(inputs.eval_sets)}")
-    _report_quarantined(inputs.quarantined)
+    with prepare(store(), corpus, settings()) as pool:
+        typer.echo(f"{'unit':<32} {'tokens':>8} {'distinct':>9} {'repeat':>7}  digest")
+        for u in pool.units:
+            typer.echo(f"{u.name:<32} {u.tokens:>8} {u.source_tokens:>9} {u.repeat:>7.2f}  {u.digest[:12]}")
+        typer.echo(f"evaluation sets: {', '.join(pool.eval_sets)}")
+    _report_quarantined(pool.quarantined)
 
 
 @command()
 def train(corpus: Corpus, eval_sets: EvalSets = None):
     """Train a model for every unit that has none yet."""
-    from dataassess.pipeline import prepare, serial_map, train_units
-    from dataassess.steps import Steps
+    from dataassess.pipeline import prepare, train
 
-    inputs = prepare(corpus, settings(), eval_sets)
-    with Steps(settings(), inputs.seed, progress=True) as steps:
-        models, _ = train_units(steps, inputs.units, serial_map())
-    for m in models.values():
-        typer.echo(f"{m.unit}: final loss {m.final_loss:.3f} -> {steps.store.weights(m.key)}")
-    _report_quarantined(inputs.quarantined)
+    with prepare(store(), corpus, settings(), eval_sets) as pool:
+        train(pool)
+    for m in pool.models.values():
+        typer.echo(f"{m.unit}: final loss {m.final_loss:.3f} -> {store().weights(m.key)}")
+    _report_quarantined(pool.quarantined)
 
 
 @command()
@@ -223,18 +229,17 @@ def score(
     eval_sets: EvalSets = None,
 ):
     """Score one mixture: merge its unit models and measure perplexity on every evaluation set."""
-    from dataassess.pipeline import prepare, score_and_rank, serial_map, train_units
-    from dataassess.steps import Steps
+    from dataassess import pipeline
 
     names = _unit_names(mixture)
-    inputs = prepare(corpus, settings(), eval_sets)
-    by_name = {u.name: u for u in inputs.units}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise UserError(f"unknown units {unknown} in --mixture; this corpus has {sorted(by_name)}")
-    with Steps(settings(), inputs.seed, progress=True) as steps:
-        models, _ = train_units(steps, [by_name[n] for n in names], serial_map())
-        ranking, _ = score_and_rank(steps, models, inputs.eval_sets, serial_map(), mixtures=[names])
+    with pipeline.prepare(store(), corpus, settings(), eval_sets) as pool:
+        unknown = [n for n in names if n not in {u.name for u in pool.units}]
+        if unknown:
+            raise UserError(
+                f"unknown units {unknown} in --mixture; this corpus has {sorted(u.name for u in pool.units)}"
+            )
+        pipeline.train(pool, [pool.unit(n) for n in names])
+        ranking, _ = pipeline.score(pool, mixtures=[names])
     typer.echo(json.dumps(ranking[0].to_json(), indent=2))
 
 
@@ -266,13 +271,18 @@ def rank(
 
     s = settings()
     s.rank = s.rank.model_copy(update={k: v for k, v in {"k_max": k_max, "by": by}.items() if v is not None})
-    result = pipeline.run(corpus, s, eval_sets, pool, refresh_eval)
-    _report_quarantined(result.inputs.quarantined)
-    _print_snapshot(json.loads(result.snapshot.read_text()), top)
+    timings: dict[str, float] = {}
+    with pipeline.phase(timings, "discover"):
+        prepared = pipeline.prepare(store(), corpus, s, eval_sets, pool, refresh_eval)
+    with prepared:
+        prepared.timings.update(timings)
+        result = pipeline.run(prepared)
+    _report_quarantined(prepared.quarantined)
+    _print_snapshot(result.snapshot, top)
     typer.echo(
         f"units trained {len(result.trained)}, reused {len(result.reused)}; mixtures {result.counts['mixtures']} "
         f"(scored {result.counts['scored']}, reused {result.counts['reused']}){_screening_note(result.counts)}; "
-        f"{sum(result.timings.values()):.0f} s; snapshot {result.snapshot}"
+        f"{sum(result.timings.values()):.0f} s; snapshot {result.snapshot_path}"
     )
 
 
@@ -293,11 +303,11 @@ def ranking(
     top: Top = None,
 ):
     """Show a pool's latest ranking: what it answers, how far to trust it, what changed."""
-    from dataassess.pipeline import latest_ranking, ranked_pools
+    from dataassess.pipeline import latest_snapshot
 
-    snap = latest_ranking(settings(), pool)
+    snap = latest_snapshot(store(), pool)
     if snap is None:
-        pools = ranked_pools(settings())
+        pools = store().ranked_pools()
         raise UserError(
             f"no ranking of pool '{pool}' in {settings().store}; pools: {', '.join(pools)}"
             if pool and pools
@@ -306,9 +316,10 @@ def ranking(
     if by is not None:
         snap = _resorted(snap, by)
     if as_json:
-        rows = snap["ranking"][:top] if top else snap["ranking"]
+        data = snap.to_json()
+        rows = data["ranking"][:top] if top else data["ranking"]
         meta = {
-            k: snap.get(k)
+            k: data.get(k)
             for k in (
                 "pool",
                 "created",
@@ -325,23 +336,20 @@ def ranking(
                 "quarantined",
             )
         }
-        typer.echo(json.dumps({**meta, "n_mixtures": len(snap["ranking"]), "rows": rows}, indent=2))
+        typer.echo(json.dumps({**meta, "n_mixtures": len(data["ranking"]), "rows": rows}, indent=2))
         return
     _print_snapshot(snap, top)
 
 
-def _resorted(snap: dict, by: str) -> dict:
+def _resorted(snap: Snapshot, by: str) -> Snapshot:
     """The snapshot's rows ranked by another evaluation set (or macro), from the stored scores."""
     from dataassess.rank import rank
-    from dataassess.types import RankedMixture
 
-    rows = [RankedMixture.from_json(r) for r in snap["ranking"]]
-    changes = {tuple(r.units): r.rank_change for r in rows}
-    within_size = snap.get("budget", {}).get("mode") == "union" and not snap["budget"].get("calibrated")
-    ranked = rank(rows, by, within_size)
+    changes = {tuple(r.units): r.rank_change for r in snap.ranking}
+    ranked = rank(snap.ranking, by, bool(snap.budget.get("within_size")))
     for r in ranked:
         r.rank_change = changes[tuple(r.units)]
-    return {**snap, "ranked_by": by, "resorted": True, "ranking": [r.to_json() for r in ranked]}
+    return dataclasses.replace(snap, ranked_by=by, resorted=True, ranking=ranked)
 
 
 @command()
@@ -363,14 +371,14 @@ def export(
     ),
 ):
     """Write a mixture's merged model as an HF folder that from_pretrained loads."""
-    from dataassess.pipeline import export_mixture, latest_ranking
+    from dataassess.pipeline import export_mixture, latest_snapshot
 
-    snap = latest_ranking(settings(), pool)
+    snap = latest_snapshot(store(), pool)
     if snap is None:
         raise UserError(
             f"no ranking yet in {settings().store}: the unit models to merge come from a pool's latest ranking"
         )
-    folder = export_mixture(settings(), snap, _unit_names(mixture), out)
+    folder = export_mixture(store(), snap, _unit_names(mixture), out)
     typer.echo(f"wrote {folder}: AutoModelForCausalLM.from_pretrained('{folder}')")
 
 
@@ -379,10 +387,10 @@ def demo():
     """The bundled demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
     from flows.runtime import embedded_prefect
 
-    with embedded_prefect(settings()):
+    with embedded_prefect(settings(), store()):
         from flows.demo import run_demo
 
-        waves = run_demo(settings(), echo=typer.echo)
+        waves = run_demo(settings(), store(), echo=typer.echo)
     for wave, summary in enumerate(waves, 1):
         typer.echo(f"wave {wave}: " + _summary_line(summary))
     _print_snapshot(_latest("demo"), top=25)
@@ -397,9 +405,11 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
     from flows.runtime import embedded_prefect
     from registry.tracking import connect
 
-    connect(settings().store)  # a tracking server that is down fails here, before any training
-    check_inputs(corpus, settings(), eval_sets, pool, refresh_eval)  # bad input fails here, before Prefect or training
-    with embedded_prefect(settings()):
+    connect(store())  # a tracking server that is down fails here, before any training
+    check_inputs(
+        store(), corpus, settings(), eval_sets, pool, refresh_eval
+    )  # bad input fails before Prefect or training
+    with embedded_prefect(settings(), store()):
         from flows.intake import intake as intake_flow
 
         summary = intake_flow(
@@ -430,17 +440,18 @@ def serve(
     from flows.runtime import ensure_prefect_home
     from registry.tracking import connect
 
-    connect(settings().store)
-    check_inputs(corpus, settings(), eval_sets)  # bad input fails here, before any server starts
+    connect(store())
+    check_inputs(store(), corpus, settings(), eval_sets)  # bad input fails here, before any server starts
     ensure_prefect_home()
     from flows.serve import prefect_server
     from flows.serve import serve as serve_flow
 
     # Ctrl-C stops it even when started where SIGINT is ignored (a shell's background job, nohup)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    with prefect_server(settings().store) as url:
+    with prefect_server(store()) as url:
         typer.echo(
-            f"Prefect API {url} (UI: {url.removesuffix('/api')}); serving intake of {corpus} every {interval:g} s; Ctrl-C to stop"
+            f"Prefect API {url} (UI: {url.removesuffix('/api')}); serving intake of {corpus} every {interval:g} s; "
+            "Ctrl-C to stop"
         )
         serve_flow(corpus, settings(), interval, str(eval_sets) if eval_sets else None)
 
@@ -454,28 +465,14 @@ def add_partition(
     ),
 ):
     """Validate a partition, copy it into the corpus root and emit dataassess.partition.created."""
-    import shutil
-
-    from dataassess.corpus import check_name, load_partition_folder
+    from dataassess.corpus import add_partition as add
     from flows.runtime import ensure_prefect_home
 
-    if not corpus.is_dir():
-        raise UserError(f"corpus root not found: {corpus} is not a folder")
-    if not path.is_dir():
-        raise UserError(f"partition not found: {path} is not a folder")
-    target = corpus / (name or path.name)
-    check_name(target.name)
-    part = load_partition_folder(path)  # rejects bad input before anything is copied
-    if target.exists():
-        raise UserError(f"{target} already exists; remove it first or pass --name")
-    tmp = corpus / f".{target.name}.incoming"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(path, tmp)
-    tmp.rename(target)
+    part, target = add(path, corpus, name)
     ensure_prefect_home()
     from flows.serve import announce_partition
 
-    sent = announce_partition(settings().store, str(corpus), target.name, part.digest)
+    sent = announce_partition(store(), str(corpus), target.name, part.digest)
     typer.echo(f"added {target} ({len(part.documents)} documents, digest {part.digest[:12]})")
     typer.echo(
         "event dataassess.partition.created emitted"
@@ -492,9 +489,9 @@ def fidelity(
     budget: Optional[str] = typer.Option(
         None,
         "--budget",
-        metavar="fixed|union",
-        help="fixed (every mixture trained on B tokens) or union "
-        "(on all its units; fits the calibration). Default: rank.budget.",
+        metavar="NAME",
+        help="The budget a score answers (dataassess/budgets.py): fixed, every mixture trained on B tokens, or union, "
+        "on all its units (fits the calibration). Default: rank.budget.",
     ),
     n: int = typer.Option(24, "--n", min=3, metavar="N", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
     k_max: int = typer.Option(3, "--k-max", min=1, metavar="K", help="Largest mixture size sampled."),
@@ -511,66 +508,104 @@ def fidelity(
         help="Weighted mixtures instead of subsets: --n weight vectors over the "
         "partitions, each merged by its weights and trained at the fixed budget on tokens drawn by them.",
     ),
+    merge_method: Optional[str] = typer.Option(
+        None,
+        "--merge-method",
+        metavar="NAME",
+        help="Measure this merge method's proxies (default: merge.method). Kept as the pool's fidelity only when it "
+        "is the pool's own.",
+    ),
+    compare_merges: bool = typer.Option(
+        False, "--compare-merges", help="Measure every registered merge method against one set of ground truths."
+    ),
     as_json: AsJson = False,
     log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log a fidelity run to MLflow."),
 ):
     """Train ground truth for sampled mixtures and report how well the ranking's scores predict it."""
     from datetime import datetime, timezone
 
-    from dataassess.fidelity import run_fidelity, run_weighted_fidelity
-    from dataassess.pipeline import pool_name
-    from dataassess.store import write_json
+    from dataassess import budgets
+    from dataassess import fidelity as study
+    from dataassess.merge import merge_spec
+    from dataassess.pipeline import prepare
 
-    if budget not in (None, "fixed", "union"):
-        raise UserError(f"--budget must be 'fixed' or 'union', not '{budget}'")
-    s, pool = settings(), pool or pool_name(corpus)
-    if weighted and (budget or s.rank.budget) != "fixed":
+    s = settings()
+    chosen = budgets.budget(budget) if budget else budgets.budget(s.rank.budget)
+    if weighted and not chosen.fixed_tokens:
         raise UserError("--weighted mixtures are measured at the fixed budget: pass --budget fixed")
+    if compare_merges and (weighted or merge_method):
+        raise UserError("--compare-merges measures every merge method on subsets: drop --weighted and --merge-method")
+    spec = None
+    if merge_method:
+        spec = merge_spec(merge_method, s.merge.params if merge_method == s.merge.method else None)
     if log_mlflow:
         from registry.tracking import connect
 
-        connect(s.store)  # a tracking server that is down fails before the ground truths are trained
-    if weighted:
-        result = run_weighted_fidelity(corpus, s, eval_sets, n, ceiling, pool=pool)
-    else:
-        result = run_fidelity(corpus, s, eval_sets, n, k_max, budget, ceiling, pool=pool)
-    _report_quarantined(result.quarantined)
-    report = _finite(
-        {
-            **result.report,
-            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "corpus": corpus,
-            "pool": pool,
-        }
-    )
-    store = Store(s.store)
-    if not weighted:  # the pool's fidelity, as rankings show it, is the subset ranking's
-        write_json(store.fidelity(pool), {"report": report, "rows": result.rows})
-    if result.calibration is not None:
-        write_json(store.calibration(pool), {**result.calibration.to_json(), "measured": report["measured"]})
+        connect(store())  # a tracking server that is down fails before the ground truths are trained
+    with prepare(store(), corpus, s, eval_sets, pool) as prepared:
+        if compare_merges:
+            results = study.compare_merges(prepared, n, k_max, chosen, ceiling)
+        elif weighted:
+            results = {prepared.merge.method: study.run_weighted_fidelity(prepared, n, ceiling)}
+        else:
+            result = study.run_fidelity(prepared, n, k_max, chosen, ceiling, merge=spec)
+            results = {result.report["merge"]["method"]: result}
+        measured = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        kept = None
+        for result in results.values():
+            result.report = _finite({**result.report, "measured": measured, "corpus": corpus, "pool": prepared.name})
+            kept = study.save(prepared, result, measured) or kept
+    _report_quarantined(prepared.quarantined)
     if log_mlflow:
         from registry.fidelity import log_fidelity
-        from registry.tracking import connect
 
-        log_fidelity(connect(s.store), s.store, report, result.rows, pool)
+        client = connect(store())
+        for result in results.values():
+            log_fidelity(client, store(), result.report, result.rows, prepared.name)
+    reports = {name: r.report for name, r in results.items()}
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        out = {"budget": chosen.name, "methods": reports} if compare_merges else next(iter(reports.values()))
+        typer.echo(json.dumps(out, indent=2))
         return
-    what = "calibrated (leave-one-out)" if report["budget"] == "union" else "uniform average"
+    if compare_merges:
+        _print_merge_comparison(reports)
+    else:
+        _print_fidelity(next(iter(reports.values())), chosen)
+    where = f"; figures in {kept}; the next ranking of this pool shows them" if kept else ""
+    typer.echo(f"{next(iter(reports.values()))['macro']['n_mixtures']} mixtures{where}")
+
+
+FIGURE_HEADS = ("pearson", "spearman", "pair acc", "naive acc", "ceil rho", "ceil acc", "of ceil")
+FIGURE_KEYS = (
+    "pearson",
+    "spearman",
+    "decision_accuracy",
+    "baseline_decision_accuracy",
+    "ceiling_spearman",
+    "ceiling_decision_accuracy",
+    "spearman_share_of_ceiling",
+)
+
+
+def _figure_cells(f: dict) -> str:
+    return "".join(f" {_f(f[k]):>9}" for k in FIGURE_KEYS)
+
+
+def _print_fidelity(report: dict, budget) -> None:
+    what = "calibrated (leave-one-out)" if budget.calibrated else f"{report['merge']['method']} merge"
     typer.echo(f"budget: {report['budget']}; score: {what}; ceiling: truth vs a second truth (another data order)")
-    typer.echo(
-        f"{'eval set':<20} {'pearson':>8} {'spearman':>9} {'pair acc':>9} {'naive acc':>9} {'ceil rho':>9} {'ceil acc':>9} {'of ceil':>8}"
-    )
+    typer.echo(f"{'eval set':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
-        typer.echo(
-            f"{name[:20]:<20} {_f(f['pearson']):>8} {_f(f['spearman']):>9} {_f(f['decision_accuracy']):>9} "
-            f"{_f(f['baseline_decision_accuracy']):>9} {_f(f['ceiling_spearman']):>9} {_f(f['ceiling_decision_accuracy']):>9} "
-            f"{_f(f['spearman_share_of_ceiling']):>8}"
-        )
-    typer.echo(
-        f"{report['macro']['n_mixtures']} mixtures"
-        + ("" if weighted else f"; figures in {store.fidelity(pool)}; the next ranking of this pool shows them")
-    )
+        typer.echo(f"{name[:20]:<20}" + _figure_cells(f))
+
+
+def _print_merge_comparison(reports: dict[str, dict]) -> None:
+    """One table: each merge method's macro figures against the same ground truths."""
+    first = next(iter(reports.values()))
+    typer.echo(f"budget: {first['budget']}; macro figures of each merge method against the same ground truths")
+    typer.echo(f"{'merge method':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
+    for name, report in reports.items():
+        typer.echo(f"{name[:20]:<20}" + _figure_cells(report["macro"]))
 
 
 @command()
@@ -588,22 +623,23 @@ def optimize(
     log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log an optimization run to MLflow."),
 ):
     """Search the partition shares of a fixed token budget (weighted merges, a surrogate, scipy), warm-started."""
-    from dataassess.optimize import run_optimize
+    from dataassess.optimize import optimize as search_weights
+    from dataassess.pipeline import prepare
 
-    s = settings()
     if log_mlflow:
         from registry.tracking import connect
 
-        connect(s.store)  # a tracking server that is down fails before the search
-    result = run_optimize(corpus, s, eval_sets, pool, verify)
+        connect(store())  # a tracking server that is down fails before the search
+    with prepare(store(), corpus, settings(), eval_sets, pool) as prepared:
+        result = search_weights(prepared, verify_by_training=verify)
     report = _finite(result.report)
     if log_mlflow:
         from registry.optimize import log_optimization
-        from registry.tracking import connect, latest_ranking_run
+        from registry.tracking import latest_ranking_run
 
-        client = connect(s.store)
+        client = connect(store())
         report["mlflow_run_id"] = log_optimization(
-            client, s.store, report["pool"], report, result.cv, latest_ranking_run(client, report["pool"])
+            client, store(), report["pool"], report, result.cv, latest_ranking_run(client, report["pool"])
         )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -611,12 +647,14 @@ def optimize(
     typer.echo(_weights_table(report))
     sur = report["surrogate"]
     typer.echo(
-        f"surrogate {sur['model']}: cross-validated Spearman {_f(sur['spearman'])} over {sur['n_proxies']} weighted merges "
+        f"surrogate {sur['model']}: cross-validated Spearman {_f(sur['spearman'])} over {sur['n_proxies']} weighted "
+        "merges "
         f"(scored now {report['counts']['scored']}, reused {report['counts']['reused']})"
     )
     v = report["objective_value"]
     typer.echo(
-        f"objective {report['objective']} of the weighted merge: optimized {v['optimized']:.3f}, uniform {v['uniform']:.3f}, "
+        f"objective {report['objective']} of the weighted merge: optimized {v['optimized']:.3f}, uniform "
+        f"{v['uniform']:.3f}, "
         f"natural {v['natural']:.3f}"
     )
     if "verified" in report:
@@ -655,8 +693,10 @@ def _finite(obj):
 
 def _summary_line(s: dict) -> str:
     return (
-        f"trained {s['trained']}, skipped {s['skipped']}, quarantined {s['quarantined']}, registered {s['registered']}; "
-        f"mixtures {s['mixtures']} (re-scored {s['rescored']}, reused {s['reused']}){_screening_note(s)}; champion v{s['champion_version']}"
+        f"trained {s['trained']}, skipped {s['skipped']}, quarantined {s['quarantined']}, registered "
+        f"{s['registered']}; "
+        f"mixtures {s['mixtures']} (re-scored {s['rescored']}, reused {s['reused']}){_screening_note(s)}; champion "
+        f"v{s['champion_version']}"
     )
 
 
@@ -668,44 +708,37 @@ def _screening_note(counts: dict) -> str:
     return f"; screened: {rungs} of the sets, {sc['cost']:.2f} of full evaluation"
 
 
-def _latest(pool: str) -> dict:
-    from dataassess.pipeline import latest_ranking
-
-    return latest_ranking(settings(), pool)
+def _latest(pool: str) -> Snapshot:
+    return store().latest_ranking(pool)
 
 
-def _print_snapshot(snap: dict, top: int | None) -> None:
+def _print_snapshot(snap: Snapshot, top: int | None) -> None:
     """A ranking as a data lead reads it: which pool and when, what its scores answer, how far to trust
     them, the table (with the seed as a reference row), then what changed since the previous one."""
     from dataassess.rank import fidelity_line, format_table
-    from dataassess.types import RankedMixture
 
-    created = snap["created"]
+    created = snap.created
     when = f"{created[:4]}-{created[4:6]}-{created[6:8]} {created[9:11]}:{created[11:13]} UTC"
-    n_units = len(snap.get("units", {}))
     typer.echo(
-        f"\npool {snap.get('pool', '?')}: ranking of {when}, {len(snap['ranking'])} mixtures of {n_units} unit models"
-        + (f", re-sorted by {snap['ranked_by']}" if snap.get("resorted") else "")
+        f"\npool {snap.pool}: ranking of {when}, {len(snap.ranking)} mixtures of {len(snap.units)} unit models"
+        + (f", re-sorted by {snap.ranked_by}" if snap.resorted else "")
     )
     typer.echo(_budget_line(snap))
     typer.echo(
-        fidelity_line(
-            snap.get("fidelity") or {"measured": False, "how": "not measured: run `dataassess fidelity CORPUS`"}
-        )
+        fidelity_line(snap.fidelity or {"measured": False, "how": "not measured: run `dataassess fidelity CORPUS`"})
     )
-    rows = [RankedMixture.from_json(r) for r in snap["ranking"]]
-    typer.echo(format_table(rows, top, snap.get("ranked_by", "macro"), snap.get("seed_scores")))
+    typer.echo(format_table(snap.ranking, top, snap.ranked_by, snap.seed_scores))
     typer.echo(_changes_line(snap))
-    typer.echo(f"All {len(rows)} mixtures as JSON: dataassess ranking --pool {snap.get('pool', 'POOL')} --json")
+    typer.echo(f"All {len(snap.ranking)} mixtures as JSON: dataassess ranking --pool {snap.pool} --json")
 
 
-def _changes_line(snap: dict) -> str:
+def _changes_line(snap: Snapshot) -> str:
     """What changed since the pool's previous ranking, by the same rule as the table's change column."""
-    ch = snap.get("changes")
-    if not snap.get("previous") or not ch:
+    ch = snap.changes
+    if not snap.previous or not ch:
         return "first ranking of this pool"
     dropped = ch.get("dropped") or []
-    gone = sorted({u for units in dropped for u in units} - {u for r in snap["ranking"] for u in r["units"]})
+    gone = sorted({u for units in dropped for u in units} - {u for r in snap.ranking for u in r.units})
     parts = [
         f"{len(ch['new'])} new mixture(s)" if ch["new"] else "no new mixtures",
         *([f"{len(dropped)} dropped (units no longer in the corpus: {', '.join(gone)})"] if dropped else []),
@@ -744,16 +777,15 @@ def _print_weights(weights: dict | None) -> None:
     typer.echo("  details and the verified comparison: dataassess optimize CORPUS --verify")
 
 
-def _budget_line(snap: dict) -> str:
-    budget = snap.get("budget") or {"mode": "fixed", "score": "uniform parameter average"}
-    return f"budget: {budget['mode']} ({budget['score']}); ranked by {snap.get('ranked_by', 'macro')}"
+def _budget_line(snap: Snapshot) -> str:
+    return f"budget: {snap.budget['mode']} ({snap.budget['score']}); ranked by {snap.ranked_by}"
 
 
 def _print_ui_hint(pool: str) -> None:
     from registry.tracking import RANKINGS_EXPERIMENT, connect, tracking_uri
 
-    uri = tracking_uri(settings().store)
-    exp = connect(settings().store).get_experiment_by_name(RANKINGS_EXPERIMENT)
+    uri = tracking_uri(store())
+    exp = connect(store()).get_experiment_by_name(RANKINGS_EXPERIMENT)
     runs = f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp else ""
     server = uri.startswith("http")
     ui = f"{uri.rstrip('/')}/{runs}" if server else f"`make ui`, then http://127.0.0.1:5000/{runs}"

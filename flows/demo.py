@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from dataassess.config import Settings
+from dataassess.store import Store
 
 from .intake import intake
 
@@ -25,8 +26,8 @@ def stage(corpus: Path, partitions: list[Path]) -> None:
             shutil.copytree(p, corpus / p.name)
 
 
-def run_demo(settings: Settings, progress: bool = True, echo=print) -> list[dict]:
-    corpus = Path(settings.store) / "demo-corpus" / "demo"
+def run_demo(settings: Settings, store: Store, progress: bool = True, echo=print) -> list[dict]:
+    corpus = store.root / "demo-corpus" / "demo"
     bundled = sorted(p for p in (DATA / "corpus").iterdir() if p.is_dir())
     early = [p for p in bundled if p.name not in LATE_PARTITIONS]
     cfg = settings.model_dump(mode="json")
@@ -34,9 +35,9 @@ def run_demo(settings: Settings, progress: bool = True, echo=print) -> list[dict
     for wave, partitions in ((1, early), (2, bundled)):
         stage(corpus, partitions)
         echo(f"\n== wave {wave}: {len(partitions)} partitions in {corpus}")
-        before = registered_units(settings, "demo")
+        before = registered_units(store, "demo")
         summary = intake(str(corpus), cfg, str(DATA / "eval"), "demo", progress)
-        added = registered_units(settings, "demo") - before
+        added = registered_units(store, "demo") - before
         if len(added) != summary["trained"]:  # every unit trained now is registered once
             echo(
                 f"warning: {summary['trained']} unit(s) trained but {len(added)} new version(s) in the MLflow registry"
@@ -45,8 +46,8 @@ def run_demo(settings: Settings, progress: bool = True, echo=print) -> list[dict
     return summaries
 
 
-def registered_units(settings: Settings, pool: str) -> set[tuple[str, str]]:
+def registered_units(store: Store, pool: str) -> set[tuple[str, str]]:
     """(registered model, version) of every unit model of the pool, read back from MLflow."""
     from registry.tracking import connect
 
-    return {(v.name, v.version) for v in connect(settings.store).search_model_versions(f"name LIKE '{pool}.%'")}
+    return {(v.name, v.version) for v in connect(store).search_model_versions(f"name LIKE '{pool}.%'")}

@@ -1,4 +1,5 @@
-"""The intake flow: pipeline.run with its work items as Prefect tasks, then the MLflow publication.
+"""The intake flow: a pool prepared and run (its work items as Prefect tasks), then the MLflow publication
+and the weight search.
 
 Orchestration only: the sequence is dataassess.pipeline's, the MLflow side registry's. Every
 step is cached in the store, so a killed intake is resumed by the next one, and a store-wide
@@ -11,6 +12,7 @@ receive units and mixtures (paths and digests) and read and write the shared sto
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from contextlib import contextmanager
@@ -28,8 +30,10 @@ from tqdm.auto import tqdm
 from dataassess import pipeline
 from dataassess.config import Settings
 from dataassess.errors import UserError
+from dataassess.optimize import optimize
 from dataassess.store import Store
-from registry.publish import publish_ranking, publish_weights, register_models
+from registry.optimize import log_optimization
+from registry.publish import publish_ranking, register_models
 from registry.tracking import connect
 
 _thread_locks: dict[str, threading.Lock] = {}
@@ -114,7 +118,8 @@ def task_runner_for(settings: Settings) -> TaskRunner:
 
 
 def local_cluster_kwargs(workers: int) -> dict:
-    """A distributed.LocalCluster of single-threaded worker processes; it and its HTTP port (a free one) on 127.0.0.1."""
+    """A distributed.LocalCluster of single-threaded worker processes; it and its HTTP port (a free one) on
+    127.0.0.1."""
     return {
         "n_workers": workers,
         "threads_per_worker": 1,
@@ -134,7 +139,8 @@ def _import_steps() -> None:
 
 
 def warm_dask_workers(settings: Settings) -> int:
-    """Start the flow's Dask cluster (or connect to it) and import the steps on every worker; returns the worker count."""
+    """Start the flow's Dask cluster (or connect to it) and import the steps on every worker; returns the worker
+    count."""
     client = FlowRunContext.get().task_runner.client
     if not settings.run.dask_address:
         client.wait_for_workers(settings.run.dask_workers, timeout=300)
@@ -150,18 +156,36 @@ def run_name() -> str:
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(result: pipeline.RunResult, settings: Settings) -> tuple[dict[str, str], list[str]]:
-    return register_models(connect(settings.store), settings, result)
+def register(result: pipeline.RunResult) -> tuple[dict[str, str], list[str]]:
+    return register_models(connect(result.pool.store), result)
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(result: pipeline.RunResult, settings: Settings, versions: dict[str, str], summary: dict) -> dict:
-    return publish_ranking(connect(settings.store), settings, result, versions, summary)
+def publish(result: pipeline.RunResult, versions: dict[str, str], summary: dict) -> dict:
+    return publish_ranking(connect(result.pool.store), result, versions, summary)
 
 
 @task(name="optimize weights", cache_policy=NO_CACHE)
-def optimize_weights(result: pipeline.RunResult, settings: Settings, ranking_run_id: str, progress: bool) -> dict:
-    return publish_weights(connect(settings.store), settings, result, ranking_run_id, progress)
+def optimize_weights(result: pipeline.RunResult, ranking_run_id: str, progress: bool) -> dict:
+    """Re-optimize the pool's mixture weights (warm-started), then log them beside the ranking run. A pool of one
+    partition has no weights to choose, and bounds or an objective that do not fit it leave the ranking standing:
+    both are skipped, and said so."""
+    pool = dataclasses.replace(result.pool, map_fn=pipeline.serial_map(progress))  # proxies are not worth a task each
+    partitions = {m.partition for m in pool.models.values()}
+    if len(partitions) < 2:
+        return {"skipped": f"one partition ({', '.join(partitions)}): no weights to choose"}
+    try:
+        found = optimize(pool, result.ranking)
+    except UserError as e:
+        return {"skipped": str(e)}
+    run_id = log_optimization(connect(pool.store), pool.store, pool.name, found.report, found.cv, ranking_run_id)
+    return {
+        "weights": found.report["weights"],
+        "change": found.report.get("change"),
+        "optimize_run_id": run_id,
+        "surrogate_spearman": found.report["surrogate"]["spearman"],
+        "scored": found.report["counts"]["scored"],
+    }
 
 
 @flow(
@@ -186,21 +210,18 @@ def intake(
             raise UserError(
                 "run.task_runner = 'dask' needs a Prefect server for its workers to report to: set PREFECT_API_URL"
             )
-        remote = {
-            **settings.model_dump(mode="json"),
-            "store": str(settings.store.resolve()),
-        }  # one path on every worker
+        remote = {**settings.model_dump(mode="json"), "store": str(settings.store.resolve())}  # one path everywhere
         return intake.with_options(task_runner=task_runner_for(settings))(
             corpus_root, remote, eval_sets, pool, progress, refresh_eval
         )
     logger = get_run_logger()
-    connect(settings.store)  # a tracking server that is down should not cost a training run
+    store = Store(settings.store)
+    connect(store)  # a tracking server that is down should not cost a training run
     groups = None
     if _on_dask():
         workers = warm_dask_workers(settings)
         logger.info("work items on %d Dask workers", workers)
         groups = {"score": 4 * workers}
-    store = Store(settings.store)
 
     def waiting() -> None:
         message = f"another intake is running on the store {store.root}: waiting for it to finish"
@@ -209,49 +230,60 @@ def intake(
             tqdm.write(message, file=sys.stderr)
 
     with store_lock(store, waiting):
-        result = pipeline.run(
-            corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress, groups), progress
-        )
-        for msg in result.inputs.quarantined:
-            logger.warning("quarantined: %s", msg)
-        logger.info(
-            "units: %d trained (%s), %d reused",
-            len(result.trained),
-            ", ".join(result.trained) or "none",
-            len(result.reused),
-        )
-        logger.info(
-            "mixtures: %d, %d scored now, %d reused; best %s",
-            result.counts["mixtures"],
-            result.counts["scored"],
-            result.counts["reused"],
-            " + ".join(result.ranking[0].units),
-        )
-        with pipeline.phase(result.timings, "register"):
-            versions, registered = register(result, settings)
-        summary = {
-            "trained": len(result.trained),
-            "skipped": len(result.reused),
-            "quarantined": len(result.inputs.quarantined),
-            "registered": len(registered),
-            "mixtures": result.counts["mixtures"],
-            "rescored": result.counts["scored"],
-            "reused": result.counts["reused"],
-            **({"screening": result.counts["screening"]} if "screening" in result.counts else {}),
-        }
-        with pipeline.phase(result.timings, "publish"):
-            published = publish(result, settings, versions, summary)
-        weights = None
-        if settings.optimize.on_intake:
-            with pipeline.phase(result.timings, "optimize"):
-                weights = optimize_weights(result, settings, published["ranking_run_id"], progress)
-    logger.info("intake %s: %s", result.inputs.pool, summary)
+        timings: dict[str, float] = {}
+        with pipeline.phase(timings, "discover"):
+            prepared = pipeline.prepare(
+                store, corpus_root, settings, eval_sets, pool, refresh_eval, task_map(progress, groups), progress
+            )
+        with prepared:
+            prepared.timings.update(timings)
+            result = pipeline.run(prepared)
+            summary, published, weights = _publish(result, settings, logger, progress)
+    logger.info("intake %s: %s", prepared.name, summary)
     return {
         **summary,
         "trained_units": result.trained,
-        "quarantined_partitions": result.inputs.quarantined,
+        "quarantined_partitions": prepared.quarantined,
         **published,
-        "pool": result.inputs.pool,
+        "pool": prepared.name,
         "seconds": result.timings,
         "weights": weights,
     }
+
+
+def _publish(result: pipeline.RunResult, settings: Settings, logger, progress: bool) -> tuple[dict, dict, dict | None]:
+    """Log what the run did, register its models, publish its ranking and re-optimize the weights."""
+    for msg in result.pool.quarantined:
+        logger.warning("quarantined: %s", msg)
+    logger.info(
+        "units: %d trained (%s), %d reused",
+        len(result.trained),
+        ", ".join(result.trained) or "none",
+        len(result.reused),
+    )
+    logger.info(
+        "mixtures: %d, %d scored now, %d reused; best %s",
+        result.counts["mixtures"],
+        result.counts["scored"],
+        result.counts["reused"],
+        " + ".join(result.ranking[0].units),
+    )
+    with pipeline.phase(result.timings, "register"):
+        versions, registered = register(result)
+    summary = {
+        "trained": len(result.trained),
+        "skipped": len(result.reused),
+        "quarantined": len(result.pool.quarantined),
+        "registered": len(registered),
+        "mixtures": result.counts["mixtures"],
+        "rescored": result.counts["scored"],
+        "reused": result.counts["reused"],
+        **({"screening": result.counts["screening"]} if "screening" in result.counts else {}),
+    }
+    with pipeline.phase(result.timings, "publish"):
+        published = publish(result, versions, summary)
+    weights = None
+    if settings.optimize.on_intake:
+        with pipeline.phase(result.timings, "optimize"):
+            weights = optimize_weights(result, published["ranking_run_id"], progress)
+    return summary, published, weights

@@ -28,7 +28,7 @@ OFFLINE = {
 }
 
 
-def configure_process(store: Path, verbose: bool = False) -> None:
+def configure_process(store: Store, verbose: bool = False) -> None:
     """Defaults for a command's process, before Prefect is imported; any of them can be set from
     outside. Prefect's home is the store's (so a store carries its flow-run history, and
     --store moves it) unless PREFECT_API_URL names a server. Imports nothing heavy."""
@@ -37,7 +37,7 @@ def configure_process(store: Path, verbose: bool = False) -> None:
     for name, value in OFFLINE.items():
         os.environ.setdefault(name, value)
     if not os.environ.get("PREFECT_API_URL"):
-        os.environ["PREFECT_HOME"] = str(Store(store).prefect_home().resolve())
+        os.environ["PREFECT_HOME"] = str(store.prefect_home().resolve())
 
 
 def ensure_prefect_home() -> None:
@@ -47,7 +47,7 @@ def ensure_prefect_home() -> None:
 
 
 @contextmanager
-def embedded_prefect(settings=None) -> Iterator[None]:
+def embedded_prefect(settings=None, store: Store | None = None) -> Iterator[None]:
     """Within the block, flow runs on Prefect's in-process ephemeral API send no heartbeats.
 
     With run.task_runner = "dask" and no PREFECT_API_URL, a local Prefect server runs for the
@@ -61,9 +61,10 @@ def embedded_prefect(settings=None) -> Iterator[None]:
     """
     ensure_prefect_home()
     if settings is not None and settings.run.task_runner == "dask" and not os.environ.get("PREFECT_API_URL"):
+        assert store is not None, "a Dask intake without PREFECT_API_URL needs the store for its Prefect server"
         from flows.serve import drain_to_server, prefect_server
 
-        with prefect_server(settings.store, announce=False):
+        with prefect_server(store, announce=False):
             try:
                 yield
             finally:

@@ -53,7 +53,7 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
 
 
 @contextmanager
-def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
+def prefect_server(store: Store, timeout_s: float = 120, announce: bool = True):
     """A local Prefect server on 127.0.0.1 unless PREFECT_API_URL names one. The ephemeral
     server runs no scheduler or triggers service, so schedules and events need a real one.
     announce: record its URL in the store, where `add-partition` finds the server to notify."""
@@ -74,9 +74,9 @@ def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
     try:
         wait_until_healthy(f"{url}/health", proc, timeout_s, "the local Prefect server")
         os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
-        Store(store).root.mkdir(parents=True, exist_ok=True)
+        store.root.mkdir(parents=True, exist_ok=True)
         if announce:
-            Store(store).prefect_api_file().write_text(url)
+            store.prefect_api_file().write_text(url)
         with temporary_settings(
             updates={PREFECT_API_URL: url}
         ):  # this process read its settings when Prefect was imported
@@ -84,7 +84,7 @@ def prefect_server(store: Path, timeout_s: float = 120, announce: bool = True):
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         if announce:
-            Store(store).prefect_api_file().unlink(missing_ok=True)
+            store.prefect_api_file().unlink(missing_ok=True)
         stop_process_group(proc)
 
 
@@ -125,11 +125,11 @@ def serve(corpus_root: str, settings: Settings, interval_s: float, eval_sets: st
     )
 
 
-def announce_partition(store: Path, corpus_root: str, partition: str, digest: str) -> bool:
+def announce_partition(store: Store, corpus_root: str, partition: str, digest: str) -> bool:
     """Emit the event that triggers the served deployment; False when nothing serves this store."""
     url = os.environ.get("PREFECT_API_URL")
     if not url:
-        recorded = Store(store).prefect_api_file()
+        recorded = store.prefect_api_file()
         if not recorded.exists():
             return False
         url = recorded.read_text().strip()

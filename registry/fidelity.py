@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
 from dataassess.rank import macro
+from dataassess.store import Store
 
 from .tracking import log_values, open_run
 
@@ -59,7 +59,7 @@ def scatter(rows: list[dict], eval_set: str | None, score: str = "proxy") -> Fig
     return fig
 
 
-def log_fidelity(client: MlflowClient, store: Path, report: dict, rows: list[dict], pool: str) -> str:
+def log_fidelity(client: MlflowClient, store: Store, report: dict, rows: list[dict], pool: str) -> str:
     metrics = {}
     for name, figs in [("macro", report["macro"]), *report["eval_sets"].items()]:
         for k in HEADLINE:
@@ -78,13 +78,17 @@ def log_fidelity(client: MlflowClient, store: Path, report: dict, rows: list[dic
                 f"calibration.{name}.sigma": c["sigma"],
             }
         )
-    tags = {"dataassess.pool": pool, "dataassess.budget": report["budget"]}
-    with open_run(client, FIDELITY_EXPERIMENT, store, f"{pool} fidelity ({report['budget']} budget)", tags) as run_id:
+    method = report.get("merge", {}).get("method", "linear")
+    params["merge"] = method
+    params.update({f"merge.{k}": v for k, v in report.get("merge", {}).get("params", {}).items()})
+    tags = {"dataassess.pool": pool, "dataassess.budget": report["budget"], "dataassess.merge": method}
+    name = f"{pool} fidelity ({report['budget']} budget, {method} merge)"
+    with open_run(client, FIDELITY_EXPERIMENT, store, name, tags) as run_id:
         log_values(client, run_id, params, metrics)
         client.log_dict(run_id, report, "fidelity.json")
         client.log_dict(run_id, {"rows": rows}, "mixtures.json")
         for s in [None, *sorted(report["eval_sets"])]:
             client.log_figure(run_id, scatter(rows, s), f"plots/scatter_{s or 'macro'}.png")
-            if report["budget"] == "union":
+            if rows and "calibrated" in rows[0]:  # a calibrated budget: its predictions too
                 client.log_figure(run_id, scatter(rows, s, "calibrated"), f"plots/calibration_{s or 'macro'}.png")
     return run_id

@@ -23,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from dataassess import __version__
 from dataassess.rank import macro
 from dataassess.seed import Seed
+from dataassess.store import Store
 from dataassess.types import UnitModel
 
 from .tracking import UNITS_EXPERIMENT, created_or_found, dataset_input, log_values, open_run
@@ -80,7 +81,7 @@ def save_pyfunc(weights: Path, seed: Seed, folder: Path) -> Path:
 
 def _register_model_run(
     client: MlflowClient,
-    store: Path,
+    store: Store,
     name: str,
     run_name: str,
     weights: Path,
@@ -119,14 +120,18 @@ def unit_description(model: UnitModel, seed: Seed, seed_version: str | None) -> 
         + ")"
     )
     return (
-        f"Unit **{model.unit}** of partition **{model.partition}**: the {seed_ref} continue-pretrained on {model.tokens:,} tokens "
-        f"({model.source_tokens:,} distinct, repeated {model.repeat:.2f}x) in {model.steps} steps, {model.wall_s:.0f} s; "
-        f"final loss {model.final_loss:.3f}. Unit digest {model.unit_digest[:12]}, train config {model.train_config_hash}."
+        f"Unit **{model.unit}** of partition **{model.partition}**: the {seed_ref} continue-pretrained on "
+        f"{model.tokens:,} tokens "
+        f"({model.source_tokens:,} distinct, repeated {model.repeat:.2f}x) in {model.steps} steps, "
+        f"{model.wall_s:.0f} s; "
+        f"final loss {model.final_loss:.3f}. Unit digest {model.unit_digest[:12]}, train config "
+        f"{model.train_config_hash}."
     )
 
 
 def log_training(client: MlflowClient, run_id: str, model: UnitModel, unit_tokens: Path | None) -> None:
-    """The loss curve (one point per step, at the times training took) and the unit's tokens as the run's training dataset."""
+    """The loss curve (one point per step, at the times training took) and the unit's tokens as the run's
+    training dataset."""
     start = int((model.finished_at - model.wall_s) * 1000) if model.finished_at else int(time.time() * 1000)
     step_ms = int(model.wall_s * 1000 / max(1, len(model.losses)))
     points = [Metric("train_loss", float(v), start + i * step_ms, i + 1) for i, v in enumerate(model.losses)]
@@ -137,7 +142,7 @@ def log_training(client: MlflowClient, run_id: str, model: UnitModel, unit_token
     client.log_inputs(run_id, datasets=[dataset_input(row, model.unit, source, "training", model.unit_digest[:32])])
 
 
-def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> ModelVersion:
+def register_seed(client: MlflowClient, store: Store, pool: str, seed: Seed) -> ModelVersion:
     key = f"seed:{seed.digest}"
     if (mv := find_version(client, f"{pool}-seed", key)) is not None:
         return mv
@@ -164,7 +169,7 @@ def register_seed(client: MlflowClient, store: Path, pool: str, seed: Seed) -> M
 
 def register_unit(
     client: MlflowClient,
-    store: Path,
+    store: Store,
     pool: str,
     model: UnitModel,
     weights: Path,
@@ -208,7 +213,7 @@ def current_version(client: MlflowClient, name: str) -> str | None:
 
 def register_champion(
     client: MlflowClient,
-    store: Path,
+    store: Store,
     pool: str,
     weights: Path,
     seed: Seed,

@@ -3,13 +3,13 @@ comparison, and a link both ways with the ranking run they started from."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+from dataassess.store import Store
 
 from .tracking import log_values, open_run
 
@@ -112,7 +112,7 @@ def description(report: dict) -> str:
 
 def log_optimization(
     client: MlflowClient,
-    store: Path,
+    store: Store,
     pool: str,
     report: dict,
     fit: tuple[np.ndarray, np.ndarray] | None,

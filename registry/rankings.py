@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
@@ -11,6 +9,7 @@ from mlflow.entities import DatasetInput
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from dataassess.rank import macro
+from dataassess.store import Store
 from dataassess.types import RankedMixture
 
 from .tracking import RANKINGS_EXPERIMENT, dataset_input, log_values, open_run
@@ -85,7 +84,8 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
     ]
     champion = f"**Champion:** {' + '.join(ranking[0].units)} (macro perplexity {ranking[0].macro:.2f})"
     if champion_version:
-        champion += f", model [{pool}-champion version {champion_version}](#/models/{pool}-champion/versions/{champion_version})"
+        link = f"#/models/{pool}-champion/versions/{champion_version}"
+        champion += f", model [{pool}-champion version {champion_version}]({link})"
     lines += [champion + ".", ""]
     if fid.get("measured"):
         num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -104,7 +104,8 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
         best = "new best (was " + " + ".join(ch["previous_best"]) + ")" if ch.get("new_best") else "best unchanged"
         dropped = f", {len(ch['dropped'])} dropped (their units left the corpus)" if ch.get("dropped") else ""
         lines += [
-            f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures{dropped}, {len(ch['moved'])} changed "
+            f"**Changes since the previous ranking:** {len(ch['new'])} new mixtures{dropped}, {len(ch['moved'])} "
+            "changed "
             f"order among those ranked before, {best}.",
             "",
         ]
@@ -119,7 +120,7 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
 
 def log_snapshot(
     client: MlflowClient,
-    store: Path,
+    store: Store,
     pool: str,
     snapshot: dict,
     ranking: list[RankedMixture],

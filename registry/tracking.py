@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -39,15 +38,15 @@ class RegistryUnavailable(UserError):
     """The tracking server could not be reached; nothing was written."""
 
 
-def embedded_uri(store: Path) -> str:
-    return f"sqlite:///{Store(store).mlflow_db().resolve()}"
+def embedded_uri(store: Store) -> str:
+    return f"sqlite:///{store.mlflow_db().resolve()}"
 
 
-def tracking_uri(store: Path) -> str:
+def tracking_uri(store: Store) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(store)
 
 
-def connect(store: Path) -> MlflowClient:
+def connect(store: Store) -> MlflowClient:
     """A client for the configured tracking store, checked reachable (MLflow retries, bounded by HTTP_RETRIES
     unless those variables are set)."""
     uri = tracking_uri(store)
@@ -55,7 +54,7 @@ def connect(store: Path) -> MlflowClient:
         os.environ.setdefault(name, value)
     local = uri.startswith("sqlite:")
     if local:
-        Path(store).mkdir(parents=True, exist_ok=True)
+        store.root.mkdir(parents=True, exist_ok=True)
     try:
         with creating_tables(store) if local else nullcontext():
             client = MlflowClient(uri, uri)
@@ -70,9 +69,9 @@ def connect(store: Path) -> MlflowClient:
 
 
 @contextmanager
-def creating_tables(store: Path) -> Iterator[None]:
+def creating_tables(store: Store) -> Iterator[None]:
     """One process at a time where a client may create the embedded database's tables (two at once collide)."""
-    lock = FileLock(str(Store(store).mlflow_db_lock()))
+    lock = FileLock(str(store.mlflow_db_lock()))
     try:
         lock.acquire()
     except OSError:  # a store this process cannot write, where it creates nothing either
@@ -85,9 +84,11 @@ def creating_tables(store: Path) -> Iterator[None]:
 
 
 EXPERIMENT_NOTES = {
-    RANKINGS_EXPERIMENT: "One run per intake of a pool: the ranking of its mixtures (table, plot, description with the top 5, "
+    RANKINGS_EXPERIMENT: "One run per intake of a pool: the ranking of its mixtures (table, plot, description "
+    "with the top 5, "
     "what changed and the fidelity figures), linked to the champion model version.",
-    UNITS_EXPERIMENT: "One run per unit model (training data as a dataset input, loss curve), the seed and each champion; "
+    UNITS_EXPERIMENT: "One run per unit model (training data as a dataset input, loss curve), the seed and each "
+    "champion; "
     "their versions are in the Model registry.",
 }
 
@@ -102,12 +103,12 @@ def created_or_found(create, find):
         return find()
 
 
-def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
+def experiment_id(client: MlflowClient, name: str, store: Store) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     local = client.tracking_uri.startswith("sqlite:")
-    root = Store(store).mlflow_artifacts().resolve().as_uri()
+    root = store.mlflow_artifacts().resolve().as_uri()
     tags = {**ML_EXPERIMENT, MLFLOW_RUN_NOTE: EXPERIMENT_NOTES.get(name, "")}
     return created_or_found(
         lambda: client.create_experiment(name, artifact_location=f"{root}/{name}" if local else None, tags=tags),
@@ -119,7 +120,7 @@ def experiment_id(client: MlflowClient, name: str, store: Path) -> str:
 def open_run(
     client: MlflowClient,
     experiment: str,
-    store: Path,
+    store: Store,
     name: str,
     tags: dict[str, str],
     span: tuple[float, float] | None = None,

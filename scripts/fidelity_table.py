@@ -22,8 +22,10 @@ def row(name, r):
     return (
         f"| {name} | {r.get('budget', 'union')} | {s['params'] / 1e6:.1f}M | {s['n_units']} | {m['n_mixtures']} | "
         f"{f(mean(x['spearman'] for x in sets))} (min {f(worst)}) | {f(mean(x['decision_accuracy'] for x in sets))} | "
-        f"{f(mean(x.get('ceiling_spearman') for x in sets))} / {f(mean(x.get('ceiling_decision_accuracy') for x in sets))} | "
-        f"{f(mean(x.get('spearman_share_of_ceiling') for x in sets))} | {f(mean(x['baseline_decision_accuracy'] for x in sets))} | "
+        f"{f(mean(x.get('ceiling_spearman') for x in sets))} / "
+        f"{f(mean(x.get('ceiling_decision_accuracy') for x in sets))} | "
+        f"{f(mean(x.get('spearman_share_of_ceiling') for x in sets))} | "
+        f"{f(mean(x['baseline_decision_accuracy'] for x in sets))} | "
         f"{beats}/{len(sets)} | {f(raw)} | {f(m['spearman'])} / {f(m['decision_accuracy'])} |"
     )
 
@@ -44,20 +46,24 @@ for name, r in reports.items():
 for name, r in reports.items():
     print(f"\n**{name}** ({r.get('budget', 'union')} budget), per evaluation set:\n")
     print(
-        "| set | Pearson | Spearman [95% CI] | Kendall | pair acc. | ceiling Spearman | ceiling pair acc. | naive pair acc. | raw Spearman |"
+        "| set | Pearson | Spearman [95% CI] | Kendall | pair acc. | ceiling Spearman | ceiling pair acc. | naive "
+        "pair acc. | raw Spearman |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for s, x in [*r["eval_sets"].items(), ("macro", r["macro"])]:
         ci = x.get("spearman_ci") or [None, None]
         print(
-            f"| {s} | {f(x['pearson'])} | {f(x['spearman'])} [{f(ci[0])}, {f(ci[1])}] | {f(x['kendall'])} | {f(x['decision_accuracy'])} | "
-            f"{f(x.get('ceiling_spearman'))} | {f(x.get('ceiling_decision_accuracy'))} | {f(x['baseline_decision_accuracy'])} | "
+            f"| {s} | {f(x['pearson'])} | {f(x['spearman'])} [{f(ci[0])}, {f(ci[1])}] | {f(x['kendall'])} | "
+            f"{f(x['decision_accuracy'])} | "
+            f"{f(x.get('ceiling_spearman'))} | {f(x.get('ceiling_decision_accuracy'))} | "
+            f"{f(x['baseline_decision_accuracy'])} | "
             f"{f(x.get('raw', {}).get('spearman'))} |"
         )
     for k, by in r.get("by_k", {}).items():
         sets = by["eval_sets"].values()
         print(
-            f"\nwithin k={k} ({by['macro']['n_mixtures']} mixtures): mean Spearman {f(mean(x['spearman'] for x in sets))}, "
+            f"\nwithin k={k} ({by['macro']['n_mixtures']} mixtures): mean Spearman "
+            f"{f(mean(x['spearman'] for x in sets))}, "
             f"pair acc. {f(mean(x['decision_accuracy'] for x in sets))}"
         )
     for key, val in r.get("variants", {}).items():

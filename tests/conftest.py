@@ -100,8 +100,10 @@ def seed_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def seed(seed_store):
     from dataassess.seed import prepare_seed
+    from dataassess.store import Store
 
-    return prepare_seed(small_settings(seed_store), progress=False)
+    s = small_settings(seed_store)
+    return prepare_seed(s, Store(s.store), progress=False)
 
 
 @pytest.fixture()
@@ -123,6 +125,32 @@ def corpus(tmp_path) -> Path:
     write_jsonl(root / "jargon" / "a.jsonl", demo_docs("jargon", 50))
     write_jsonl(root / "drama" / "a.jsonl", demo_docs("drama-comedy", 3))
     return root
+
+
+def prepare_pool(corpus, settings: Settings, **options):
+    """A prepared pool over the settings' store (close it, or use it as a context manager)."""
+    from dataassess import pipeline
+    from dataassess.store import Store
+
+    options.setdefault("progress", False)
+    return pipeline.prepare(Store(settings.store), corpus, settings, **options)
+
+
+def run_pipeline(corpus, settings: Settings, **options):
+    """What `dataassess rank` runs: a pool prepared, then run to a saved ranking."""
+    from dataassess import pipeline
+
+    with prepare_pool(corpus, settings, **options) as pool:
+        return pipeline.run(pool)
+
+
+def latest(settings: Settings, pool: str | None = None) -> dict | None:
+    """The latest ranking snapshot of the settings' store, as its JSON."""
+    from dataassess.pipeline import latest_snapshot
+    from dataassess.store import Store
+
+    snap = latest_snapshot(Store(settings.store), pool)
+    return None if snap is None else snap.to_json()
 
 
 def free_port() -> int:

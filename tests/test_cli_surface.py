@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from dataassess import pipeline
 from dataassess.store import Store
 from flows.cli import app
-from tests.conftest import DEMO
+from tests.conftest import DEMO, latest, run_pipeline
 
 EXE = str(Path(sys.executable).with_name("dataassess"))
 
@@ -75,7 +75,8 @@ def test_help_and_config_are_fast_and_import_no_heavy_library(tmp_path):
     probe = (
         "import sys; from flows.cli import app\n"
         "try: app(['--help'])\nexcept SystemExit: pass\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'prefect', 'pandas') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'mlflow', 'prefect', 'pandas') if m in "
+        "sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -111,7 +112,7 @@ def test_internal_errors_say_they_are_bugs_and_show_the_traceback_with_verbose(s
     def broken(*args, **kwargs):
         raise KeyError("weights")
 
-    monkeypatch.setattr(pipeline, "latest_ranking", broken)
+    monkeypatch.setattr(pipeline, "latest_snapshot", broken)
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking"])
     assert (
         res.exit_code == 1
@@ -124,22 +125,22 @@ def test_internal_errors_say_they_are_bugs_and_show_the_traceback_with_verbose(s
 
 
 def test_ranking_by_one_set_resorts_the_stored_scores(settings, corpus):
-    pipeline.run(corpus, settings, progress=False)
-    stored = pipeline.latest_ranking(settings)
+    run_pipeline(corpus, settings, progress=False)
+    stored = latest(settings)
     target = sorted(stored["ranking"][0]["scores"])[-1]
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--by", target, "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
     assert [r["scores"] for r in rows] == sorted((r["scores"] for r in stored["ranking"]), key=lambda s: s[target])
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
-    assert pipeline.latest_ranking(settings)["created"] == stored["created"], "nothing recomputed or rewritten"
+    assert latest(settings)["created"] == stored["created"], "nothing recomputed or rewritten"
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--by", "no-such-set"])
     assert res.exit_code == 2 and "cannot rank by 'no-such-set'" in res.output
 
 
 def test_rankings_are_per_pool(settings, corpus):
-    pipeline.run(corpus, settings, pool="first", progress=False)
-    pipeline.run(corpus, settings, pool="second", progress=False)
+    run_pipeline(corpus, settings, pool="first", progress=False)
+    run_pipeline(corpus, settings, pool="second", progress=False)
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking"])
     assert res.exit_code == 2 and "several pools: first, second" in res.output
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--pool", "second", "--json"])
@@ -150,7 +151,7 @@ def test_rankings_are_per_pool(settings, corpus):
 def test_export_writes_the_merged_model_as_a_folder_from_pretrained_loads(settings, corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    result = pipeline.run(corpus, settings, progress=False)
+    result = run_pipeline(corpus, settings, progress=False)
     a, b = sorted(result.models)[:2]
     out = tmp_path / "exported"
     res = CliRunner().invoke(app, ["--store", str(settings.store), "export", f"{a},{b}", str(out)])

@@ -1,4 +1,5 @@
-"""Faults a store meets in real use: corrupted files, links out of the corpus, pools sharing units, a dead tracking server."""
+"""Faults a store meets in real use: corrupted files, links out of the corpus, pools sharing units, a dead tracking
+server."""
 
 import logging
 import os
@@ -10,17 +11,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from dataassess import pipeline
 from dataassess.corpus import discover
-from dataassess.steps import materialize, mixture_of
+from dataassess.steps import materialize
 from dataassess.store import Store
 from registry.publish import register_models
 from registry.tracking import embedded_uri
-from tests.conftest import DEMO, demo_docs, free_port, small_settings, write_jsonl, write_toml
+from tests.conftest import DEMO, demo_docs, free_port, latest, run_pipeline, small_settings, write_jsonl, write_toml
 
 
 def test_corrupt_unit_weights_are_reported_and_retrained_not_reused(settings, corpus, caplog):
-    first = pipeline.run(corpus, settings, progress=False)
+    first = run_pipeline(corpus, settings, progress=False)
     store = Store(settings.store)
     truncated, flipped = (store.weights(first.models[u].key) for u in sorted(first.models)[:2])
     size, original = truncated.stat().st_size, truncated.read_bytes()
@@ -30,7 +30,7 @@ def test_corrupt_unit_weights_are_reported_and_retrained_not_reused(settings, co
     data[-5] ^= 0xFF  # same size, one byte of a tensor changed
     flipped.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="dataassess"):
-        second = pipeline.run(corpus, settings, progress=False)
+        second = run_pipeline(corpus, settings, progress=False)
     assert sorted(second.trained) == sorted(first.models)[:2]
     assert truncated.stat().st_size == size and truncated.read_bytes() == original, (
         "retrained, and training is deterministic"
@@ -40,19 +40,19 @@ def test_corrupt_unit_weights_are_reported_and_retrained_not_reused(settings, co
 
 
 def test_corrupt_merges_scores_and_unit_tokens_are_rebuilt(settings, corpus):
-    result = pipeline.run(corpus, settings, progress=False)
+    result = run_pipeline(corpus, settings, progress=False)
     store = Store(settings.store)
-    pair = mixture_of(sorted(result.models)[:2], result.models, "uniform")
-    merged = materialize(store, pair)
+    pair = result.pool.mixture(sorted(result.models)[:2])
+    merged = materialize(store, result.pool.seed, pair)
     good = merged.read_bytes()
     merged.write_bytes(good[: len(good) // 2])
-    assert materialize(store, pair).read_bytes() == good
+    assert materialize(store, result.pool.seed, pair).read_bytes() == good
 
-    score_file = store.score(pair.key, next(iter(result.inputs.eval_sets.values())), settings.score.digest())
+    score_file = store.score(pair.key, next(iter(result.pool.eval_sets.values())), settings.score.digest())
     score_file.write_text("{")
-    unit = result.inputs.units[0]
+    unit = result.pool.units[0]
     store.unit_tokens(unit.digest).write_bytes(b"not tensors")
-    again = pipeline.run(corpus, settings, progress=False)
+    again = run_pipeline(corpus, settings, progress=False)
     assert again.counts["scored"] == 1 and again.trained == []
     assert [r.scores for r in again.ranking] == [r.scores for r in result.ranking]
 
@@ -108,18 +108,18 @@ def test_pools_sharing_units_each_register_their_own_versions(settings, corpus, 
     copy = tmp_path / "corpusB"
     shutil.copytree(corpus, copy)
     write_jsonl(copy / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
-    client = MlflowClient(embedded_uri(settings.store))
+    client = MlflowClient(embedded_uri(Store(settings.store)))
     Path(settings.store).mkdir(parents=True, exist_ok=True)
-    a = pipeline.run(corpus, settings, progress=False)
-    versions_a, _ = register_models(client, settings, a)
-    b = pipeline.run(copy, settings, progress=False)  # a superset under another name: shares every unit of the first
-    versions_b, new_b = register_models(client, settings, b)
+    a = run_pipeline(corpus, settings, progress=False)
+    versions_a, _ = register_models(client, a)
+    b = run_pipeline(copy, settings, progress=False)  # a superset under another name: shares every unit of the first
+    versions_b, new_b = register_models(client, b)
     assert set(a.models) < set(b.models) and sorted(new_b) == sorted(b.models)
     for pool, versions in (("corpus", versions_a), ("corpusB", versions_b)):
         for unit, version in versions.items():
             mv = client.get_model_version(f"{pool}.{unit}", version)
             assert mv.tags["dataassess.model_key"] == (a if pool == "corpus" else b).models[unit].key
-    again, new = register_models(client, settings, b)
+    again, new = register_models(client, b)
     assert again == versions_b and new == [], "registered once per pool"
 
 
@@ -129,8 +129,8 @@ def test_an_experiment_or_model_created_by_another_process_first_is_found_not_an
 
     from registry.tracking import connect, created_or_found
 
-    client = connect(tmp_path / "store")
-    other = MlflowClient(embedded_uri(tmp_path / "store"))  # another process's client, as the database sees it
+    client = connect(Store(tmp_path / "store"))
+    other = MlflowClient(embedded_uri(Store(tmp_path / "store")))  # another process's client, as the database sees it
     made = other.create_experiment("dataassess-rankings")
     found = created_or_found(
         lambda: client.create_experiment("dataassess-rankings"),
@@ -195,7 +195,7 @@ def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_regi
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, out, log in zip(procs, outs, logs):
+    for p, log in zip(procs, logs):
         assert p.returncode == 0, log.read_text()[-3000:]
         assert sum(waiting in line for line in log.read_text().splitlines()) == 1
     trained = sorted(int(re.search(r"^trained (\d+), skipped", out, re.M).group(1)) for out in outs)
@@ -203,7 +203,7 @@ def test_two_intake_commands_on_one_store_from_roots_sharing_units_wait_and_regi
     assert trained == [0, n_units] and n_units >= 4, (trained, outs)
     names = [
         v.name
-        for v in MlflowClient(embedded_uri(settings.store)).search_model_versions()
+        for v in MlflowClient(embedded_uri(Store(settings.store))).search_model_versions()
         if "." in v.name and not v.name.endswith(("-seed", "-champion"))
     ]
     assert len(names) == len(set(names)) == 2 * n_units, "one version per unit per pool"
@@ -255,8 +255,8 @@ def test_a_store_this_user_cannot_write_fails_in_one_line_before_any_work(tmp_pa
             lines = res.stderr.strip().splitlines()
             assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
             assert (
-                lines[0]
-                == f"error: cannot write the store {store}: Permission denied; run as a user who can write it, or pass --store DIR"
+                lines[0] == f"error: cannot write the store {store}: Permission denied; "
+                "run as a user who can write it, or pass --store DIR"
             )
         assert not list(store.iterdir())
         res = subprocess.run(
@@ -277,10 +277,10 @@ def test_a_removed_partition_drops_its_mixtures_and_the_ranking_says_so(settings
 
     from flows.cli import app
 
-    before = pipeline.run(corpus, settings, progress=False).ranking
+    before = run_pipeline(corpus, settings, progress=False).ranking
     shutil.rmtree(corpus / "drama")
-    after = pipeline.run(corpus, settings, progress=False).ranking
-    changes = pipeline.latest_ranking(settings)["changes"]
+    after = run_pipeline(corpus, settings, progress=False).ranking
+    changes = latest(settings)["changes"]
     with_drama = sorted(r.units for r in before if any(u.startswith("drama.") for u in r.units))
     assert with_drama and sorted(changes["dropped"]) == with_drama
     assert not any(u.startswith("drama.") for r in after for u in r.units)
@@ -351,7 +351,9 @@ PREPARE = """
 import resource, sys
 from dataassess import pipeline
 from dataassess.config import Settings
-inputs = pipeline.prepare(sys.argv[1], Settings.model_validate_json(sys.argv[2]), progress=False)
+from dataassess.store import Store
+settings = Settings.model_validate_json(sys.argv[2])
+inputs = pipeline.prepare(Store(settings.store), sys.argv[1], settings, progress=False)
 print(sorted({u.partition for u in inputs.units}), "|", "; ".join(inputs.quarantined))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
 """

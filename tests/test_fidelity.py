@@ -6,14 +6,14 @@ import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from dataassess import pipeline
+from dataassess.budgets import BUDGETS
 from dataassess.calibration import loo_predictions
 from dataassess.fidelity import decision_accuracy, figures, sample_mixtures, top_k_agreement
 from dataassess.steps import Steps
 from dataassess.store import Store
 from dataassess.truth import Truth, budget_sequences, train_truth, union_sequences
 from flows.cli import app
-from tests.conftest import write_toml
+from tests.conftest import latest, prepare_pool, run_pipeline, write_toml
 
 
 def test_figures_match_a_hand_computed_case():
@@ -44,7 +44,7 @@ def test_sampling_is_stratified_by_size_and_has_no_duplicates():
 
 
 def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
-    inputs = pipeline.prepare(corpus, settings, progress=False)
+    inputs = prepare_pool(corpus, settings)
     store, units, length = Store(settings.store), inputs.units[:2], settings.train.seq_len
     seqs = union_sequences(store, units, length)
     # by hand: every whole window of each unit's stored tokens, each exactly once
@@ -55,8 +55,8 @@ def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
     windows = [tuple(r[i : i + length]) for r in raw for i in range(0, len(r) - length + 1, length)]
     assert sorted(map(tuple, seqs.tolist())) == sorted(windows)
     assert len(seqs) * length == 2 * settings.units.tokens
-    with Steps(settings, inputs.seed) as steps:
-        union = Truth("union", settings.units.tokens, settings.train.seed)
+    with Steps(settings, inputs.seed, Store(settings.store)) as steps:
+        union = Truth(BUDGETS["union"], settings.units.tokens, settings.train.seed)
         meta = train_truth(steps, units, union)
         assert meta["tokens"] == 2 * settings.units.tokens  # k x the unit budget: one pass over the union
         assert meta["unit_digests"] == [u.digest for u in units]
@@ -64,7 +64,7 @@ def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
 
 
 def test_fixed_budget_truth_trains_on_exactly_b_tokens_of_the_mixtures_units(settings, corpus):
-    inputs = pipeline.prepare(corpus, settings, progress=False)
+    inputs = prepare_pool(corpus, settings)
     store, units, length = Store(settings.store), inputs.units[:2], settings.train.seq_len
     budget = settings.units.tokens  # B: half of the pair's union
     drawn = budget_sequences(store, units, length, budget, data_seed=0)
@@ -77,24 +77,26 @@ def test_fixed_budget_truth_trains_on_exactly_b_tokens_of_the_mixtures_units(set
     assert len(rows) * length == budget and len(set(rows)) == len(rows)  # B tokens, each window at most once
     assert set(rows) <= set(windows)  # only from the mixture's units
     assert Counter(rows) != Counter(windows[: len(rows)]), "drawn from the shuffled union, not the first unit"
-    with Steps(settings, inputs.seed) as steps:
-        meta = train_truth(steps, units, Truth("fixed", budget, settings.train.seed))
+    with Steps(settings, inputs.seed, Store(settings.store)) as steps:
+        meta = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.train.seed))
         assert (
             meta["kind"] == "truth" and meta["tokens"] == budget and meta["unit_digests"] == [u.digest for u in units]
         )
 
 
 def test_a_single_units_truth_is_its_unit_model_at_the_unit_budget(settings, corpus):
-    inputs = pipeline.prepare(corpus, settings, progress=False)
+    inputs = prepare_pool(corpus, settings)
     unit = inputs.units[0]
-    with Steps(settings, inputs.seed) as steps:
-        for budget in ("fixed", "union"):
+    with Steps(settings, inputs.seed, Store(settings.store)) as steps:
+        for budget in BUDGETS.values():
             meta = train_truth(steps, [unit], Truth(budget, unit.tokens, settings.train.seed))
             assert meta["kind"] == "models" and meta["key"] == steps.train(unit).key
         assert not (settings.store / "truth").exists(), "nothing trained for them"
-        other = train_truth(steps, [unit], Truth("fixed", unit.tokens // 2, settings.train.seed))
+        other = train_truth(steps, [unit], Truth(BUDGETS["fixed"], unit.tokens // 2, settings.train.seed))
         assert other["kind"] == "truth" and other["tokens"] == unit.tokens // 2
-        again = train_truth(steps, [unit], Truth("fixed", unit.tokens, settings.train.seed + 1))  # another data order
+        again = train_truth(
+            steps, [unit], Truth(BUDGETS["fixed"], unit.tokens, settings.train.seed + 1)
+        )  # another data order
         assert again["kind"] == "truth" and again["key"] != other["key"]
 
 
@@ -113,14 +115,14 @@ def test_leave_one_out_calibration_never_sees_the_held_out_mixture():
 
 def test_union_ranking_without_a_calibration_never_compares_sizes(settings, corpus):
     union = settings.model_copy(update={"rank": settings.rank.model_copy(update={"budget": "union"})})
-    result = pipeline.run(corpus, union, progress=False)
+    result = run_pipeline(corpus, union, progress=False)
     ks = [r.k for r in result.ranking]
     assert ks == sorted(ks) and len(set(ks)) == 2  # grouped by size, never interleaved
     assert all(r.rank == r.rank_in_size for r in result.ranking)
     for k in set(ks):
         same = [r.macro for r in result.ranking if r.k == k]
         assert same == sorted(same)
-    snapshot = pipeline.latest_ranking(settings)
+    snapshot = latest(settings)
     assert snapshot["budget"]["mode"] == "union" and snapshot["budget"]["calibrated"] is False
     assert "within each size" in snapshot["budget"]["score"]
 
@@ -171,11 +173,11 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
     assert singles and all(r["truth"] == r["proxy"] and r["truth_kind"] == "models" for r in singles)
     assert (settings.store / "pools" / "corpus" / "calibration.json").exists()
     union = settings.model_copy(update={"rank": settings.rank.model_copy(update={"budget": "union"})})
-    ranking = pipeline.run(corpus, union, progress=False).ranking
+    ranking = run_pipeline(corpus, union, progress=False).ranking
     for row in ranking:
         assert set(row.intervals) == set(row.scores) == set(row.proxy_scores)
         assert all(lo < row.scores[s] < hi for s, (lo, hi) in row.intervals.items())
-    snapshot = pipeline.latest_ranking(settings)
+    snapshot = latest(settings)
     assert snapshot["budget"]["calibrated"] is True
     fidelity = snapshot["fidelity"]  # the pool's latest report (union), as every ranking shows it
     assert (
@@ -185,3 +187,34 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
     )
     res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
     assert res.exit_code == 0 and "fidelity (union budget, 9 mixtures trained" in res.stdout
+
+
+def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report_s_figures(settings, corpus):
+    from dataassess.merge import METHODS
+
+    toml = write_toml(settings, settings.store.parent / "f.toml")
+    common = ["--n", "6", "--k-max", "2", "--ceiling", "2", "--json", "--no-mlflow"]
+    res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--compare-merges", *common])
+    assert res.exit_code == 0, res.output
+    compared = json.loads(res.stdout)
+    assert compared["budget"] == "fixed" and set(compared["methods"]) == set(METHODS)
+    truths = {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")}
+    single = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), *common])
+    assert single.exit_code == 0, single.output
+    report = json.loads(single.stdout)
+    assert {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")} == truths, "no truth trained again"
+    linear = compared["methods"]["linear"]
+    assert set(linear) == set(report) and linear["merge"] == report["merge"] == {"method": "linear", "params": {}}
+    assert linear["eval_sets"] == report["eval_sets"] and linear["macro"] == report["macro"]
+    for name, method in compared["methods"].items():
+        assert method["merge"]["method"] == name and set(method["eval_sets"]) == set(report["eval_sets"])
+        assert set(method["macro"]) == set(report["macro"]) and method["macro"]["n_mixtures"] == 6
+    ta = CliRunner().invoke(
+        app, ["--config", str(toml), "fidelity", str(corpus), "--merge-method", "task_arithmetic", *common]
+    )
+    assert ta.exit_code == 0, ta.output
+    assert json.loads(ta.stdout)["macro"] == compared["methods"]["task_arithmetic"]["macro"]
+    kept = json.loads((settings.store / "pools" / "corpus" / "fidelity.json").read_text())["report"]
+    assert kept["merge"]["method"] == "linear", "only the pool's own method becomes its fidelity"
+    bad = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--merge-method", "nope"])
+    assert bad.exit_code == 2 and "unknown merge method 'nope'" in bad.output

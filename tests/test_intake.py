@@ -16,13 +16,12 @@ from mlflow import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from dataassess.evalsets import EvalSets
-from dataassess.pipeline import latest_ranking
 from dataassess.scoring import score_model
 from dataassess.store import Store
 from dataassess.train import resolve_device
 from flows.intake import intake
 from registry.tracking import RANKINGS_EXPERIMENT, embedded_uri
-from tests.conftest import demo_docs, write_jsonl
+from tests.conftest import demo_docs, latest, run_pipeline, write_jsonl
 
 TAGS = ["partition", "unit", "unit_digest", "seed_digest", "train_config_hash", "tokens", "code_version", "final_loss"]
 
@@ -34,7 +33,7 @@ def harness():
 
 
 def client_for(settings) -> MlflowClient:
-    return MlflowClient(embedded_uri(settings.store), embedded_uri(settings.store))
+    return MlflowClient(embedded_uri(Store(settings.store)), embedded_uri(Store(settings.store)))
 
 
 def unit_versions(settings):
@@ -67,7 +66,7 @@ def test_intake_trains_only_new_units_and_is_idempotent(settings, corpus, tmp_pa
     assert new_units and all(u.startswith("wisdom.") for u in new_units)
     assert second["skipped"] == n and second["registered"] == len(new_units)
     assert len(unit_versions(settings)) == n + len(new_units)  # cross-checked against the registry
-    touching = [r for r in latest_ranking(settings)["ranking"] if any(u in new_units for u in r["units"])]
+    touching = [r for r in latest(settings)["ranking"] if any(u in new_units for u in r["units"])]
     assert second["rescored"] == len(touching) and second["reused"] == second["mixtures"] - len(touching)
 
     third = run(corpus, settings, pool="t")
@@ -96,7 +95,7 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
     assert ranking_run.info.run_id == summary["ranking_run_id"]
     artifacts = {a.path for a in client.list_artifacts(ranking_run.info.run_id)}
     assert {"ranking.json", "top_mixtures.png"} <= artifacts
-    snapshot = latest_ranking(settings)
+    snapshot = latest(settings)
     best = snapshot["ranking"][0]
     assert ranking_run.data.metrics["champion.macro"] == pytest.approx(best["macro"])
     for name, ppl in best["scores"].items():
@@ -134,7 +133,7 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
     assert (
         f"of partition **{meta['partition']}**" in unit_version.description and "seed tiny" in unit_version.description
     )
-    assert ranking_run.data.tags["dataassess.budget"] == "fixed" == latest_ranking(settings)["budget"]["mode"]
+    assert ranking_run.data.tags["dataassess.budget"] == "fixed" == latest(settings)["budget"]["mode"]
     assert ranking_run.data.params["budget_tokens"] == str(settings.units.tokens)
     inputs = ranking_run.inputs.dataset_inputs
     assert {d.dataset.name for d in inputs} == set(snapshot["eval_sets"])
@@ -142,7 +141,7 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
     assert len(table["data"]) == len(snapshot["ranking"])
     assert {"rank", "mixture", "macro", "rank_change"} <= set(table["columns"])
 
-    mlflow.set_tracking_uri(embedded_uri(settings.store))
+    mlflow.set_tracking_uri(embedded_uri(Store(settings.store)))
     champion = mlflow.pyfunc.load_model("models:/c-champion@champion", dst_path=str(tmp_path))
     model = champion.unwrap_python_model().model
     evalsets = EvalSets(Store(settings.store))
@@ -375,13 +374,11 @@ def test_screened_intake_scores_slices_then_the_best_on_the_full_sets(settings, 
     summary = run(corpus, s, pool="s")
     info = summary["screening"]
     assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and 0 < info["cost"] < 1
-    ranking = latest_ranking(s)["ranking"]
+    ranking = latest(s)["ranking"]
     full = [r for r in ranking if "evaluated_fraction" not in r]
     assert len(full) == info["rungs"][-1]["scored"] >= 3 and ranking[: len(full)] == full
     again = run(corpus, s, pool="s")
-    assert again["rescored"] == 0 and [r["units"] for r in latest_ranking(s)["ranking"]] == [
-        r["units"] for r in ranking
-    ]
+    assert again["rescored"] == 0 and [r["units"] for r in latest(s)["ranking"]] == [r["units"] for r in ranking]
 
 
 HEARTBEAT = """
@@ -410,12 +407,11 @@ def test_heartbeats_are_off_only_for_the_in_process_ephemeral_api():
 
 
 def test_cli_rank_and_intake_score_one_corpus_against_the_same_sets(settings, corpus):
-    from dataassess import pipeline
 
-    ranked = pipeline.run(corpus, settings, progress=False)  # what `dataassess rank` runs
+    ranked = run_pipeline(corpus, settings, progress=False)  # what `dataassess rank` runs
     summary = run(corpus, settings)
     assert summary["trained"] == 0 and summary["rescored"] == 0  # same pool, same pinned sets, same cache
-    assert latest_ranking(settings)["eval_sets"] == ranked.inputs.eval_sets
+    assert latest(settings)["eval_sets"] == ranked.pool.eval_sets
 
 
 def test_the_champion_pyfunc_predicts_perplexity(settings, corpus, tmp_path):
@@ -423,7 +419,7 @@ def test_the_champion_pyfunc_predicts_perplexity(settings, corpus, tmp_path):
     from dataassess.evalsets import build_eval_set
 
     run(corpus, settings, pool="p")
-    mlflow.set_tracking_uri(embedded_uri(settings.store))
+    mlflow.set_tracking_uri(embedded_uri(Store(settings.store)))
     champion = mlflow.pyfunc.load_model("models:/p-champion@champion", dst_path=str(tmp_path))
     model = champion.unwrap_python_model().model
     texts = [d["text"][:300] for d in demo_docs("satire", 2)]

@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from dataassess.corpus import Document
 from dataassess.evalsets import build_eval_set, rolling_windows
-from dataassess.merge import GroupMerge, LinearMerge, linear_merge, revolving_door, running_merges
+from dataassess.merge import LinearMerge, group_weights, linear_merge, revolving_door, running_merges
 from dataassess.scoring import score_model
 from dataassess.train import resolve_device
 from dataassess.weights import save_state, save_weights
@@ -132,8 +132,7 @@ def test_non_float_tensors_are_copied_and_checked(tmp_path):
 
 def test_group_merge_is_the_average_of_group_averages(seed, tmp_path):
     p = perturbed_models(seed, tmp_path, 3)
-    with GroupMerge() as method:
-        macro = method.merge([[p[0], p[1]], [p[2]]])
+    macro = linear_merge(p, group_weights([[1.0, 1.0], [1.0]]))
     ab = tmp_path / "ab.safetensors"
     save_state(linear_merge([p[0], p[1]]), ab)
     of_merged = linear_merge([ab, p[2]])  # an average of an already-merged model

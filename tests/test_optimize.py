@@ -10,17 +10,17 @@ from prefect.testing.utilities import prefect_test_harness
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from dataassess import pipeline
+from dataassess.budgets import BUDGETS
 from dataassess.config import OptimizeConfig
 from dataassess.merge import linear_merge
-from dataassess.optimize import make_space, run_optimize
+from dataassess.optimize import make_space, optimize
 from dataassess.steps import Steps
 from dataassess.store import Store
 from dataassess.truth import Truth, apportion, train_truth, weighted_sequences
 from flows.cli import app
 from flows.intake import intake
 from registry.tracking import embedded_uri
-from tests.conftest import demo_docs, write_jsonl, write_toml
+from tests.conftest import demo_docs, prepare_pool, run_pipeline, write_jsonl, write_toml
 
 
 def k1(settings):
@@ -33,7 +33,7 @@ def windows_of(settings, unit, length):
 
 
 def test_bounds_and_the_repetition_cap_hold_for_every_point(settings, corpus):
-    models = pipeline.run(corpus, k1(settings), progress=False).models
+    models = run_pipeline(corpus, k1(settings), progress=False).models
     budget = settings.units.tokens
     distinct = {}
     for m in models.values():
@@ -65,7 +65,7 @@ def test_bounds_and_the_repetition_cap_hold_for_every_point(settings, corpus):
 
 
 def test_weighted_truth_draws_each_units_share_of_the_budget(settings, corpus):
-    inputs = pipeline.prepare(corpus, settings, progress=False)
+    inputs = prepare_pool(corpus, settings)
     units, length, budget = inputs.units[:3], settings.train.seq_len, settings.units.tokens
     shares = {units[0].name: 0.5, units[1].name: 0.3, units[2].name: 0.2}
     seqs, counts = weighted_sequences(Store(settings.store), units, shares, length, budget, data_seed=0)
@@ -85,20 +85,20 @@ def test_weighted_truth_draws_each_units_share_of_the_budget(settings, corpus):
     assert sorted(map(tuple, twice.tolist())) == sorted(windows_of(settings, units[0], length) * 2) and c[
         units[0].name
     ] == len(twice)
-    with Steps(settings, inputs.seed) as steps:
-        meta = train_truth(steps, units, Truth("fixed", budget, settings.train.seed), shares)
+    with Steps(settings, inputs.seed, Store(settings.store)) as steps:
+        meta = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.train.seed), shares)
         assert meta["kind"] == "truth" and meta["tokens"] == budget and meta["sequences_per_unit"] == counts
-        uniform = train_truth(steps, units, Truth("fixed", budget, settings.train.seed))
+        uniform = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.train.seed))
         assert uniform["key"] != meta["key"], "the shares are part of the key"
         with pytest.raises(ValueError, match="fixed budget"):
-            train_truth(steps, units, Truth("union", budget, settings.train.seed), shares)
+            train_truth(steps, units, Truth(BUDGETS["union"], budget, settings.train.seed), shares)
 
 
 def test_the_weighted_proxy_is_the_weighted_average_of_the_unit_models(settings, corpus):
-    result = pipeline.run(corpus, k1(settings), progress=False)
+    result = run_pipeline(corpus, k1(settings), progress=False)
     space = make_space(result.models, settings.optimize, settings.units.tokens)
     w = np.array([0.4, 0.3, 0.2, 0.1])
-    mixture = space.mixture(w, result.models)
+    mixture = space.mixture(w, result.pool)
     store = Store(settings.store)
     merged = linear_merge([store.weights(k) for k in mixture.model_keys], mixture.weights)
     states = {u: load_file(str(store.weights(result.models[u].key))) for u in mixture.units}
@@ -111,9 +111,14 @@ def test_the_weighted_proxy_is_the_weighted_average_of_the_unit_models(settings,
         assert torch.allclose(merged[name].double(), expected, atol=1e-6), name
 
 
+def optimize_corpus(corpus, settings):
+    with prepare_pool(corpus, settings) as pool:
+        return optimize(pool)
+
+
 def test_search_is_idempotent_and_a_warm_restart_scores_only_new_proxies(settings, corpus):
     cold = settings.model_copy(update={"optimize": settings.optimize.model_copy(update={"samples": 40})})
-    first = run_optimize(corpus, cold, progress=False)
+    first = optimize_corpus(corpus, cold)
     report = first.report
     assert set(report["weights"]) == {"drama", "jargon", "satire", "scripture"}
     assert sum(report["weights"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -125,11 +130,11 @@ def test_search_is_idempotent_and_a_warm_restart_scores_only_new_proxies(setting
     store = Store(settings.store)
     written = {p: p.stat().st_mtime_ns for p in (store.root / "scores").rglob("score.json")}
 
-    again = run_optimize(corpus, cold, progress=False)
+    again = optimize_corpus(corpus, cold)
     assert again.scored == [] and again.report["weights"] == report["weights"]
 
     write_jsonl(corpus / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
-    warm = run_optimize(corpus, cold, progress=False)
+    warm = optimize_corpus(corpus, cold)
     assert "wisdom" in warm.report["weights"] and warm.report["previous_weights"] == report["weights"]
     assert set(warm.report["change"]) == set(warm.report["weights"])
     # every point scored before is in the warm design with its cached scores (wisdom at 0)
@@ -160,7 +165,7 @@ def test_optimize_cli_verifies_by_training_and_logs_to_mlflow(settings, corpus, 
     budget, length = settings.units.tokens, settings.train.seq_len
     for p, tokens in verified["tokens_per_partition"]["optimized"].items():  # the trained mixture follows the weights
         assert abs(tokens - report["weights"][p] * budget) <= length * 2, (p, tokens)
-    client = MlflowClient(embedded_uri(settings.store))
+    client = MlflowClient(embedded_uri(Store(settings.store)))
     (run,) = client.search_runs([client.get_experiment_by_name("dataassess-optimize").experiment_id])
     assert run.data.metrics["verified.optimized.objective"] == pytest.approx(verified["objective"]["optimized"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
@@ -196,7 +201,7 @@ def test_an_intake_re_optimizes_and_links_the_weights_to_its_ranking_run(setting
     second = intake(str(corpus), on.model_dump(mode="json"), pool="w")
     moved = second["weights"]["change"]
     assert "wisdom" in moved and moved["wisdom"] == pytest.approx(second["weights"]["weights"]["wisdom"])
-    client = MlflowClient(embedded_uri(settings.store))
+    client = MlflowClient(embedded_uri(Store(settings.store)))
     ranking = client.get_run(second["ranking_run_id"])
     assert ranking.data.tags["dataassess.optimize_run"] == second["weights"]["optimize_run_id"]
     assert (

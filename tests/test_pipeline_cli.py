@@ -4,16 +4,15 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from dataassess import pipeline
 from dataassess.config import Settings, load_settings
 from dataassess.seed import prepare_seed
-from dataassess.store import atomic_path
+from dataassess.store import Store, atomic_path
 from flows.cli import app
-from tests.conftest import demo_docs, small_settings, write_jsonl, write_toml
+from tests.conftest import demo_docs, latest, run_pipeline, small_settings, write_jsonl, write_toml
 
 
 def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus):
-    first = pipeline.run(corpus, settings, progress=False)
+    first = run_pipeline(corpus, settings, progress=False)
     n_units = len(first.trained)
     assert n_units >= 4 and not first.reused
     assert len(first.ranking) == n_units + n_units * (n_units - 1) // 2  # k_max = 2
@@ -24,7 +23,7 @@ def test_run_ranks_every_mixture_and_reuses_everything_on_rerun(settings, corpus
     for size in (1, 2):
         same = [r for r in first.ranking if len(r.units) == size]
         assert [r.rank_in_size for r in same] == list(range(1, len(same) + 1))
-    second = pipeline.run(corpus, settings, progress=False)
+    second = run_pipeline(corpus, settings, progress=False)
     assert second.trained == [] and len(second.reused) == n_units
     assert second.counts["scored"] == 0 and second.counts["reused"] == len(first.ranking)
     assert [r.units for r in second.ranking] == [r.units for r in first.ranking]
@@ -45,10 +44,10 @@ def test_cli_ranking_json_matches_the_latest_snapshot(settings, corpus):
     res = runner.invoke(app, ["--config", str(toml), "ranking", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    latest = pipeline.latest_ranking(settings)
-    assert doc["rows"] == latest["ranking"] and doc["pool"] == "corpus" == latest["pool"]
+    stored = latest(settings)
+    assert doc["rows"] == stored["ranking"] and doc["pool"] == "corpus" == stored["pool"]
     assert doc["budget"]["mode"] == "fixed" and doc["ranked_by"] == "macro" and doc["fidelity"]["measured"] is False
-    assert doc["created"] == latest["created"] and doc["n_mixtures"] == len(doc["rows"])
+    assert doc["created"] == stored["created"] and doc["n_mixtures"] == len(doc["rows"])
     for row in doc["rows"]:
         assert {"units", "scores", "macro", "rank", "rank_in_size", "rank_change", "k"} <= set(row)
 
@@ -89,15 +88,17 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_a_local_model_folder_is_a_base_model(seed, tmp_path, corpus):
     """The HF-id path: anything AutoModelForCausalLM loads, here a local folder (a llama)."""
     llama_store = tmp_path / "ls"
-    llama = prepare_seed(small_settings(llama_store, base_model="tiny-llama", tiny={"tokens": 4096}), progress=False)
+    llama = prepare_seed(
+        small_settings(llama_store, base_model="tiny-llama", tiny={"tokens": 4096}), Store(llama_store), progress=False
+    )
     folder = tmp_path / "my-model"
     llama.load_model().save_pretrained(folder)
     llama.load_tokenizer().save_pretrained(folder)
     s = small_settings(tmp_path / "store", base_model=str(folder))
-    imported = prepare_seed(s, progress=False)
+    imported = prepare_seed(s, Store(s.store), progress=False)
     assert imported.source == str(folder)
     assert type(imported.load_model()).__name__ == "LlamaForCausalLM"
-    result = pipeline.run(corpus, s.model_copy(update={"rank": s.rank.model_copy(update={"k_max": 1})}), progress=False)
+    result = run_pipeline(corpus, s.model_copy(update={"rank": s.rank.model_copy(update={"k_max": 1})}), progress=False)
     assert len(result.ranking) == len(result.trained)
 
 
@@ -113,14 +114,14 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(seed, tmp_path):
     with pytest.raises(
         ValueError, match=r"cannot load base_model .*model\.safetensors.*pickled \.bin weights are not read"
     ):
-        prepare_seed(s, progress=False)
+        prepare_seed(s, Store(s.store), progress=False)
     assert not list((tmp_path / "store" / "seeds").glob("*/model.safetensors"))
 
 
 def test_unknown_hub_id_fails_clearly(tmp_path):
     s = small_settings(tmp_path / "s", base_model="no-such-org/no-such-model")
     with pytest.raises(ValueError, match="cannot load base_model"):
-        prepare_seed(s, progress=False)
+        prepare_seed(s, Store(s.store), progress=False)
 
 
 @pytest.mark.slow
@@ -148,7 +149,7 @@ def test_real_pretrained_135m_model_smoke(tmp_path):
         train={"seq_len": 128, "batch_tokens": 512, "micro_batch": 4},
         rank={"k_max": 2},
     )
-    result = pipeline.run(corpus, s, eval_sets_dir=evals, progress=False)
+    result = run_pipeline(corpus, s, eval_sets_dir=evals, progress=False)
     assert len(result.trained) >= 2 and result.ranking
     assert all(1 < v < 1e4 for r in result.ranking for v in r.scores.values())
-    assert type(prepare_seed(s, progress=False).load_model()).__name__ == "LlamaForCausalLM"
+    assert type(prepare_seed(s, Store(s.store), progress=False).load_model()).__name__ == "LlamaForCausalLM"

@@ -7,11 +7,11 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from dataassess.pipeline import prepare
 from dataassess.steps import Steps
+from dataassess.store import Store
 from registry import models
 from registry.tracking import RegistryUnavailable, connect
-from tests.conftest import free_port, local_server
+from tests.conftest import free_port, local_server, prepare_pool
 
 
 @pytest.fixture()
@@ -48,15 +48,15 @@ def mlflow_server(tmp_path):
 
 def test_register_against_a_real_mlflow_server(mlflow_server, settings, corpus, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    pool = prepare(corpus, settings, progress=False)
-    unit_model = Steps(settings, pool.seed).train(pool.units[0])
+    pool = prepare_pool(corpus, settings)
+    unit_model = Steps(settings, pool.seed, Store(settings.store)).train(pool.units[0])
     weights = settings.store / "models" / unit_model.key / "model.safetensors"
-    client = connect(settings.store)
-    seed_v = models.register_seed(client, settings.store, "srv", pool.seed)
-    mv, new = models.register_unit(client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version)
+    client = connect(Store(settings.store))
+    seed_v = models.register_seed(client, Store(settings.store), "srv", pool.seed)
+    mv, new = models.register_unit(client, Store(settings.store), "srv", unit_model, weights, pool.seed, seed_v.version)
     assert new and mv.tags["dataassess.unit_digest"] == pool.units[0].digest
     again, new_again = models.register_unit(
-        client, settings.store, "srv", unit_model, weights, pool.seed, seed_v.version
+        client, Store(settings.store), "srv", unit_model, weights, pool.seed, seed_v.version
     )
     assert not new_again and again.version == mv.version
     remote = MlflowClient(mlflow_server, mlflow_server)
@@ -69,6 +69,6 @@ def test_unreachable_server_fails_clearly_and_registers_nothing(settings, monkey
     start = time.time()
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     with pytest.raises(RegistryUnavailable, match="unreachable after 2 tries"):
-        connect(settings.store)
+        connect(Store(settings.store))
     assert time.time() - start < 60, "retries are bounded"
     assert not (settings.store / "mlflow.db").exists()

@@ -7,13 +7,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from dataassess import pipeline
 from dataassess.evalsets import EvalSets
 from dataassess.merge import linear_merge
 from dataassess.scoring import score_model
 from dataassess.store import Store
 from flows.cli import app
-from tests.conftest import demo_docs, write_jsonl, write_toml
+from tests.conftest import demo_docs, latest, run_pipeline, write_jsonl, write_toml
 
 
 def with_rank(settings, **rank):
@@ -21,21 +20,21 @@ def with_rank(settings, **rank):
 
 
 def test_held_out_eval_sets_are_pinned_per_pool_until_refreshed(settings, corpus):
-    first = pipeline.run(corpus, settings, progress=False)
+    first = run_pipeline(corpus, settings, progress=False)
     write_jsonl(corpus / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
-    second = pipeline.run(corpus, settings, progress=False)
-    assert second.inputs.eval_sets == first.inputs.eval_sets  # the new partition's held-out documents wait
-    assert "wisdom" not in second.inputs.eval_sets
-    refreshed = pipeline.run(corpus, settings, refresh_eval=True, progress=False)
-    assert "wisdom" in refreshed.inputs.eval_sets
+    second = run_pipeline(corpus, settings, progress=False)
+    assert second.pool.eval_sets == first.pool.eval_sets  # the new partition's held-out documents wait
+    assert "wisdom" not in second.pool.eval_sets
+    refreshed = run_pipeline(corpus, settings, refresh_eval=True, progress=False)
+    assert "wisdom" in refreshed.pool.eval_sets
     assert refreshed.counts["scored"] == refreshed.counts["mixtures"]  # new sets: every mixture re-scored
-    other_pool = pipeline.run(corpus, settings, pool="other", progress=False)
-    assert other_pool.inputs.eval_sets == refreshed.inputs.eval_sets  # a new pool pins what is there now
+    other_pool = run_pipeline(corpus, settings, pool="other", progress=False)
+    assert other_pool.pool.eval_sets == refreshed.pool.eval_sets  # a new pool pins what is there now
 
 
 def test_token_weighting_scores_the_merge_weighted_by_distinct_tokens(settings, corpus):
     s = with_rank(settings, weighting="tokens", mixtures=[["satire.u0", "scripture.u0"]])
-    result = pipeline.run(corpus, s, progress=False)
+    result = run_pipeline(corpus, s, progress=False)
     models = result.models
     a, b = models["satire.u0"], models["scripture.u0"]
     assert a.source_tokens != b.source_tokens, "the fixture's partitions differ in size"
@@ -45,44 +44,44 @@ def test_token_weighting_scores_the_merge_weighted_by_distinct_tokens(settings, 
         a.source_tokens / (a.source_tokens + b.source_tokens),
         b.source_tokens / (a.source_tokens + b.source_tokens),
     )
-    model = result.inputs.seed.load_model()
+    model = result.pool.seed.load_model()
     model.load_state_dict({k: wa * sa[k] + wb * sb[k] for k in sa}, strict=False)
     model.tie_weights()
     evalsets = EvalSets(Store(settings.store))
     (row,) = result.ranking
-    for name, digest in result.inputs.eval_sets.items():
+    for name, digest in result.pool.eval_sets.items():
         expected = score_model(model, evalsets.load(digest), 16, "cpu").perplexity
         assert row.scores[name] == pytest.approx(expected, rel=1e-4)
-    uniform = pipeline.run(corpus, with_rank(s, weighting="uniform"), progress=False).ranking[0]
+    uniform = run_pipeline(corpus, with_rank(s, weighting="uniform"), progress=False).ranking[0]
     assert uniform.scores != row.scores
 
 
 def test_ranking_by_one_eval_set_and_explicit_mixtures(settings, corpus):
-    result = pipeline.run(corpus, settings, progress=False)
-    name = sorted(result.inputs.eval_sets)[0]
-    by_set = pipeline.run(corpus, with_rank(settings, by=name), progress=False)
+    result = run_pipeline(corpus, settings, progress=False)
+    name = sorted(result.pool.eval_sets)[0]
+    by_set = run_pipeline(corpus, with_rank(settings, by=name), progress=False)
     assert [r.scores[name] for r in by_set.ranking] == sorted(r.scores[name] for r in result.ranking)
     assert by_set.counts["scored"] == 0  # re-sorted from the cache
     chosen = [["jargon.u0", "satire.u0"], ["drama.u0"]]
-    explicit = pipeline.run(corpus, with_rank(settings, mixtures=chosen), progress=False)
+    explicit = run_pipeline(corpus, with_rank(settings, mixtures=chosen), progress=False)
     assert sorted(r.units for r in explicit.ranking) == sorted(chosen)
 
 
 def test_a_bad_rank_by_fails_before_any_training(settings, corpus):
     with pytest.raises(ValueError, match="cannot rank by 'nope'"):
-        pipeline.run(corpus, with_rank(settings, by="nope"), progress=False)
+        run_pipeline(corpus, with_rank(settings, by="nope"), progress=False)
     assert not (settings.store / "models").exists()
 
 
 def test_rank_change_counts_only_moves_among_mixtures_ranked_both_times(settings, corpus):
     k1 = with_rank(settings, k_max=1)
-    singles = [tuple(r.units) for r in pipeline.run(corpus, k1, progress=False).ranking]
-    after = pipeline.run(corpus, settings, progress=False).ranking  # pairs join the singles
+    singles = [tuple(r.units) for r in run_pipeline(corpus, k1, progress=False).ranking]
+    after = run_pipeline(corpus, settings, progress=False).ranking  # pairs join the singles
     pushed_down = [r for r in after if r.k == 1 and r.rank != singles.index(tuple(r.units)) + 1]
     assert pushed_down, "some pair outranks a single"
     assert all(r.rank_change == 0 for r in after if r.k == 1), "pushed down only by newcomers: not moved"
     assert all(r.rank_change is None for r in after if r.k == 2)
-    snapshot = pipeline.latest_ranking(settings)
+    snapshot = latest(settings)
     changes = snapshot["changes"]
     assert (
         sorted(map(tuple, changes["new"])) == sorted(tuple(r.units) for r in after if r.k == 2)
@@ -92,29 +91,29 @@ def test_rank_change_counts_only_moves_among_mixtures_ranked_both_times(settings
 
     previous = [tuple(r.units) for r in after]
     by_one_set = with_rank(settings, by=sorted(after[0].scores)[0])
-    resorted = pipeline.run(corpus, by_one_set, progress=False).ranking
+    resorted = run_pipeline(corpus, by_one_set, progress=False).ranking
     for place, row in enumerate(resorted):
         assert row.rank_change == previous.index(tuple(row.units)) - place  # every mixture was ranked both times
     assert any(r.rank_change for r in resorted), "one set orders the mixtures differently from macro"
-    assert sorted(map(tuple, pipeline.latest_ranking(settings)["changes"]["moved"])) == sorted(
+    assert sorted(map(tuple, latest(settings)["changes"]["moved"])) == sorted(
         tuple(r.units) for r in resorted if r.rank_change
     )
 
 
 def test_lost_weights_or_metadata_retrain_that_unit_once(settings, corpus):
-    first = pipeline.run(corpus, with_rank(settings, k_max=1), progress=False)
+    first = run_pipeline(corpus, with_rank(settings, k_max=1), progress=False)
     store = Store(settings.store)
     gone_weights, gone_meta = first.models["jargon.u0"], first.models["satire.u0"]
     store.weights(gone_weights.key).unlink()
     store.meta(gone_meta.key).unlink()
-    second = pipeline.run(corpus, with_rank(settings, k_max=1), progress=False)
+    second = run_pipeline(corpus, with_rank(settings, k_max=1), progress=False)
     assert sorted(second.trained) == ["jargon.u0", "satire.u0"]
     for unit in ("jargon.u0", "satire.u0"):  # the same model again: training is deterministic
         assert (second.models[unit].key, second.models[unit].final_loss) == (
             first.models[unit].key,
             first.models[unit].final_loss,
         )
-    assert pipeline.run(corpus, with_rank(settings, k_max=1), progress=False).trained == []
+    assert run_pipeline(corpus, with_rank(settings, k_max=1), progress=False).trained == []
 
 
 def test_a_truncated_weights_file_is_an_error_not_a_model(tmp_path):
@@ -150,7 +149,7 @@ def test_cli_rank_and_score_agree_with_the_pipeline(settings, corpus, tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["--config", str(toml), "rank", str(corpus), "--k-max", "1"])
     assert res.exit_code == 0, res.output
-    snapshot = pipeline.latest_ranking(settings)
+    snapshot = latest(settings)
     res = runner.invoke(app, ["--config", str(toml), "score", str(corpus), "-m", "jargon.u0"])
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout[res.stdout.index("{") :])

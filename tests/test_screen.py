@@ -2,11 +2,10 @@ import random
 
 import pytest
 
-from dataassess import pipeline
 from dataassess.corpus import Document
 from dataassess.evalsets import build_eval_set, eval_slice
 from dataassess.screen import rung_fractions, screening_cost, successive_halving
-from tests.conftest import demo_docs
+from tests.conftest import demo_docs, run_pipeline
 
 
 def test_rungs_grow_by_eta_up_to_the_full_sets():
@@ -54,10 +53,10 @@ def test_successive_halving_keeps_the_best_and_ranks_dropped_ones_below():
 
 def test_screened_ranking_puts_full_scores_on_top(settings, corpus):
     k3 = settings.rank.model_copy(update={"k_max": 3})
-    full = pipeline.run(corpus, settings.model_copy(update={"rank": k3}), progress=False)
+    full = run_pipeline(corpus, settings.model_copy(update={"rank": k3}), progress=False)
     exact = {tuple(r.units): r.scores for r in full.ranking}
     screen = k3.model_copy(update={"screen": True, "screen_eta": 2, "screen_min_fraction": 0.25, "screen_keep": 4})
-    screened = pipeline.run(corpus, settings.model_copy(update={"rank": screen}), progress=False)
+    screened = run_pipeline(corpus, settings.model_copy(update={"rank": screen}), progress=False)
     rows = [r.to_json() for r in screened.ranking]
     assert len(rows) == len(full.ranking) >= 14
     tops = [r for r in rows if "evaluated_fraction" not in r]

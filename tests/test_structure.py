@@ -11,7 +11,8 @@ SIDE_EFFECTS = """
 import json, logging, os, sys, warnings
 sys.path.insert(0, sys.argv[1])
 # theirs first: what importing them does is theirs to answer for
-import datasets, matplotlib, matplotlib.figure, mlflow, mlflow.data, pandas, prefect, prefect.context, scipy.stats, torch, transformers
+import datasets, matplotlib, matplotlib.figure, mlflow, mlflow.data, pandas, prefect, prefect.context, scipy.stats
+import torch, transformers
 import filelock, pydantic_settings, safetensors.torch, tqdm.auto, typer
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -27,10 +28,15 @@ def state():
         "torch threads": torch.get_num_threads(),
         "prefect settings": id(prefect.context.GLOBAL_SETTINGS_CONTEXT),
         "warning filters": len(warnings.filters),
-        "log levels": {n: logging.getLogger(n).level for n in ("", "mlflow", "prefect", "transformers", "datasets", "httpx")},
+        "log levels": {
+            n: logging.getLogger(n).level for n in ("", "mlflow", "prefect", "transformers", "datasets", "httpx")
+        },
         "matplotlib backend": matplotlib.rcParams._get_backend_or_none(),
         "mlflow tracking uri": tracking._tracking_uri,
-        "progress bars": [datasets.utils.logging.is_progress_bar_enabled(), transformers.utils.logging.is_progress_bar_enabled()],
+        "progress bars": [
+            datasets.utils.logging.is_progress_bar_enabled(),
+            transformers.utils.logging.is_progress_bar_enabled(),
+        ],
         "transformers verbosity": transformers.utils.logging.get_verbosity(),
     }
 

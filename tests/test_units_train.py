@@ -2,10 +2,10 @@ import torch
 from safetensors import safe_open
 
 from dataassess.corpus import discover
-from dataassess.pipeline import prepare
 from dataassess.steps import Steps, finished_unit_model, unit_model_key
 from dataassess.store import Store, recorded_digest, sha256_file
 from dataassess.units import resample, unit_tokens
+from tests.conftest import prepare_pool
 
 
 def test_resample_gives_exact_length():
@@ -15,7 +15,7 @@ def test_resample_gives_exact_length():
 
 
 def test_split_and_upsampled_units_hold_equal_token_counts(settings, corpus):
-    pool = prepare(corpus, settings, progress=False)
+    pool = prepare_pool(corpus, settings)
     by_part = {}
     for u in pool.units:
         by_part.setdefault(u.partition, []).append(u)
@@ -28,12 +28,12 @@ def test_split_and_upsampled_units_hold_equal_token_counts(settings, corpus):
     parts = by_part["scripture"]
     assert not torch.equal(unit_tokens(Store(settings.store), parts[0]), unit_tokens(Store(settings.store), parts[1]))
     # deterministic: cutting again gives the same digests and tokens
-    again = prepare(corpus, settings, progress=False)
+    again = prepare_pool(corpus, settings)
     assert [u.digest for u in again.units] == [u.digest for u in pool.units]
 
 
 def test_heldout_documents_are_never_trained_on(settings, corpus):
-    pool = prepare(corpus, settings, progress=False)
+    pool = prepare_pool(corpus, settings)
     tok = pool.seed.load_tokenizer()
     trained_text = "".join(tok.decode(unit_tokens(Store(settings.store), u).tolist()) for u in pool.units)
     partitions, _ = discover(corpus)
@@ -47,9 +47,9 @@ def test_heldout_documents_are_never_trained_on(settings, corpus):
 
 
 def test_unit_training_writes_safetensors_and_metadata_once(settings, corpus):
-    pool = prepare(corpus, settings, progress=False)
+    pool = prepare_pool(corpus, settings)
     unit = pool.units[0]
-    steps = Steps(settings, pool.seed)
+    steps = Steps(settings, pool.seed, Store(settings.store))
     model = steps.train(unit)
     assert (model.unit_digest, model.seed_digest, model.train_config_hash) == (
         unit.digest,
@@ -76,13 +76,13 @@ def test_unit_training_writes_safetensors_and_metadata_once(settings, corpus):
 
 
 def test_training_is_deterministic_for_a_fixed_seed(settings, corpus, tmp_path):
-    pool = prepare(corpus, settings, progress=False)
-    a = Steps(settings, pool.seed).train(pool.units[0])
+    pool = prepare_pool(corpus, settings)
+    a = Steps(settings, pool.seed, Store(settings.store)).train(pool.units[0])
     other = settings.model_copy(update={"store": tmp_path / "other"})
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "seeds").symlink_to(settings.store / "seeds")
-    pool2 = prepare(corpus, other, progress=False)
-    b = Steps(other, pool2.seed).train(pool2.units[0])
+    pool2 = prepare_pool(corpus, other)
+    b = Steps(other, pool2.seed, Store(other.store)).train(pool2.units[0])
     assert a.final_loss == b.final_loss
 
 
@@ -90,7 +90,7 @@ def test_a_partition_below_the_minimum_token_count_is_quarantined(settings, corp
     from tests.conftest import write_jsonl
 
     write_jsonl(corpus / "tiny" / "a.jsonl", [{"text": "Just a few words here."}] * 3)
-    pool = prepare(corpus, settings, progress=False)
+    pool = prepare_pool(corpus, settings)
     assert "tiny" not in {u.partition for u in pool.units}
     assert {u.partition for u in pool.units} == {"scripture", "satire", "jargon", "drama"}
     err = next(e for e in pool.quarantined if "partition 'tiny'" in e)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .base import MergeMethod
+from .base import MergeMethod, register
 from .io import SafetensorsReader, open_all
 
 BLOCK = 1 << 18  # elements per block: k read buffers stay in cache, few enough ops to amortize their overhead
@@ -120,8 +120,19 @@ def check_covers(out: dict[str, torch.Tensor], names: set[str]) -> None:
         raise ValueError(f"weights lack {lacking[:5]}, which are not tied to a loaded tensor")
 
 
+def group_weights(groups: Sequence[Sequence[float]], weights_of_groups: Sequence[float] | None = None) -> list[float]:
+    """Flattened per-model weights of an average of per-group averages: each group's inner weights scaled by its
+    group weight (e.g. one average per partition, then their average)."""
+    gw = normalized(weights_of_groups, len(groups))
+    return [g * w for g, inner in zip(gw, groups) for w in normalized(list(inner), len(inner))]
+
+
+@register
 class LinearMerge(MergeMethod):
-    """sum(w_i * model_i) / sum(w), streamed in blocks of `block` elements over `workers` threads."""
+    """sum(w_i * model_i) / sum(w): the (weighted) parameter average, streamed in blocks of `block` elements
+    over `workers` threads. Uniform, token-weighted or share-weighted by the mixture's weights."""
+
+    name = "linear"
 
     def __init__(self, block: int = BLOCK, workers: int | None = None):
         self.block = block
@@ -140,11 +151,20 @@ class LinearMerge(MergeMethod):
         paths: Sequence[Path | str],
         weights: Sequence[float] | None = None,
         out: dict[str, torch.Tensor] | None = None,
+        *,
+        base: Path | str | None = None,
+        params: Mapping[str, float] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Average of the models in `paths`; written into `out` (e.g. a model's parameters) if given."""
         if not paths:
             raise ValueError("nothing to merge")
-        w = normalized(weights, len(paths))
+        return self.weighted_sum(paths, normalized(weights, len(paths)), out)
+
+    def weighted_sum(
+        self, paths: Sequence[Path | str], coefficients: Sequence[float], out: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """sum(c_i * model_i) with the coefficients as given (any sign, any sum)."""
+        w = [float(c) for c in coefficients]
         with open_all(paths) as readers:
             if out is not None:
                 check_covers(out, set(readers[0].tensors))
