@@ -10,8 +10,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from .errors import UserError
 from .files import digest_json
@@ -185,12 +191,36 @@ def load_settings(path: str | Path | None = None, **overrides) -> Settings:
             f"settings are {ENV_PREFIX}<{'|'.join(f.upper() for f in Settings.model_fields)}>[__KEY]"
         )
     reading = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml}})
+    if Path(toml).is_file():  # each source on its own: a value another source overrides is still checked
+        _check_source(TomlConfigSettingsSource(reading)(), lambda loc: f"file {toml}")
+    _check_source(EnvSettingsSource(reading)(), lambda loc: "env " + ENV_PREFIX + "__".join(loc).upper())
     try:
         return Settings.model_validate(reading(**overrides).model_dump())
     except ValidationError as e:
         raise UserError(
             "invalid configuration: " + "; ".join(_describe(err, toml, overrides) for err in e.errors())
         ) from None
+
+
+def _check_source(values: dict, where) -> None:
+    """The values one source gives, each validated against its key's type; unknown keys are left to the merged
+    validation, which names them."""
+    problems = []
+    for key, value in values.items():
+        field = Settings.model_fields.get(key)
+        if field is None:
+            continue
+        try:
+            TypeAdapter(field.annotation).validate_python(value)
+        except ValidationError as e:
+            for err in e.errors():
+                if err["type"] == "extra_forbidden":
+                    continue
+                loc = tuple(str(x) for x in (key, *err["loc"]))
+                message = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{'.'.join(loc)} = {err.get('input')!r} (from {where(loc)}): {message}")
+    if problems:
+        raise UserError("invalid configuration: " + "; ".join(problems))
 
 
 def _describe(err: dict, toml: str | Path, overrides: dict) -> str:

@@ -32,10 +32,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 class CorpusError(UserError):
     """A bad input: names the partition, the file and the reason."""
 
-    def __init__(self, partition: str, reason: str, file: str | None = None):
+    def __init__(self, partition: str, reason: str, file: str | None = None, kind: str = "partition"):
         self.partition, self.file, self.reason = partition, file, reason
         where = f"{file}: " if file else ""
-        super().__init__(f"partition '{partition}': {where}{reason}")
+        super().__init__(f"{kind} '{partition}': {where}{reason}")
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,11 @@ def eval_sets_from_folder(root: Path, cache_dir: str | None = None) -> dict[str,
         raise UserError(f"evaluation sets not found: {root} is not a folder (one subfolder per evaluation set)")
     sets = {}
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        sets[folder.name] = load_partition_folder(folder, cache_dir, Path(root)).documents
+        try:
+            sets[folder.name] = load_partition_folder(folder, cache_dir, Path(root)).documents
+        except CorpusError as e:  # read as a partition is; reported as what it is
+            reason = e.reason.replace("partition", "evaluation set").replace("corpus root", "evaluation sets' folder")
+            raise CorpusError(e.partition, reason, e.file, kind="evaluation set") from None
     if not sets:
         raise CorpusError(Path(root).name, "no evaluation-set subfolders", str(root))
     return sets

@@ -22,14 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from tqdm.auto import tqdm
-
 from . import budgets
 from .config import Settings
 from .corpus import CorpusError, Document, Partition, discover, eval_sets_from_folder
 from .errors import UserError
 from .evalsets import EvalSets, build_eval_set
 from .merge import merge_spec
+from .progress import progress_bar
 from .rank import enumerate_mixtures, fidelity_summary, macro, rank, rank_changes
 from .screen import Rung, screening_cost, successive_halving
 from .seed import Seed, find_seed, prepare_seed
@@ -51,7 +50,9 @@ def serial_map(progress: bool = True) -> MapFn:
     """Run the items one after another in this process, with a progress bar."""
 
     def map_fn(name, fn, items, label):
-        with tqdm(items, desc=name, disable=not progress or not items) as bar:  # closed before an error is printed
+        with progress_bar(
+            items, desc=name, disable=not progress or not items
+        ) as bar:  # closed before an error is printed
             return [fn(item) for item in bar]
 
     return map_fn

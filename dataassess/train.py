@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import UserError
+from .progress import progress_bar
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -98,7 +98,9 @@ def train_lm(
     order = torch.empty(0, dtype=torch.long)
     losses: list[float] = []
     start = time.perf_counter()
-    with tqdm(range(steps), desc=desc, disable=not progress, leave=False) as bar:  # closed before an error is printed
+    with progress_bar(
+        range(steps), desc=desc, disable=not progress, leave=False
+    ) as bar:  # closed before an error is printed
         for step in bar:
             if order.numel() < seqs_per_step:  # next epoch, reshuffled
                 order = torch.cat([order, torch.randperm(len(sequences), generator=gen)])

@@ -220,9 +220,9 @@ class Snapshot:
 
     pool: str
     created: str  # UTC stamp, also its file name
-    ranked_by: str
     ranking: list[RankedMixture]
-    budget: dict
+    ranked_by: str = "macro"
+    budget: dict = field(default_factory=dict)  # what the scores answer: mode, score, ...
     previous: str | None = None
     changes: dict = field(default_factory=dict)
     fidelity: dict = field(default_factory=dict)

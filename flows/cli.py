@@ -778,7 +778,8 @@ def _print_weights(weights: dict | None) -> None:
 
 
 def _budget_line(snap: Snapshot) -> str:
-    return f"budget: {snap.budget['mode']} ({snap.budget['score']}); ranked by {snap.ranked_by}"
+    mode, score = snap.budget.get("mode", "?"), snap.budget.get("score", "not recorded")
+    return f"budget: {mode} ({score}); ranked by {snap.ranked_by}"
 
 
 def _print_ui_hint(pool: str) -> None:

@@ -31,6 +31,7 @@ from dataassess import pipeline
 from dataassess.config import Settings
 from dataassess.errors import UserError
 from dataassess.optimize import optimize
+from dataassess.progress import progress_bar
 from dataassess.store import Store
 from registry.optimize import log_optimization
 from registry.publish import publish_ranking, register_models
@@ -91,7 +92,7 @@ def task_map(progress: bool = False, groups: dict[str, int] | None = None) -> pi
             ]
             sizes = [len(c) for c in chunks]
         results = []
-        with tqdm(total=len(items), desc=name, disable=not progress or not items) as bar:
+        with progress_bar(total=len(items), desc=name, disable=not progress or not items) as bar:
             for future, size in zip(futures, sizes):
                 results.append(future.result())
                 bar.update(size)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -43,6 +44,12 @@ BAD_INPUTS = [
     (["config"], {"DATAASSESS_RANK__K_MAX": "0"}, "", "rank.k_max = '0' (from env DATAASSESS_RANK__K_MAX)"),
     (["config"], {}, "[units]\ntokens = 0\n", "units.tokens = 0 (from file"),
     (["config"], {}, '[train]\nlr = "fast"\n', "train.lr = 'fast' (from file"),
+    (
+        ["config"],
+        {"DATAASSESS_UNITS__TOKENS": "4096"},
+        '[units]\ntokens = "lots"\n',
+        "units.tokens = 'lots' (from file",
+    ),
     (["config"], {}, "[rank]\nbudget_tokens = -5\n", "rank.budget_tokens = -5"),
     (
         ["intake", "CORPUS"],
@@ -51,6 +58,11 @@ BAD_INPUTS = [
         "units.tokens = 100,000,000 is larger than every partition",
     ),
     (["--store", "onlyfile/notes.txt", "config"], {}, "", "is a file; the store is a folder"),
+    (["intake", "CORPUS"], {}, '[merge]\nmethod = "nope"\n', "unknown merge method 'nope'; methods are"),
+    (["intake", "CORPUS"], {}, '[merge]\nmethod = "ties"\n[merge.params]\ndensity = 0\n', "density must be in (0, 1]"),
+    (["intake", "CORPUS"], {}, "[merge.params]\nscale = 2\n", "merge method 'linear' has no parameter scale"),
+    (["fidelity", "CORPUS", "--budget", "nope", "--no-mlflow"], {}, "", "unknown budget 'nope'; budgets are fixed"),
+    (["intake", "CORPUS", "--eval-sets", "EVALS"], {}, "", "empty evaluation set: no files"),
     (["no-such-command"], {}, "", "No such command"),
 ]
 
@@ -59,16 +71,45 @@ def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
     store = tmp_path / "store"  # empty: no seed, so anything trained would show
     (tmp_path / "onlyfile").mkdir()
     (tmp_path / "onlyfile" / "notes.txt").write_text("a file where partitions should be\n")
+    evals = tmp_path / "evals"  # one good evaluation set, one empty: refused before the seed is built
+    (evals / "empty").mkdir(parents=True)
+    (evals / "good").mkdir()
+    (evals / "good" / "a.txt").write_text("Some held-out text. " * 50)
     for args, env, toml, says in BAD_INPUTS:
         config = tmp_path / "dataassess.toml"
         config.write_text(toml)
-        args = [str(DEMO / "corpus") if a == "CORPUS" else a for a in args]
+        places = {"CORPUS": str(DEMO / "corpus"), "EVALS": str(evals)}
+        args = [places.get(a, a) for a in args]
         res = run_cli(["--config", str(config), "--store", str(store), *args], tmp_path, env)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], (args, res.stderr)
         assert "Traceback" not in res.stderr + res.stdout and "pydantic.dev" not in res.stderr
         assert not (store / "seeds").exists() and not (store / "models").exists(), f"{args} built or trained something"
+
+
+@pytest.mark.parametrize("name", ["../escaped", "..", "a/b", "a\\b", "", ".hidden", "x" * 101, "/abs"])
+def test_a_partition_name_must_be_one_plain_path_component(tmp_path, name):
+    root = tmp_path / "work" / "corpus"
+    root.mkdir(parents=True)
+    res = run_cli(
+        [
+            "--store",
+            str(tmp_path / "store"),
+            "add-partition",
+            str(DEMO / "corpus" / "jargon"),
+            "--corpus",
+            str(root),
+            "--name",
+            name,
+        ],
+        tmp_path,
+    )
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, res.stderr)
+    assert "partition name" in lines[0], lines[0]
+    assert list(root.iterdir()) == [] and sorted(p.name for p in (tmp_path / "work").iterdir()) == ["corpus"]
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "abs").exists()
 
 
 def test_help_and_config_are_fast_and_import_no_heavy_library(tmp_path):
