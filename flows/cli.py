@@ -100,9 +100,14 @@ def friendly(fn, writes: bool = True):
             _error("interrupted; finished work is kept in the store and the next run resumes from it")
             raise typer.Exit(130) from None
         except Exception as e:
-            if (
-                isinstance(e, OSError) and e.errno in STORAGE_ERRORS
-            ):  # the machine's, not ours: permissions, a full disk
+            if _orchestration_api_lost(e):
+                _error(
+                    "the orchestration API (Prefect) stopped answering: "
+                    f"{type(e).__name__}: {str(e)[:200]}; finished work is kept in the store, "
+                    "and a rerun of the command resumes from it"
+                )
+                raise typer.Exit(2) from None
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:  # the machine's: permissions, a full disk
                 _error(
                     f"cannot write {e.filename or settings().store}: {e.strerror}; nothing half-written is kept, "
                     "and the next run resumes from what finished"
@@ -117,6 +122,20 @@ def friendly(fn, writes: bool = True):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _orchestration_api_lost(error: BaseException | None) -> bool:
+    """Did the command fail because the Prefect API went away (a connection refused, reset or timed out)? Only
+    Prefect's client speaks httpx here: MLflow uses requests, and its errors are caught where it is called."""
+    import httpx
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, httpx.TransportError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def command(*args, writes: bool = True, **kwargs):

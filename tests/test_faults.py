@@ -4,8 +4,10 @@ server."""
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,7 @@ def test_links_out_of_eval_sets_added_partitions_and_seed_text_are_refused(tmp_p
     for folder in ("evals/leaky", "incoming", "seedtext"):
         write_jsonl(tmp_path / folder / "a.jsonl", demo_docs("satire", 5))
         (tmp_path / folder / "b.jsonl").symlink_to(outside)
-    with pytest.raises(UserError, match="a link out of the corpus root"):
+    with pytest.raises(UserError, match="evaluation set 'leaky': .*a link out of the evaluation sets' folder"):
         eval_sets_from_folder(tmp_path / "evals")
     with pytest.raises(UserError, match="is a link out of"):
         read_texts(tmp_path / "seedtext")
@@ -378,3 +380,56 @@ def test_a_20_mb_single_line_document_is_cut_in_bounded_memory_beside_latin1_tex
     assert partitions.startswith("['good', 'long'] |") and "latin1" in partitions and "not valid UTF-8" in partitions
     # torch and transformers take about 450 MiB; tokenizing 20 MB in one call took over 3 GiB
     assert int(peak_mib) < 1200, f"peak {peak_mib} MiB"
+
+
+def children_running(pid: int, marker: str) -> list[int]:
+    """The processes started by `pid` whose command line holds `marker`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and marker in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.faults  # a minute or more: `make test-faults`
+def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_resumes(tmp_path, corpus):
+    """The embedded Prefect API server is killed while the intake trains: one `error:` line that says so and that a
+    rerun resumes; the rerun trains only what had not finished."""
+    store = tmp_path / "store"
+    toml = write_toml(small_settings(store, units={"tokens": 32768}), tmp_path / "dataassess.toml")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DATAASSESS_") and k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
+    }
+    args = [str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake", str(corpus)]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while not list(store.glob("models/*/meta.json")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.time() < deadline, "no unit model finished in time"
+            time.sleep(0.1)
+        servers = children_running(proc.pid, "prefect.server.api.server:create_app")
+        assert len(servers) == 1, servers
+        os.kill(servers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1, err[-3000:]
+    assert "orchestration API (Prefect) stopped answering" in lines[0] and "a rerun" in lines[0], lines[0]
+    assert not list(store.rglob("*.tmp")), "nothing half-written"
+    finished = {p: p.stat().st_mtime_ns for p in store.glob("models/*/meta.json")}
+    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished unit model is not trained again"
+    units = len(list(store.glob("models/*/meta.json")))
+    assert f"trained {units - len(finished)}, skipped {len(finished)}" in rerun.stdout, rerun.stdout[-2000:]
