@@ -3,21 +3,36 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 
 from tqdm.auto import tqdm
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the cursor moves of nested bars
+
 
 class LineWriter:
-    """A file for tqdm that turns its carriage-return redraws into whole lines."""
+    """A file for one tqdm bar that turns its carriage-return redraws into whole lines: the first, then at most one
+    a minute (redraws between are dropped, whatever asked for them), and the last when the bar closes."""
 
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
+    def __init__(self, stream=None, every_s: float = 60.0):
+        self.stream, self.every_s = stream or sys.stderr, every_s
+        self.last: float | None = None  # when a line was last written
+        self.pending: str | None = None  # the newest redraw not written yet
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip()
+        line = ANSI.sub("", text.replace("\r", "")).strip()
         if line:
-            self.stream.write(line + "\n")
+            self.pending = line
+            if self.last is None or time.monotonic() - self.last >= self.every_s:
+                self._emit()
+        elif "\n" in text and self.pending:  # the bar closed: its final state
+            self._emit()
+
+    def _emit(self) -> None:
+        self.stream.write(self.pending + "\n")
+        self.last, self.pending = time.monotonic(), None
 
     def flush(self) -> None:
         self.stream.flush()
