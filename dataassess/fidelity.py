@@ -236,7 +236,7 @@ def fidelity_of(pool: Pool, truths: Truths, merge: MergeSpec, n: int, k_max: int
     return FidelityResult(report, rows, pool.quarantined, calibration)
 
 
-def save(pool: Pool, result: FidelityResult, measured: str) -> Path | None:
+def save(pool: Pool, result: FidelityResult) -> Path | None:
     """Keep a study of the pool's own merge method as the pool's fidelity (what its rankings show), and its
     calibration; a study of another method is reported, not kept. Returns where the report was kept."""
     if result.report["merge"] != pool.merge.to_json() or result.report.get("weighted"):

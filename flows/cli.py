@@ -573,7 +573,7 @@ def fidelity(
         kept = None
         for result in results.values():
             result.report = _finite({**result.report, "measured": measured, "corpus": corpus, "pool": prepared.name})
-            kept = study.save(prepared, result, measured) or kept
+            kept = study.save(prepared, result) or kept
     _report_quarantined(prepared.quarantined)
     if log_mlflow:
         from registry.fidelity import log_fidelity
