@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .calibration import Calibration
 from .errors import UserError
 from .files import (  # noqa: F401  (the store's file helpers, imported from here by the rest of the core)
     atomic_dir,
@@ -44,6 +44,9 @@ from .files import (  # noqa: F401  (the store's file helpers, imported from her
     write_json,
 )
 from .types import FidelityRecord, OptimizationRecord, Snapshot
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 
 class Store:
@@ -132,6 +135,8 @@ class Store:
         write_json(self._pool_file(pool, "eval_sets.json"), sets)
 
     def calibration(self, pool: str) -> Calibration | None:
+        from .calibration import Calibration  # numpy: not imported for commands that never read one
+
         path = self._pool_file(pool, "calibration.json")
         return Calibration.from_json(read_json(path)) if path.exists() else None
 
