@@ -61,6 +61,15 @@ class MergeMethod:
         self.close()
 
 
+def into(out: dict[str, torch.Tensor] | None, merged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The merged tensors, copied into `out` (e.g. a model's parameters) when one is given."""
+    if out is None:
+        return merged
+    for name, t in merged.items():
+        out[name].copy_(t)
+    return out
+
+
 def register(cls: type[MergeMethod]) -> type[MergeMethod]:
     METHODS[cls.name] = cls
     return cls

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .base import MergeMethod, register
+from .base import MergeMethod, into, register
 from .io import SafetensorsReader, open_all
 
 BLOCK = 1 << 18  # elements per block: k read buffers stay in cache, few enough ops to amortize their overhead
@@ -172,11 +172,7 @@ class LinearMerge(MergeMethod):
             if layout is not None:
                 return self._merge_flat(readers, layout, w, out)
             merged = self._merge_tensors(paths, readers, w)
-        if out is None:
-            return merged
-        for name, t in merged.items():
-            out[name].copy_(t)
-        return out
+        return into(out, merged)
 
     def _merge_flat(self, readers, layout: FlatLayout, w: list[float], out) -> dict[str, torch.Tensor]:
         if out is None:

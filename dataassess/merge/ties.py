@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .base import MergeMethod, base_required, register
+from .base import MergeMethod, base_required, into, register
 from .io import open_all
 from .linear import check_covers, normalized
 
@@ -79,8 +79,4 @@ class Ties(MergeMethod):
                 deltas = torch.cat([r.read(name).float().reshape(1, -1) - b32 for r in readers[1:]])
                 update = disjoint_mean(trim(deltas, p["density"]), w)
                 merged[name] = (b32[0] + p["scale"] * update).to(info.dtype).view(info.shape)
-        if out is None:
-            return merged
-        for name, t in merged.items():
-            out[name].copy_(t)
-        return out
+        return into(out, merged)
