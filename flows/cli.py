@@ -76,8 +76,8 @@ def store() -> Store:
     return _state["store"]
 
 
-def _error(message: str) -> None:
-    typer.secho("error: " + " ".join(str(message).split()), err=True, fg="red")
+def _error(message: str, fresh_line: bool = False) -> None:
+    typer.secho(("\n" if fresh_line else "") + "error: " + " ".join(str(message).split()), err=True, fg="red")
 
 
 def friendly(fn, writes: bool = True):
@@ -104,9 +104,10 @@ def friendly(fn, writes: bool = True):
                 _error(
                     "the orchestration API (Prefect) stopped answering: "
                     f"{type(e).__name__}: {str(e)[:200]}; finished work is kept in the store, "
-                    "and a rerun of the command resumes from it"
+                    "and a rerun of the command resumes from it",
+                    fresh_line=True,  # Prefect's "Error logging to API" lines end without one
                 )
-                raise typer.Exit(2) from None
+                _exit_without_orchestration(2)
             if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:  # the machine's: permissions, a full disk
                 _error(
                     f"cannot write {e.filename or settings().store}: {e.strerror}; nothing half-written is kept, "
@@ -136,6 +137,19 @@ def _orchestration_api_lost(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def _exit_without_orchestration(code: int) -> None:
+    """Exit now, the API gone: Prefect would otherwise drain its queued events and log lines at exit, each
+    waiting out its retries (minutes of noise after the error line). The embedded API server, if it is
+    alive but stuck, is stopped first; the store's writes are atomic, so nothing half-written is left."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def command(*args, writes: bool = True, **kwargs):

@@ -396,10 +396,9 @@ def children_running(pid: int, marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.faults  # a minute or more: `make test-faults`
-def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_resumes(tmp_path, corpus):
-    """The embedded Prefect API server is killed while the intake trains: one `error:` line that says so and that a
-    rerun resumes; the rerun trains only what had not finished."""
+def start_intake_until_a_model_finished(tmp_path: Path, corpus: Path):
+    """An intake on a fresh store with the embedded Prefect API, run until its first unit model is finished.
+    Returns the process, its command, its environment, the store and the API server's PID."""
     store = tmp_path / "store"
     toml = write_toml(small_settings(store, units={"tokens": 32768}), tmp_path / "dataassess.toml")
     env = {
@@ -409,16 +408,27 @@ def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_r
     }
     args = [str(Path(sys.executable).with_name("dataassess")), "--config", str(toml), "intake", str(corpus)]
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not list(store.glob("models/*/meta.json")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "no unit model finished in time"
+        time.sleep(0.1)
+    servers = children_running(proc.pid, "prefect.server.api.server:create_app")
+    assert len(servers) == 1, servers
+    return proc, args, env, store, servers[0]
+
+
+@pytest.mark.faults  # a minute or more: `make test-faults`
+def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_resumes(tmp_path, corpus):
+    """The embedded Prefect API server is killed while the intake trains: one `error:` line that says so and that a
+    rerun resumes, promptly (not after Prefect's queued events each wait out their retries); the rerun trains only
+    what had not finished."""
+    proc, args, env, store, server = start_intake_until_a_model_finished(tmp_path, corpus)
     try:
-        deadline = time.time() + 600
-        while not list(store.glob("models/*/meta.json")):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, "no unit model finished in time"
-            time.sleep(0.1)
-        servers = children_running(proc.pid, "prefect.server.api.server:create_app")
-        assert len(servers) == 1, servers
-        os.kill(servers[0], signal.SIGKILL)
+        os.kill(server, signal.SIGKILL)
+        killed = time.monotonic()
         _, err = proc.communicate(timeout=600)
+        waited = time.monotonic() - killed
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -426,6 +436,8 @@ def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_r
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(lines) == 1, err[-3000:]
     assert "orchestration API (Prefect) stopped answering" in lines[0] and "a rerun" in lines[0], lines[0]
+    assert err.rstrip().endswith(lines[0]), "nothing after the error line"
+    assert waited < 300, f"{waited:.0f} s from the API's loss to the exit"
     assert not list(store.rglob("*.tmp")), "nothing half-written"
     finished = {p: p.stat().st_mtime_ns for p in store.glob("models/*/meta.json")}
     rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -433,3 +445,24 @@ def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_r
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished unit model is not trained again"
     units = len(list(store.glob("models/*/meta.json")))
     assert f"trained {units - len(finished)}, skipped {len(finished)}" in rerun.stdout, rerun.stdout[-2000:]
+
+
+@pytest.mark.faults  # a minute or more: `make test-faults`
+def test_an_orchestration_api_that_stalls_mid_training_is_waited_for(tmp_path, corpus):
+    """The embedded Prefect API server is stopped (SIGSTOP) for 20 s while the intake trains, then continued: the
+    intake waits for it and finishes as if nothing had happened."""
+    proc, args, env, store, server = start_intake_until_a_model_finished(tmp_path, corpus)
+    try:
+        os.kill(server, signal.SIGSTOP)
+        time.sleep(20)
+        os.kill(server, signal.SIGCONT)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.kill(server, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert not [line for line in err.splitlines() if line.startswith("error:")], err[-3000:]
+    units = len(list(store.glob("models/*/meta.json")))
+    assert f"trained {units}, skipped 0" in out, out[-2000:]
