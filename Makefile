@@ -107,9 +107,10 @@ test-faults: setup
 	@mkdir -p "$(PREFECT_HOME)"
 	$(PY) -m pytest -q -m faults
 
-# Intakes on Dask against MLflow and Prefect servers on PostgreSQL (Debian's postgresql, installed when root)
+# Intakes on Dask against MLflow and Prefect servers on PostgreSQL; the whole stack (Swift S3 artifacts, a deployment
+# run from the work pool) up and down, leaving nothing (Debian packages installed when root)
 test-distributed: setup
-	$(PY) deploy/stack.py packages postgresql
+	$(PY) deploy/stack.py packages
 	$(PY) -m pytest -q -m distributed
 
 # The distributed stack on this machine, bound to 127.0.0.1 (deploy/stack.py; installs Debian packages when root)

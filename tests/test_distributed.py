@@ -4,6 +4,7 @@ in a folder and on ports of its own (`make test-distributed`)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import write_toml
+from tests.conftest import small_settings, write_toml
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +205,77 @@ def test_every_server_of_the_stack_listens_on_loopback_only(stack):
     ports = {port for _, port in addresses}
     assert {stack.PORTS[n] for n in ("postgres", "mlflow", "prefect", "dask")} <= ports, addresses
     assert {ip for ip, _ in addresses} == {"127.0.0.1"}, addresses
+
+
+def stack_processes(state: Path, ports: list[int]) -> list[str]:
+    """Processes whose command line or environment names the stack's folder or one of its ports."""
+    marks = [str(state).encode(), *(f"127.0.0.1:{p}".encode() for p in ports), *(f"--port {p}".encode() for p in ports)]
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if int(proc.name) == os.getpid():
+            continue
+        try:
+            seen = (proc / "cmdline").read_bytes().replace(b"\0", b" ") + b" " + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(m in seen for m in marks):
+            found.append(f"{proc.name}: {seen[:200].decode(errors='replace')}")
+    return found
+
+
+def test_stack_up_a_deployment_from_the_work_pool_artifacts_in_s3_and_stack_down_leaves_nothing(
+    seed_store, seed, corpus, tmp_path
+):
+    """The whole stack (PostgreSQL, Swift's S3 API, MLflow and Prefect servers, a process work pool and its worker,
+    Dask) brought up by `stack.py up` in a folder and on ports of its own; the intake deployed from prefect.yaml and
+    run by the worker from the work pool on the Dask workers; checked from the servers (the flow run's work pool on
+    the Prefect server, one version per unit on the MLflow server, weights and ranking files as objects in the S3
+    bucket); then `stack.py down` leaves no port listening and no process of the stack."""
+    st = load_stack()
+    state = Path(tempfile.mkdtemp(prefix="dataassess-stack-"))
+    state.chmod(0o755)
+    base = free_base(st)
+    ports = [base + offset for offset in st.OFFSETS.values()]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DATAASSESS_", "PREFECT_", "MLFLOW_"))},
+        "STACK_DIR": str(state),
+        "STACK_PORT_BASE": str(base),
+    }
+    store = tmp_path / "store"
+    (store / "seeds").mkdir(parents=True)
+    for d in (seed_store / "seeds").iterdir():
+        (store / "seeds" / d.name).symlink_to(d)
+    small = small_settings(store).model_dump(mode="json", exclude={"run"})  # the demo's Dask settings stay
+    (tmp_path / "small.json").write_text(json.dumps(small))
+    python = [sys.executable]
+    try:
+        up = subprocess.run([*python, "deploy/stack.py", "up"], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
+        demo = subprocess.run(
+            [
+                *python,
+                "deploy/distributed_demo.py",
+                "--corpus",
+                str(corpus),
+                "--settings",
+                str(tmp_path / "small.json"),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
+        assert f"from work pool '{st.POOL}' Completed" in demo.stdout, demo.stdout
+        assert f"checked on the MLflow server and in s3://{st.BUCKET}" in demo.stdout, demo.stdout
+        assert (state / "swift").exists() and not (state / "artifacts").exists(), "artifacts went to the bucket"
+    finally:
+        down = subprocess.run([*python, "deploy/stack.py", "down"], cwd=ROOT, env=env, capture_output=True, text=True)
+        left = stack_processes(state, ports)
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+    assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-3000:]
+    for port in ports:
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after stack down"
+    assert not left, f"processes of the stack left after stack down: {left}"
