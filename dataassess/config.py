@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -124,6 +124,17 @@ class OptimizeConfig(Section):
     seed: int = 0  # the search's random seed
 
 
+class FidelityConfig(Section):
+    """Ground truths of `dataassess fidelity`: the seed really trained on sampled mixtures, with the unit models'
+    hyperparameters but data orders of their own, so that no truth is ever a unit model."""
+
+    data_seed: int = 1000  # the truths' data order (the replicates' is data_seed + 1); must differ from train.seed
+    mixtures: int = Field(24, ge=3)  # mixtures sampled, k = 1..k_max, stratified by size
+    k_max: int = Field(3, ge=1)  # largest mixture size sampled
+    replicates: int = Field(8, ge=0)  # mixtures (every size represented) given a second truth: the noise model
+    bootstrap: int = Field(1000, ge=0)  # resamples of the mixtures behind each 95% interval
+
+
 class RunConfig(Section):
     """Where an intake's work items (unit trainings, mixture scorings) run. Not part of any store key."""
 
@@ -150,7 +161,18 @@ class Settings(BaseSettings):
     rank: RankConfig = RankConfig()
     merge: MergeConfig = MergeConfig()
     optimize: OptimizeConfig = OptimizeConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _truths_have_their_own_data_order(self) -> Settings:
+        if self.train.seed in (self.fidelity.data_seed, self.fidelity.data_seed + 1):
+            raise ValueError(
+                f"fidelity.data_seed ({self.fidelity.data_seed}) and the replicates' data_seed + 1 must differ from "
+                f"train.seed ({self.train.seed}): a ground truth trained in a unit model's data order is not "
+                "independent of it"
+            )
+        return self
 
     @field_validator("store")
     @classmethod
@@ -225,6 +247,8 @@ def _check_source(values: dict, where) -> None:
 
 def _describe(err: dict, toml: str | Path, overrides: dict) -> str:
     """One validation error as `key = value (from where): what is wrong`, without pydantic's URLs."""
+    if not err["loc"]:  # a rule across keys
+        return err["msg"].removeprefix("Value error, ")
     loc = tuple(str(x) for x in err["loc"])
     key = ".".join(loc)
     env = ENV_PREFIX + "__".join(loc).upper()

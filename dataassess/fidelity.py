@@ -6,33 +6,30 @@ the same hyperparameters:
   default the unit budget); the uniform parameter average is its first-order proxy;
 - union (the paper's): on the whole union, k x the unit budget; the proxy is calibrated
   (calibration.py) and its figures are leave-one-out.
-When the truth would be trained exactly as a unit model was (one unit, its own budget, the
-same data order), the truth is that unit model. The noise ceiling: a second truth with
-another data-order seed for a stratified subset; truth against truth is the best any proxy
-can reach. The study is a function of a prepared pool and runs its steps (train, score). Any merge
-method can be measured against the same truths (compare_merges).
+Truths are trained in a data order of their own (fidelity.data_seed), so none is a unit model. A stratified
+subset gets a replicate truth in a third data order: the noise model, and the ceiling (agreement.py computes
+every figure from the rows). The study is a function of a prepared pool and runs its steps (train, score). Any
+merge method can be measured against the same truths (compare_merges).
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from . import pipeline
+from .agreement import report_figures, spearman, values
 from .budgets import FIXED, Budget
 from .calibration import Calibration
 from .errors import UserError
 from .merge import METHODS, group_weights, merge_spec
 from .optimize import make_space, objective_value, objective_weights
 from .pipeline import Pool
-from .rank import macro
 from .steps import LINEAR
 from .truth import Truth, train_truth, truth_perplexities
 from .types import FidelityRecord, MergeSpec, Mixture, perplexities
@@ -56,90 +53,13 @@ def sample_mixtures(
     return out
 
 
-# ---- figures ----------------------------------------------------------------------
-
-
-def decision_accuracy(a: Sequence[float], b: Sequence[float]) -> float:
-    """Share of pairs that a and b order the same way (a tie agrees only with a tie)."""
-    pairs = list(itertools.combinations(range(len(a)), 2))
-    if not pairs:
-        return float("nan")
-    same = sum(np.sign(a[i] - a[j]) == np.sign(b[i] - b[j]) for i, j in pairs)
-    return same / len(pairs)
-
-
-def top_k_agreement(proxy: Sequence[float], truth: Sequence[float], k: int) -> float:
-    """Overlap of the k best (lowest) under proxy and truth, as a share of k."""
-    k = min(k, len(proxy))
-    best_p = set(np.argsort(proxy, kind="stable")[:k])
-    best_t = set(np.argsort(truth, kind="stable")[:k])
-    return len(best_p & best_t) / k
-
-
-CORRELATIONS = {"pearson": stats.pearsonr, "spearman": stats.spearmanr, "kendall": stats.kendalltau}
-
-
-def _degenerate(x, y) -> bool:
-    return len(x) < 3 or np.std(x) == 0 or np.std(y) == 0
-
-
-def correlations(proxy, truth) -> dict:
-    if _degenerate(proxy, truth):
-        return {name: float("nan") for name in CORRELATIONS}
-    return {name: float(fn(proxy, truth).statistic) for name, fn in CORRELATIONS.items()}
-
-
-def bootstrap_ci(proxy, truth, n_boot: int = 1000, seed: int = 0) -> dict:
-    """95% percentile intervals of the three correlations over resampled mixtures (scipy.stats.bootstrap's
-    resamples; those where a side is constant have no correlation and are left out)."""
-    out = {}
-    for name, fn in CORRELATIONS.items():
-
-        def statistic(x, y, fn=fn):
-            return float("nan") if _degenerate(x, y) else fn(x, y).statistic
-
-        if _degenerate(proxy, truth):
-            out[f"{name}_ci"] = [float("nan")] * 2
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # resamples of few mixtures can be constant
-            draws = stats.bootstrap(
-                (np.asarray(proxy), np.asarray(truth)),
-                statistic,
-                paired=True,
-                vectorized=False,
-                n_resamples=n_boot,
-                method="percentile",
-                rng=np.random.default_rng(seed),
-            ).bootstrap_distribution
-            out[f"{name}_ci"] = (
-                [float(v) for v in np.nanpercentile(draws, [2.5, 97.5])]
-                if np.isfinite(draws).any()
-                else [float("nan")] * 2
-            )
-    return out
-
-
-def figures(proxy: Sequence[float], truth: Sequence[float], baseline: Sequence[float], n_boot: int = 1000) -> dict:
-    """How well `proxy` (and the naive `baseline`) predict `truth` across mixtures."""
-    proxy, truth, baseline = list(map(float, proxy)), list(map(float, truth)), list(map(float, baseline))
-    out = {"n_mixtures": len(proxy), **correlations(proxy, truth), **bootstrap_ci(proxy, truth, n_boot)}
-    out["decision_accuracy"] = decision_accuracy(proxy, truth)
-    out["top1_agreement"] = top_k_agreement(proxy, truth, 1)
-    out["top3_agreement"] = top_k_agreement(proxy, truth, 3)
-    out.update({f"baseline_{k}": v for k, v in correlations(baseline, truth).items()})
-    out["baseline_decision_accuracy"] = decision_accuracy(baseline, truth)
-    out["mean_relative_error"] = float(np.mean([(p - t) / t for p, t in zip(proxy, truth)]))
-    return out
-
-
 # ---- the whole study --------------------------------------------------------------
 
 
 @dataclass
 class FidelityResult:
-    report: dict  # {"budget", "merge", "eval_sets": {name: figures}, "macro", "by_k", "variants", "settings"}
-    rows: list[dict]  # per mixture: units, k, proxy, truth, baseline (and calibrated, truth_replicate) scores
+    report: dict  # {"budget", "merge", "settings", "seed", "noise", "eval_sets", "macro", "by_k", "variants", "rows"}
+    rows: list[dict]  # per mixture: units, k, shares, proxy, truth, truth_replicate, baseline (and calibrated)
     quarantined: list[str]
     calibration: Calibration | None = None  # budgets that fit one (union): fitted on every row
 
@@ -167,15 +87,22 @@ class Truths:
     replicate: dict[tuple[str, ...], dict]
 
 
-def train_truths(pool: Pool, n: int, k_max: int, budget: Budget, ceiling: int) -> Truths:
-    """Train what is missing: the unit models, a ground truth per sampled mixture, a replicate for `ceiling` of them."""
+def truth_orders(pool: Pool, budget: Budget, tokens: int | None = None) -> tuple[Truth, Truth]:
+    """How a study's truths and their replicates are trained: data orders of their own, never the unit models'."""
+    seed = pool.settings.fidelity.data_seed
+    tokens = tokens or budget.tokens(pool) or pool.settings.units.tokens
+    return Truth(budget, tokens, seed), Truth(budget, tokens, seed + 1)
+
+
+def train_truths(pool: Pool, n: int, k_max: int, budget: Budget, replicates: int) -> Truths:
+    """Train what is missing: the unit models, a ground truth per sampled mixture, a replicate for `replicates` of
+    them (every size represented)."""
     pipeline.train(pool)
     mixtures = sample_mixtures(list(pool.models), n, k_max, pool.settings.train.seed)
     if len(mixtures) < 3:
         raise UserError(f"need at least 3 mixtures to measure fidelity; the pool has {len(pool.models)} units")
-    tokens = budget.tokens(pool) or pool.settings.units.tokens
-    main, again = Truth(budget, tokens, pool.settings.train.seed), Truth(budget, tokens, pool.settings.train.seed + 1)
-    jobs = [(mix, main) for mix in mixtures] + [(mix, again) for mix in stratified(mixtures, ceiling)]
+    main, again = truth_orders(pool, budget)
+    jobs = [(mix, main) for mix in mixtures] + [(mix, again) for mix in stratified(mixtures, replicates)]
     trained = pool.map_fn(
         "ground truth",
         lambda job: train_truth(pool.steps, [pool.unit(u) for u in job[0]], job[1]),
@@ -188,51 +115,69 @@ def train_truths(pool: Pool, n: int, k_max: int, budget: Budget, ceiling: int) -
     return truths
 
 
+def _sizes(pool: Pool, n: int | None, k_max: int | None, replicates: int | None) -> tuple[int, int, int]:
+    """A study's sizes: those given, the pool's [fidelity] settings for the rest."""
+    f = pool.settings.fidelity
+    return n or f.mixtures, k_max or f.k_max, f.replicates if replicates is None else replicates
+
+
 def run_fidelity(
     pool: Pool,
-    n: int = 24,
-    k_max: int = 3,
+    n: int | None = None,
+    k_max: int | None = None,
     budget: Budget | None = None,
-    ceiling: int = 8,
-    n_boot: int = 1000,
+    replicates: int | None = None,
     merge: MergeSpec | None = None,
 ) -> FidelityResult:
-    """How well the pool's proxies (by its merge method, or `merge`) predict really trained ground truths."""
-    truths = train_truths(pool, n, k_max, budget or pool.budget, ceiling)
-    return fidelity_of(pool, truths, merge or pool.merge, n, k_max, n_boot)
+    """How well the pool's proxies (by its merge method, or `merge`) predict really trained ground truths.
+    Unset sizes come from the pool's [fidelity] settings."""
+    n, k_max, replicates = _sizes(pool, n, k_max, replicates)
+    truths = train_truths(pool, n, k_max, budget or pool.budget, replicates)
+    return fidelity_of(pool, truths, merge or pool.merge, n, k_max)
 
 
 def compare_merges(
-    pool: Pool, n: int = 24, k_max: int = 3, budget: Budget | None = None, ceiling: int = 8, n_boot: int = 1000
+    pool: Pool,
+    n: int | None = None,
+    k_max: int | None = None,
+    budget: Budget | None = None,
+    replicates: int | None = None,
 ) -> dict[str, FidelityResult]:
     """Every registered merge method (with its default parameters; the pool's own with its configured ones)
     measured against one set of ground truths."""
-    truths = train_truths(pool, n, k_max, budget or pool.budget, ceiling)
+    n, k_max, replicates = _sizes(pool, n, k_max, replicates)
+    truths = train_truths(pool, n, k_max, budget or pool.budget, replicates)
     specs = {name: pool.merge if name == pool.merge.method else merge_spec(name) for name in sorted(METHODS)}
-    return {name: fidelity_of(pool, truths, spec, n, k_max, n_boot) for name, spec in specs.items()}
+    return {name: fidelity_of(pool, truths, spec, n, k_max) for name, spec in specs.items()}
 
 
-def fidelity_of(pool: Pool, truths: Truths, merge: MergeSpec, n: int, k_max: int, n_boot: int) -> FidelityResult:
+def fidelity_of(pool: Pool, truths: Truths, merge: MergeSpec, n: int, k_max: int) -> FidelityResult:
     """The figures of one merge method's proxies against the trained truths."""
     budget, sets = truths.budget, sorted(pool.eval_sets)
-    rows = [_row(pool, mix, truths.main[mix], truths.replicate.get(mix), merge) for mix in truths.mixtures]
+    rows = pool.map_fn(
+        f"score ({merge.method})",
+        lambda mix: _row(pool, mix, truths.main[mix], truths.replicate.get(mix), merge),
+        truths.mixtures,
+        " + ".join,
+    )
     calibration = budget.fit(rows, sets, pool)
+    seed = pool.steps.score_seed(pool.eval_sets)
     report = {
         "budget": budget.name,
         **({"budget_tokens": budget.tokens(pool)} if budget.fixed_tokens else {}),
         "merge": merge.to_json(),
+        "score": budget.score_column,
         "settings": _settings_summary(pool, n, k_max),
-        **_figures_of(rows, sets, n_boot, budget),
-    }
-    report["by_k"] = {
-        str(k): _figures_of(group, sets, n_boot, budget) for k, group in _groups_by_k(rows).items() if len(group) >= 3
-    }
-    report["variants"] = {
-        "uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"),
-        "uniform_vs_group_merge": _variant(rows, "proxy", "proxy_group_merge"),
+        "seed": seed,
+        **report_figures(rows, sets, seed, budget.score_column, pool.settings.fidelity.bootstrap),
+        "variants": {
+            "uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"),
+            "uniform_vs_group_merge": _variant(rows, "proxy", "proxy_group_merge"),
+        },
     }
     if calibration is not None:
         report["calibration"] = calibration.to_json()
+    report["rows"] = rows
     return FidelityResult(report, rows, pool.quarantined, calibration)
 
 
@@ -243,14 +188,17 @@ def save(pool: Pool, result: FidelityResult) -> Path | None:
         return None
     if result.calibration is not None:
         pool.store.save_calibration(pool.name, result.calibration)
-    return pool.store.save_fidelity(pool.name, FidelityRecord(result.report, result.rows))
+    report = {k: v for k, v in result.report.items() if k != "rows"}  # the record keeps them once
+    return pool.store.save_fidelity(pool.name, FidelityRecord(report, result.rows))
 
 
-def run_weighted_fidelity(pool: Pool, n: int = 16, ceiling: int = 8, n_boot: int = 1000) -> FidelityResult:
-    """Weighted merges against the seed trained at the fixed budget on the same weighted mixtures:
-    n weight vectors over the partitions (uniform, natural, Dirichlet samples within optimize's bounds)."""
+def run_weighted_fidelity(pool: Pool, n: int = 16, replicates: int | None = None) -> FidelityResult:
+    """Weighted merges against the seed trained at the fixed budget on the same weighted mixtures, under the same
+    protocol (independent truths, replicates, resolvable decisions): n weight vectors over the partitions
+    (uniform, natural, Dirichlet samples within optimize's bounds)."""
+    replicates = pool.settings.fidelity.replicates if replicates is None else replicates
     tokens = FIXED.tokens(pool)
-    main, replicate = Truth(FIXED, tokens, pool.settings.train.seed), Truth(FIXED, tokens, pool.settings.train.seed + 1)
+    main, replicate = truth_orders(pool, FIXED, tokens)
     sets = sorted(pool.eval_sets)
     pipeline.train(pool)
     space = make_space(pool.models, pool.settings.optimize, tokens)
@@ -261,7 +209,7 @@ def run_weighted_fidelity(pool: Pool, n: int = 16, ceiling: int = 8, n_boot: int
         shares = space.unit_weights(points[job[0]])
         return train_truth(pool.steps, [pool.unit(u) for u in sorted(shares)], job[1], shares)
 
-    jobs = [(i, main) for i in range(len(points))] + [(i, replicate) for i in range(min(ceiling, len(points)))]
+    jobs = [(i, main) for i in range(len(points))] + [(i, replicate) for i in range(min(replicates, len(points)))]
     trained = pool.map_fn(
         "ground truth",
         train,
@@ -273,53 +221,60 @@ def run_weighted_fidelity(pool: Pool, n: int = 16, ceiling: int = 8, n_boot: int
     for i, w in enumerate(points):
         shares = space.unit_weights(w)
         singles = {u: _perplexities(pool, pool.mixture([u], "uniform", LINEAR)) for u in shares}
-        row = {
-            "units": sorted(shares),
-            "k": int((w > 0).sum()),
-            "weights": space.as_dict(w),
-            "proxy": _perplexities(pool, space.mixture(w, pool)),
-            "truth": truth_perplexities(pool.steps, truths[i, main.data_seed], pool.eval_sets),
-            "truth_kind": "truth",
-            "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets},
-        }
-        if (i, replicate.data_seed) in truths:
-            row["truth_replicate"] = truth_perplexities(pool.steps, truths[i, replicate.data_seed], pool.eval_sets)
-        rows.append(row)
+        again = truths.get((i, replicate.data_seed))
+        rows.append(
+            {
+                "units": sorted(shares),
+                "k": int((w > 0).sum()),
+                "shares": shares,
+                "weights": space.as_dict(w),
+                "proxy": _perplexities(pool, space.mixture(w, pool)),
+                "truth": truth_perplexities(pool.steps, truths[i, main.data_seed], pool.eval_sets),
+                "truth_replicate": truth_perplexities(pool.steps, again, pool.eval_sets) if again else None,
+                "baseline": {s: float(sum(shares[u] * singles[u][s] for u in shares)) for s in sets},
+            }
+        )
+    seed = pool.steps.score_seed(pool.eval_sets)
     c = objective_weights(pool.settings.optimize.objective, sets)
+    on_objective = [
+        {
+            **r,
+            **{
+                col: {"objective": objective_value(r[col], c, sets)} if r.get(col) else r.get(col)
+                for col in ("proxy", "truth", "truth_replicate", "baseline")
+            },
+        }
+        for r in rows
+    ]
+    objective = report_figures(
+        on_objective,
+        ["objective"],
+        {"objective": objective_value(seed, c, sets)},
+        "proxy",
+        pool.settings.fidelity.bootstrap,
+    )
     report = {
         "budget": FIXED.name,
         "weighted": True,
         "budget_tokens": tokens,
         "merge": pool.merge.to_json(),
+        "score": "proxy",
         "settings": _settings_summary(pool, n, len(space.partitions)),
-        **_figures_of(rows, sets, n_boot, FIXED),
+        "seed": seed,
+        **report_figures(rows, sets, seed, "proxy", pool.settings.fidelity.bootstrap),
+        "objective": {
+            "objective": pool.settings.optimize.objective,
+            "weights": dict(zip(sets, map(float, c))),
+            "noise": objective["noise"],
+            **objective["eval_sets"]["objective"],
+        },
+        "rows": rows,
     }
-    report["objective"] = {"objective": pool.settings.optimize.objective, **_objective_figures(rows, c, sets, n_boot)}
     return FidelityResult(report, rows, pool.quarantined)
-
-
-def _objective_figures(rows: list[dict], c: np.ndarray, sets: list[str], n_boot: int) -> dict:
-    """The figures on the optimization objective (a weighted mean of log perplexities), with its ceiling."""
-
-    def column(key, among=rows):
-        return [objective_value(r[key], c, sets) for r in among]
-
-    out = figures(column("proxy"), column("truth"), column("baseline"), n_boot)
-    replicated = [r for r in rows if "truth_replicate" in r]
-    out["ceiling_spearman"] = correlations(column("truth", replicated), column("truth_replicate", replicated))[
-        "spearman"
-    ]
-    return out
 
 
 def _perplexities(pool: Pool, mixture: Mixture) -> dict[str, float]:
     return perplexities(pool.scores(mixture))
-
-
-def _truth_perplexities(pool: Pool, truth: dict) -> dict[str, float]:
-    if truth["kind"] == "models":  # the unit model itself: its scores are the single-unit model's
-        return _perplexities(pool, pool.mixture(truth["units"], "uniform", LINEAR))
-    return truth_perplexities(pool.steps, truth, pool.eval_sets)
 
 
 def _row(pool: Pool, mix: tuple[str, ...], truth: dict, replicate: dict | None, merge: MergeSpec) -> dict:
@@ -329,13 +284,12 @@ def _row(pool: Pool, mix: tuple[str, ...], truth: dict, replicate: dict | None, 
     row = {
         "units": list(mix),
         "k": len(mix),
+        "shares": None,
         "proxy": _perplexities(pool, pool.mixture(mix, "uniform", merge)),
-        "truth": _truth_perplexities(pool, truth),
-        "truth_kind": truth["kind"],
+        "truth": truth_perplexities(pool.steps, truth, pool.eval_sets),
+        "truth_replicate": truth_perplexities(pool.steps, replicate, pool.eval_sets) if replicate else None,
         "baseline": {s: float(np.mean([single[s] for single in singles])) for s in pool.eval_sets},
     }
-    if replicate is not None:
-        row["truth_replicate"] = _truth_perplexities(pool, replicate)
     row["proxy_tokens"] = _perplexities(pool, pool.mixture(mix, "tokens", merge))
     partitions: dict[str, list[str]] = {}
     for u in mix:
@@ -348,52 +302,16 @@ def _row(pool: Pool, mix: tuple[str, ...], truth: dict, replicate: dict | None, 
     return row
 
 
-def _figures_of(rows: list[dict], sets: list[str], n_boot: int, budget: Budget) -> dict:
-    """Per set and macro: the published score's figures (calibrated under a calibrated budget, with the raw
-    proxy's in "raw"), the naive baseline's, and the noise ceiling from the replicates."""
-
-    def column(key, name=None, among=rows):
-        return [macro(r[key]) if name is None else r[key][name] for r in among]
-
-    replicated = [r for r in rows if "truth_replicate" in r]
-    score = budget.score_column
-    out: dict = {"eval_sets": {}}
-    for name in [*sets, None]:
-        figs = figures(column(score, name), column("truth", name), column("baseline", name), n_boot)
-        if budget.calibrated:
-            figs["raw"] = figures(column("proxy", name), column("truth", name), column("baseline", name), n_boot)
-        truth, again = column("truth", name, replicated), column("truth_replicate", name, replicated)
-        figs["ceiling_n_mixtures"] = len(replicated)
-        figs["ceiling_spearman"] = correlations(truth, again)["spearman"]
-        figs["ceiling_decision_accuracy"] = decision_accuracy(truth, again)
-        for key in ("spearman", "decision_accuracy"):
-            figs[f"{key}_share_of_ceiling"] = (
-                figs[key] / figs[f"ceiling_{key}"] if figs[f"ceiling_{key}"] else float("nan")
-            )
-        if name is None:
-            out["macro"] = figs
-        else:
-            out["eval_sets"][name] = figs
-    return out
-
-
-def _groups_by_k(rows: list[dict]) -> dict[int, list[dict]]:
-    out: dict[int, list[dict]] = {}
-    for r in rows:
-        out.setdefault(r["k"], []).append(r)
-    return dict(sorted(out.items()))
-
-
 def _variant(rows: list[dict], a: str, b: str) -> dict:
     """Macro Spearman with truth for two proxy variants, on the mixtures where both exist."""
     rows = [r for r in rows if b in r and r["k"] > 1]
     if len(rows) < 3:
         return {"n_mixtures": len(rows), "note": "too few mixtures where the variants differ"}
-    truth = [macro(r["truth"]) for r in rows]
+    truth = values(rows, "truth", None)
     return {
         "n_mixtures": len(rows),
-        a: correlations([macro(r[a]) for r in rows], truth),
-        b: correlations([macro(r[b]) for r in rows], truth),
+        a: spearman(values(rows, a, None), truth),
+        b: spearman(values(rows, b, None), truth),
     }
 
 
@@ -409,4 +327,6 @@ def _settings_summary(pool: Pool, n: int, k_max: int) -> dict:
         "k_max": k_max,
         "n_units": len(pool.units),
         "seed_digest": pool.seed.digest,
+        "unit_data_seed": s.train.seed,
+        "truth_data_seed": s.fidelity.data_seed,
     }

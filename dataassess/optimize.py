@@ -390,6 +390,9 @@ def save(pool: Pool, result: OptimizeResult) -> None:
     pool.store.save_optimization(pool.name, record)
 
 
+VERIFY_ORDERS = 3  # data orders each compared mixture is trained with: a mean and its standard error
+
+
 def verify(pool: Pool, report: dict) -> dict:
     """Train the seed at the fixed budget on the optimized, uniform and natural weights and on the best
     subset (its units evenly), and score them: the claim, checked by real training."""
@@ -403,22 +406,61 @@ def verify(pool: Pool, report: dict) -> dict:
     }
     if subset:
         candidates["best_subset"] = {u: 1.0 / len(subset) for u in subset}
-    truth = Truth(FIXED, report["budget_tokens"], pool.settings.train.seed)
-    jobs = list(candidates.items())
+    first = pool.settings.fidelity.data_seed
+    orders = [Truth(FIXED, report["budget_tokens"], first + i) for i in range(VERIFY_ORDERS)]
+    jobs = [(name, shares, truth) for name, shares in candidates.items() for truth in orders]
     trained = pool.map_fn(
         "verify",
-        lambda job: train_truth(steps, [pool.unit(u) for u in sorted(job[1])], truth, job[1]),
+        lambda job: train_truth(steps, [pool.unit(u) for u in sorted(job[1])], job[2], job[1]),
         jobs,
-        lambda job: job[0],
+        lambda job: f"{job[0]} (data order {job[2].data_seed})",
     )
     sets = sorted(pool.eval_sets)
     c = objective_weights(pool.settings.optimize.objective, sets)
-    out: dict = {name: truth_perplexities(steps, meta, pool.eval_sets) for (name, _), meta in zip(jobs, trained)}
-    out["objective"] = {name: objective_value(out[name], c, sets) for name, _ in jobs}
+    runs: dict[str, list[dict[str, float]]] = {}
+    metas: dict[str, dict] = {}
+    for (name, _, _), meta in zip(jobs, trained):
+        runs.setdefault(name, []).append(truth_perplexities(steps, meta, pool.eval_sets))
+        metas.setdefault(name, meta)
+    out: dict = {name: {s: float(np.mean([r[s] for r in got])) for s in sets} for name, got in runs.items()}
+    out["data_orders"] = [t.data_seed for t in orders]
+    out["objective_by_order"] = {name: [objective_value(r, c, sets) for r in got] for name, got in runs.items()}
+    out["objective"] = {name: float(np.mean(v)) for name, v in out["objective_by_order"].items()}
+    out["objective_se"] = {
+        name: float(np.std(v, ddof=1) / math.sqrt(len(v))) for name, v in out["objective_by_order"].items()
+    }
+    out["verdicts"] = {
+        name: verdict(out["objective"]["optimized"], out["objective_se"]["optimized"], m, out["objective_se"][name])
+        for name, m in out["objective"].items()
+        if name != "optimized"
+    }
     out["tokens_per_partition"] = {
-        name: _tokens_per_partition(meta, models, pool.settings.train.seq_len) for (name, _), meta in zip(jobs, trained)
+        name: _tokens_per_partition(meta, models, pool.settings.train.seq_len) for name, meta in metas.items()
     }
     return out
+
+
+def verified_lines(verified: dict) -> list[str]:
+    """The verified comparison in words: each mixture's objective, mean +- standard error over the data orders,
+    and whether the optimized weights beat it beyond the noise."""
+    o, se = verified["objective"], verified["objective_se"]
+    n = len(verified["data_orders"])
+    lines = [
+        f"verified by training at the budget ({n} data orders each; objective perplexity, mean +- standard error): "
+        + ", ".join(f"{k} {o[k]:.3f} +- {se[k]:.3f}" for k in o)
+    ]
+    lines += [f"optimized {v} {name}" for name, v in verified["verdicts"].items()]
+    return lines
+
+
+def verdict(optimized: float, optimized_se: float, other: float, other_se: float) -> str:
+    """'beats' / 'loses to' only when the objectives differ by more than 2 standard errors of the difference."""
+    margin = 2 * math.hypot(optimized_se, other_se)
+    if other - optimized > margin:
+        return "beats"
+    if optimized - other > margin:
+        return "loses to"
+    return "within noise of"
 
 
 def _tokens_per_partition(meta: dict, models: Mapping[str, UnitModel], seq_len: int) -> dict[str, int]:

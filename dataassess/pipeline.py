@@ -387,7 +387,7 @@ def new_snapshot(
     """The pool's ranking now; changes are against its previous snapshot."""
     previous = pool.store.latest_ranking(pool.name)
     before = [r.to_json() for r in previous.ranking] if previous else None
-    fidelity = pool.store.fidelity(pool.name)
+    fidelity = pool.store.fidelity(pool.name, budget_info["mode"])
     unit_fields = ("key", "unit_digest", "tokens", "source_tokens", "repeat", "final_loss", "weights_digest")
     return Snapshot(
         pool=pool.name,
@@ -397,7 +397,9 @@ def new_snapshot(
         budget=budget_info,
         previous=previous.created if previous else None,
         changes=rank_changes(ranking, before),
-        fidelity=fidelity_summary(fidelity.report if fidelity else None),
+        fidelity=fidelity_summary(
+            fidelity.report if fidelity else None, budget_info["mode"], pool.seed.digest, pool.merge.to_json()
+        ),
         corpus=pool.corpus,
         seed_digest=pool.seed.digest,
         seed_scores=seed_scores,
@@ -421,7 +423,12 @@ def latest_snapshot(store: Store, pool: str | None = None) -> Snapshot | None:
         if not pools:
             return None
         pool = pools[0]
-    return store.latest_ranking(pool)
+    snap = store.latest_ranking(pool)
+    if snap is not None:  # a fidelity study run since the ranking was made counts
+        mode, merge = snap.budget["mode"], {k: v for k, v in snap.merge.items() if k != "weighting"}
+        record = store.fidelity(snap.pool, mode)
+        snap.fidelity = fidelity_summary(record.report if record else None, mode, snap.seed_digest, merge)
+    return snap
 
 
 @dataclass(frozen=True)

@@ -89,35 +89,39 @@ def rank_changes(ranking: list[RankedMixture], previous: list[dict] | None) -> d
     }
 
 
-def fidelity_summary(report: dict | None) -> dict:
-    """The headline of a pool's latest fidelity report, as every ranking shows it."""
+def fidelity_summary(report: dict | None, budget: str, seed_digest: str, merge: dict) -> dict:
+    """How far to trust a ranking at `budget`, as every ranking shows it: from the pool's latest fidelity report at
+    that budget, when it measured this seed and merge method."""
+    run = f"run `dataassess fidelity CORPUS --budget {budget}`"
     if not report:
-        return {
-            "measured": False,
-            "how": "not measured for this pool: run `dataassess fidelity CORPUS` (trains ground truth)",
-        }
+        return {"measured": False, "how": f"not measured for this pool at the {budget} budget: {run}"}
+    if report.get("settings", {}).get("seed_digest") != seed_digest or report.get("merge") != merge:
+        return {"measured": False, "how": f"not measured for this seed and merge method: {run}"}
     m = report["macro"]
     return {
         "measured": True,
         "budget": report["budget"],
         "when": report.get("measured", ""),
-        "n_mixtures": m.get("n_mixtures"),
-        "spearman": m.get("spearman"),
-        "pearson": m.get("pearson"),
-        "decision_accuracy": m.get("decision_accuracy"),
-        "ceiling_spearman": m.get("ceiling_spearman"),
-        "share_of_ceiling": m.get("spearman_share_of_ceiling"),
+        "n_mixtures": m["n_mixtures"],
+        "spearman": m["spearman"],
+        "decision_accuracy": m["decision_accuracy"],
+        "resolvable_decision_accuracy": m["resolvable_decision_accuracy"],
+        "n_resolvable_pairs": m["n_resolvable_pairs"],
+        "ceiling": m["ceiling"].get("replicate", {}).get("resolvable_decision_accuracy"),
     }
 
 
 def fidelity_line(f: dict) -> str:
+    """'agrees with real training on X% of resolvable decisions (N pairs; ceiling Y%)', or how to measure it."""
     if not f.get("measured"):
-        return "fidelity: " + f["how"]
-    num = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        return "fidelity: " + f.get("how", "not measured: run `dataassess fidelity CORPUS`")
+    if "resolvable_decision_accuracy" not in f:  # a snapshot of an older protocol's study
+        return "fidelity: measured under an older protocol: rerun `dataassess fidelity CORPUS`"
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     return (
-        f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): Spearman "
-        f"{num(f['spearman'])}, "
-        f"pair accuracy {num(f['decision_accuracy'])}, noise ceiling {num(f['ceiling_spearman'])}"
+        f"fidelity ({f['budget']} budget, {f['n_mixtures']} mixtures trained, {f['when'][:10]}): agrees with real "
+        f"training on {pct(f['resolvable_decision_accuracy'])} of resolvable decisions ({f['n_resolvable_pairs']} "
+        f"pairs; ceiling {pct(f['ceiling'])})"
     )
 
 

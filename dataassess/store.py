@@ -17,7 +17,7 @@ is reported, removed and rebuilt.
     pools/<pool>/eval_sets.json      the evaluation sets pinned at a pool's first run
     pools/<pool>/calibration.json    the union-budget calibration fitted by fidelity
     pools/<pool>/optimize.json       the pool's latest mixture-weight search (its design warm-starts the next)
-    pools/<pool>/fidelity.json       the pool's latest fidelity report
+    pools/<pool>/fidelity-<budget>.json  the pool's latest fidelity report at that budget
     rankings/<pool>/<stamp>.json, latest.json
 
 The records under pools/ and rankings/ are read and written here only, as typed objects.
@@ -150,12 +150,13 @@ class Store:
     def save_optimization(self, pool: str, record: OptimizationRecord) -> None:
         write_json(self._pool_file(pool, "optimize.json"), record.to_json())
 
-    def fidelity(self, pool: str) -> FidelityRecord | None:
-        path = self._pool_file(pool, "fidelity.json")
+    def fidelity(self, pool: str, budget: str) -> FidelityRecord | None:
+        """The pool's latest fidelity study at this budget."""
+        path = self._pool_file(pool, f"fidelity-{budget}.json")
         return FidelityRecord.from_json(read_json(path)) if path.exists() else None
 
     def save_fidelity(self, pool: str, record: FidelityRecord) -> Path:
-        path = self._pool_file(pool, "fidelity.json")
+        path = self._pool_file(pool, f"fidelity-{record.report['budget']}.json")
         write_json(path, record.to_json())
         return path
 

@@ -4,9 +4,9 @@
 - fixed: B tokens drawn without replacement from the shuffled union;
 - weighted (fixed budget, given shares): exactly round(share x B) tokens from each unit,
   each unit's sequences drawn without replacement, cycled when a share needs more.
-Each is cached in the store by (unit digests, shares, seed, train config, budget, data seed).
-When a truth would be trained exactly as a unit model was (one unit, its own budget, the
-same data order), it is that unit model.
+Each is cached in the store by (unit digests, shares, seed, train config, budget, data seed). A truth is trained
+in a data order of its own (fidelity.data_seed), never the unit models' (train.seed): a single unit's truth is
+another model than its unit model, so no proxy is compared with itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import Settings
 from .errors import UserError
 from .steps import Steps, train_seed_copy
 from .store import Store, short_key, write_json
@@ -36,10 +35,6 @@ class Truth:
     budget: Budget
     tokens: int  # B when the budget has fixed tokens; ignored otherwise (k x the unit budget)
     data_seed: int
-
-    def is_unit_model(self, units: Sequence[Unit], settings: Settings) -> bool:
-        same_budget = not self.budget.fixed_tokens or self.tokens == units[0].tokens
-        return len(units) == 1 and same_budget and self.data_seed == settings.train.seed
 
 
 def union_sequences(store: Store, units: Sequence[Unit], seq_len: int) -> torch.Tensor:
@@ -101,9 +96,9 @@ def truth_key(units: Sequence[Unit], steps: Steps, truth: Truth, shares: Mapping
 
 def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mapping[str, float] | None = None) -> dict:
     """Ground truth for a mixture (weighted by `shares`, unit name -> share, at a fixed budget), cached.
-    Returns its metadata; `kind` says where its weights are ("models": it is a unit model)."""
-    if shares is None and truth.is_unit_model(units, steps.settings):
-        return {"kind": "models", "key": steps.train(units[0]).key, "units": [units[0].name], "tokens": units[0].tokens}
+    Returns its metadata."""
+    if truth.data_seed == steps.settings.train.seed:
+        raise UserError("a ground truth is trained in a data order of its own: its data_seed must not be train.seed")
     if shares is not None and not truth.budget.fixed_tokens:
         raise UserError("weighted ground truths are trained at a fixed budget")
     key = truth_key(units, steps, truth, shares)

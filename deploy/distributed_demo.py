@@ -40,7 +40,6 @@ def deploy() -> None:
 def run_wave(wave: int, corpus: Path, config: dict, pool: str, eval_sets: str | None) -> None:
     from prefect.deployments import run_deployment
 
-
     started = time.time()
     run = run_deployment(
         DEPLOYMENT,

@@ -526,14 +526,24 @@ def fidelity(
         help="The budget a score answers (dataassess/budgets.py): fixed, every mixture trained on B tokens, or union, "
         "on all its units (fits the calibration). Default: rank.budget.",
     ),
-    n: int = typer.Option(24, "--n", min=3, metavar="N", help="Mixtures to sample, k = 1..k-max (stratified by size)."),
-    k_max: int = typer.Option(3, "--k-max", min=1, metavar="K", help="Largest mixture size sampled."),
-    ceiling: int = typer.Option(
-        8,
+    n: Optional[int] = typer.Option(
+        None,
+        "--n",
+        min=3,
+        metavar="N",
+        help="Mixtures to sample, k = 1..k-max (stratified by size). Default: fidelity.mixtures.",
+    ),
+    k_max: Optional[int] = typer.Option(
+        None, "--k-max", min=1, metavar="K", help="Largest mixture size sampled. Default: fidelity.k_max."
+    ),
+    replicates: Optional[int] = typer.Option(
+        None,
+        "--replicates",
         "--ceiling",
         min=0,
         metavar="N",
-        help="Mixtures given a second ground truth (another data order): the noise ceiling.",
+        help="Mixtures given a second ground truth (a third data order): the noise model and the ceiling. "
+        "Default: fidelity.replicates.",
     ),
     weighted: bool = typer.Option(
         False,
@@ -577,11 +587,11 @@ def fidelity(
         connect(store())  # a tracking server that is down fails before the ground truths are trained
     with prepare(store(), corpus, s, eval_sets, pool) as prepared:
         if compare_merges:
-            results = study.compare_merges(prepared, n, k_max, chosen, ceiling)
+            results = study.compare_merges(prepared, n, k_max, chosen, replicates)
         elif weighted:
-            results = {prepared.merge.method: study.run_weighted_fidelity(prepared, n, ceiling)}
+            results = {prepared.merge.method: study.run_weighted_fidelity(prepared, n or 16, replicates)}
         else:
-            result = study.run_fidelity(prepared, n, k_max, chosen, ceiling, merge=spec)
+            result = study.run_fidelity(prepared, n, k_max, chosen, replicates, merge=spec)
             results = {result.report["merge"]["method"]: result}
         measured = datetime.now(timezone.utc).isoformat(timespec="seconds")
         kept = None
@@ -608,28 +618,45 @@ def fidelity(
     typer.echo(f"{next(iter(reports.values()))['macro']['n_mixtures']} mixtures{where}")
 
 
-FIGURE_HEADS = ("pearson", "spearman", "pair acc", "naive acc", "ceil rho", "ceil acc", "of ceil")
-FIGURE_KEYS = (
-    "pearson",
-    "spearman",
-    "decision_accuracy",
-    "baseline_decision_accuracy",
-    "ceiling_spearman",
-    "ceiling_decision_accuracy",
-    "spearman_share_of_ceiling",
-)
+FIGURE_HEADS = ("sigma", "spearman", "dec acc", "resolv", "pairs", "naive", "seed", "ceil", "ceil repl")
 
 
-def _figure_cells(f: dict) -> str:
-    return "".join(f" {_f(f[k]):>9}" for k in FIGURE_KEYS)
+def _figure_cells(f: dict, sigma: float) -> str:
+    """sigma, the score's Spearman, decision and resolvable-decision accuracy and its pairs, the baselines'
+    resolvable accuracy, and on the replicated mixtures the score's and the replicate truth's."""
+    ceiling = f["ceiling"]
+    cells = [
+        _f(sigma),
+        _f(f["spearman"]),
+        _f(f["decision_accuracy"]),
+        _f(f["resolvable_decision_accuracy"]),
+        str(f["n_resolvable_pairs"]),
+        _f(f["baselines"]["naive"]["resolvable_decision_accuracy"]),
+        _f(f["baselines"]["seed"]["resolvable_decision_accuracy"]),
+        _f(ceiling.get("score", {}).get("resolvable_decision_accuracy")),
+        _f(ceiling.get("replicate", {}).get("resolvable_decision_accuracy")),
+    ]
+    return "".join(f" {c:>9}" for c in cells)
 
 
 def _print_fidelity(report: dict, budget) -> None:
     what = "calibrated (leave-one-out)" if budget.calibrated else f"{report['merge']['method']} merge"
-    typer.echo(f"budget: {report['budget']}; score: {what}; ceiling: truth vs a second truth (another data order)")
+    noise = report["noise"]
+    typer.echo(
+        f"budget: {report['budget']}; score: {what}; sigma: data-order noise of log perplexity from "
+        f"{noise['n_replicates']} replicate truths; resolv: accuracy on the pairs whose truths differ by more than "
+        "2.83 sigma; ceil / ceil repl: the score's and a replicate truth's, on the replicated mixtures"
+    )
     typer.echo(f"{'eval set':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
-        typer.echo(f"{name[:20]:<20}" + _figure_cells(f))
+        sigma = noise["sigma_log_ppl"]["macro" if name == "MACRO" else name]
+        typer.echo(f"{name[:20]:<20}" + _figure_cells(f, sigma))
+    for k, by in report.get("by_k", {}).items():
+        m = by["macro"]
+        typer.echo(
+            f"within k = {k} ({m['n_mixtures']} mixtures), macro: Spearman {_f(m['spearman'])}, resolvable-decision "
+            f"accuracy {_f(m['resolvable_decision_accuracy'])} ({m['n_resolvable_pairs']} pairs)"
+        )
 
 
 def _print_merge_comparison(reports: dict[str, dict]) -> None:
@@ -638,7 +665,7 @@ def _print_merge_comparison(reports: dict[str, dict]) -> None:
     typer.echo(f"budget: {first['budget']}; macro figures of each merge method against the same ground truths")
     typer.echo(f"{'merge method':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
     for name, report in reports.items():
-        typer.echo(f"{name[:20]:<20}" + _figure_cells(report["macro"]))
+        typer.echo(f"{name[:20]:<20}" + _figure_cells(report["macro"], report["noise"]["sigma_log_ppl"]["macro"]))
 
 
 @command()
@@ -691,8 +718,9 @@ def optimize(
         f"natural {v['natural']:.3f}"
     )
     if "verified" in report:
-        o = report["verified"]["objective"]
-        typer.echo("verified by training at the budget: " + ", ".join(f"{k} {x:.3f}" for k, x in o.items()))
+        from dataassess.optimize import verified_lines
+
+        typer.echo("\n".join(verified_lines(report["verified"])))
     else:
         typer.echo("not verified by training: add --verify")
 
@@ -757,9 +785,7 @@ def _print_snapshot(snap: Snapshot, top: int | None) -> None:
         + (f", re-sorted by {snap.ranked_by}" if snap.resorted else "")
     )
     typer.echo(_budget_line(snap))
-    typer.echo(
-        fidelity_line(snap.fidelity or {"measured": False, "how": "not measured: run `dataassess fidelity CORPUS`"})
-    )
+    typer.echo(fidelity_line(snap.fidelity))
     typer.echo(format_table(snap.ranking, top, snap.ranked_by, snap.seed_scores))
     typer.echo(_changes_line(snap))
     typer.echo(f"All {len(snap.ranking)} mixtures as JSON: dataassess ranking --pool {snap.pool} --json")

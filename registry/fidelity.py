@@ -15,19 +15,26 @@ from .tracking import log_values, open_run
 
 FIDELITY_EXPERIMENT = "dataassess-fidelity"
 HEADLINE = (
-    "pearson",
     "spearman",
+    "pearson",
     "kendall",
     "decision_accuracy",
-    "baseline_pearson",
-    "baseline_spearman",
-    "baseline_decision_accuracy",
+    "resolvable_decision_accuracy",
+    "n_resolvable_pairs",
     "top1_agreement",
     "top3_agreement",
-    "ceiling_spearman",
-    "ceiling_decision_accuracy",
-    "spearman_share_of_ceiling",
 )
+
+
+def _metrics(name: str, figs: dict) -> dict[str, float]:
+    """One set's (or the macro's) figures as flat metric names: the score's, the baselines', the ceiling's."""
+    flat = {f"{name}.{k}": figs.get(k) for k in HEADLINE}
+    for who, of in [
+        *figs["baselines"].items(),
+        *(("ceiling." + k, v) for k, v in figs["ceiling"].items() if k != "n_mixtures"),
+    ]:
+        flat.update({f"{name}.{who}.{k}": of.get(k) for k in ("spearman", "resolvable_decision_accuracy")})
+    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not math.isnan(v)}
 
 
 def scatter(rows: list[dict], eval_set: str | None, score: str = "proxy") -> Figure:
@@ -62,10 +69,9 @@ def scatter(rows: list[dict], eval_set: str | None, score: str = "proxy") -> Fig
 def log_fidelity(client: MlflowClient, store: Store, report: dict, rows: list[dict], pool: str) -> str:
     metrics = {}
     for name, figs in [("macro", report["macro"]), *report["eval_sets"].items()]:
-        for k in HEADLINE:
-            v = figs.get(k)
-            if isinstance(v, float) and not math.isnan(v):
-                metrics[f"{name}.{k}"] = v
+        metrics.update(_metrics(name, figs))
+    sigma = report["noise"]["sigma_log_ppl"]
+    metrics.update({f"{name}.noise_sigma": v for name, v in sigma.items() if v is not None and not math.isnan(v)})
     params = {f"settings.{k}": v for k, v in report["settings"].items()}
     params.update(budget=report["budget"], budget_tokens=report.get("budget_tokens", "k x units.tokens"))
     for name, c in (report.get("calibration") or {}).get("sets", {}).items():
@@ -86,7 +92,7 @@ def log_fidelity(client: MlflowClient, store: Store, report: dict, rows: list[di
     with open_run(client, FIDELITY_EXPERIMENT, store, name, tags) as run_id:
         log_values(client, run_id, params, metrics)
         client.log_dict(run_id, report, "fidelity.json")
-        client.log_dict(run_id, {"rows": rows}, "mixtures.json")
+        client.log_dict(run_id, {"rows": rows}, "mixtures.json")  # the figures are recomputable from these
         for s in [None, *sorted(report["eval_sets"])]:
             client.log_figure(run_id, scatter(rows, s), f"plots/scatter_{s or 'macro'}.png")
             if rows and "calibrated" in rows[0]:  # a calibrated budget: its predictions too

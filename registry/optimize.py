@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from dataassess.optimize import verified_lines
 from dataassess.store import Store
 
 from .tracking import log_values, open_run
@@ -84,7 +85,12 @@ def verified_frame(verified: dict) -> pd.DataFrame:
     sets = sorted(verified[names[0]])
     return pd.DataFrame(
         [
-            {"mixture": n, "objective": verified["objective"][n], **{f"ppl {s}": verified[n][s] for s in sets}}
+            {
+                "mixture": n,
+                "objective": verified["objective"][n],
+                "objective_se": verified["objective_se"][n],
+                **{f"ppl {s}": verified[n][s] for s in sets},
+            }
             for n in names
         ]
     )
@@ -103,8 +109,7 @@ def description(report: dict) -> str:
         moved = sorted(report["change"].items(), key=lambda kv: -abs(kv[1]))[:3]
         lines.append("Moved since the last optimization: " + ", ".join(f"{p} {d:+.0%}" for p, d in moved) + ".")
     if "verified" in report:
-        o = report["verified"]["objective"]
-        lines.append("**Verified by training** at the budget: " + ", ".join(f"{k} {x:.3f}" for k, x in o.items()) + ".")
+        lines.append("**Verified** " + "; ".join(verified_lines(report["verified"])).removeprefix("verified ") + ".")
     else:
         lines.append("Not verified by training: run `dataassess optimize --verify`.")
     return "\n\n".join(lines)
@@ -143,6 +148,7 @@ def log_optimization(
         if name in ("optimized", "uniform", "natural", "best_subset"):
             metrics.update({f"verified.{name}.{s}": v for s, v in scores.items()})
             metrics[f"verified.{name}.objective"] = verified["objective"][name]
+            metrics[f"verified.{name}.objective_se"] = verified["objective_se"][name]
     params = {
         "objective": report["objective"],
         "budget_tokens": report["budget_tokens"],

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from dataassess.rank import macro
+from dataassess.rank import fidelity_line, macro
 from dataassess.store import Store
 from dataassess.types import RankedMixture
 
@@ -87,18 +87,7 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
         link = f"#/models/{pool}-champion/versions/{champion_version}"
         champion += f", model [{pool}-champion version {champion_version}]({link})"
     lines += [champion + ".", ""]
-    if fid.get("measured"):
-        num = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        lines.append(
-            f"**Fidelity** ({fid['budget']} budget, {fid['n_mixtures']} mixtures trained for real, {fid['when']}): "
-            f"Spearman {num(fid['spearman'])}, pair accuracy {num(fid['decision_accuracy'])}, noise ceiling "
-            f"{num(fid['ceiling_spearman'])} (share of ceiling {num(fid['share_of_ceiling'])})."
-        )
-    else:
-        lines.append(
-            "**Fidelity:** not measured for this pool. Run `dataassess fidelity CORPUS` to train ground truth for "
-            "sampled mixtures; the next ranking shows the figures."
-        )
+    lines.append("**Fidelity:** " + fidelity_line(fid).removeprefix("fidelity: ").removeprefix("fidelity ") + ".")
     lines += ["", f"**Budget:** {budget['mode']}: {budget['score']}.", ""]
     if snapshot.get("previous") and ch:
         best = "new best (was " + " + ".join(ch["previous_best"]) + ")" if ch.get("new_best") else "best unchanged"
@@ -139,7 +128,7 @@ def log_snapshot(
         T + "seed_digest": snapshot["seed_digest"],
         T + "budget": snapshot["budget"]["mode"],
         T + "score": snapshot["budget"]["score"],
-        T + "fidelity": "measured" if fid.get("measured") else "not measured",
+        T + "fidelity": fidelity_line(fid).removeprefix("fidelity: "),
         MLFLOW_RUN_NOTE: describe(pool, snapshot, ranking),
     }
     full = [r for r in ranking if r.evaluated_fraction == 1.0]  # slice scores are not comparable
@@ -161,11 +150,11 @@ def log_snapshot(
             {
                 f"fidelity.{k}": float(fid[k])
                 for k in (
+                    "resolvable_decision_accuracy",
+                    "n_resolvable_pairs",
+                    "ceiling",
                     "spearman",
-                    "pearson",
                     "decision_accuracy",
-                    "ceiling_spearman",
-                    "share_of_ceiling",
                     "n_mixtures",
                 )
                 if fid.get(k) is not None

@@ -9,11 +9,12 @@ OUT=${OUT:-study}
 SHARED=${SHARED:-../shared/corpora}
 DA=.venv/bin/dataassess
 DEMO=dataassess/data/demo
-SAMPLE=(--n "${N:-24}" --k-max 3 --ceiling "${CEILING:-8}")
+SAMPLE=(--n "${N:-24}" --k-max 3 --replicates "${REPLICATES:-8}")
 mkdir -p "$OUT"
 [ -d "$OUT/shared-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/shared-corpus" > /dev/null
 run() {  # name, store, then fidelity arguments; settings come from DATAASSESS_* in the environment
   local name=$1 store=$2; shift 2
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return  # ONLY="shared-fixed shared-union": just those
   [ -s "$OUT/$name.json" ] && { echo "$name: done"; return; }
   echo "$name: running"
   local start=$SECONDS
@@ -28,4 +29,4 @@ run shared-fixed shared "$OUT/shared-corpus" --budget fixed
 run shared-union shared "$OUT/shared-corpus" --budget union
 # the larger seed trains about 2.5x slower here: a smaller sample (the flags after SAMPLE win)
 DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
-  run larger-seed-fixed larger "${DEMO_ARGS[@]}" --budget fixed --n "${N_LARGER:-12}" --ceiling "${CEILING_LARGER:-4}"
+  run larger-seed-fixed larger "${DEMO_ARGS[@]}" --budget fixed --n "${N_LARGER:-12}" --replicates "${REPLICATES_LARGER:-4}"

@@ -1,14 +1,20 @@
+import itertools
 import json
+import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
+from scipy import stats
 from typer.testing import CliRunner
 
+from dataassess import agreement
 from dataassess.budgets import BUDGETS
 from dataassess.calibration import loo_predictions
-from dataassess.fidelity import decision_accuracy, figures, sample_mixtures, top_k_agreement
+from dataassess.fidelity import sample_mixtures
 from dataassess.steps import Steps
 from dataassess.store import Store
 from dataassess.truth import Truth, budget_sequences, train_truth, union_sequences
@@ -16,22 +22,33 @@ from flows.cli import app
 from tests.conftest import latest, prepare_pool, run_pipeline, write_toml
 
 
-def test_figures_match_a_hand_computed_case():
-    proxy, truth, naive = [1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0], [4.0, 3.0, 2.0, 1.0]
-    f = figures(proxy, truth, naive, n_boot=200)
+def test_agreement_figures_match_hand_computed_cases():
+    proxy, truth = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])
+    f = agreement.figures(proxy, truth, threshold=0.0, n_boot=200)
     # deviations (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5): cov 4, variances 5 and 5
-    assert f["pearson"] == pytest.approx(0.8)
-    assert f["spearman"] == pytest.approx(0.8)
+    assert f["pearson"] == pytest.approx(0.8) and f["spearman"] == pytest.approx(0.8)
     assert f["kendall"] == pytest.approx((5 - 1) / 6)  # one discordant pair of six
-    assert f["decision_accuracy"] == pytest.approx(5 / 6)
-    assert f["top1_agreement"] == 1.0 and f["top3_agreement"] == 1.0
-    assert f["baseline_pearson"] == pytest.approx(-0.8)
-    assert f["baseline_decision_accuracy"] == pytest.approx(1 / 6)
-    lo, hi = f["pearson_ci"]
-    assert lo <= hi <= 1.0
-    assert f["n_mixtures"] == 4
-    assert decision_accuracy([1, 1], [1, 2]) == 0.0 and decision_accuracy([1, 1], [3, 3]) == 1.0
-    assert top_k_agreement([3, 1, 2], [1, 2, 3], 1) == 0.0
+    assert f["decision_accuracy"] == pytest.approx(5 / 6) and f["resolvable_decision_accuracy"] == pytest.approx(5 / 6)
+    assert f["n_resolvable_pairs"] == 6 and f["top1_agreement"] == 1.0 and f["top3_agreement"] == 1.0
+    lo, hi = f["spearman_ci"]
+    assert -1.0 <= lo <= hi <= 1.0
+    # truths 1, 3, 2, 4: a threshold of log 1.6 = 0.47 keeps the pairs of truths (1, 4), (1, 3), (1, 2), (2, 4)
+    # [log ratios 1.39, 1.10, 0.69, 0.69] and drops (3, 2) and (3, 4) [0.41, 0.29]; the proxy's one wrong
+    # pair is (3, 2), so it gets all four decisions right
+    acc, n = agreement.resolvable(proxy, truth, np.log(1.6))
+    assert (acc, n) == (1.0, 4)
+    # a tie in the score is half right; a constant score (the seed) is 0.5 on every decision
+    assert agreement.resolvable(np.array([1.0, 1.0, 3.0]), np.array([1.0, 2.0, 3.0]), 0.0) == (pytest.approx(5 / 6), 3)
+    assert agreement.headline(np.full(4, 7.0), truth, 0.0)["resolvable_decision_accuracy"] == 0.5
+    assert agreement.decision_accuracy(np.array([1.0, 1.0]), np.array([3.0, 3.0])) == 1.0
+    # noise: two replicate pairs with log ratios a and b give sigma = sqrt((a^2 + b^2) / 4)
+    rows = [
+        {"truth": {"s": 10.0}, "truth_replicate": {"s": 11.0}},
+        {"truth": {"s": 20.0}, "truth_replicate": {"s": 19.0}},
+        {"truth": {"s": 30.0}, "truth_replicate": None},
+    ]
+    a, b = np.log(10 / 11), np.log(20 / 19)
+    assert agreement.noise(rows, "s") == pytest.approx(np.sqrt((a**2 + b**2) / 4))
 
 
 def test_sampling_is_stratified_by_size_and_has_no_duplicates():
@@ -56,7 +73,7 @@ def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):
     assert sorted(map(tuple, seqs.tolist())) == sorted(windows)
     assert len(seqs) * length == 2 * settings.units.tokens
     with Steps(settings, inputs.seed, Store(settings.store)) as steps:
-        union = Truth(BUDGETS["union"], settings.units.tokens, settings.train.seed)
+        union = Truth(BUDGETS["union"], settings.units.tokens, settings.fidelity.data_seed)
         meta = train_truth(steps, units, union)
         assert meta["tokens"] == 2 * settings.units.tokens  # k x the unit budget: one pass over the union
         assert meta["unit_digests"] == [u.digest for u in units]
@@ -78,26 +95,34 @@ def test_fixed_budget_truth_trains_on_exactly_b_tokens_of_the_mixtures_units(set
     assert set(rows) <= set(windows)  # only from the mixture's units
     assert Counter(rows) != Counter(windows[: len(rows)]), "drawn from the shuffled union, not the first unit"
     with Steps(settings, inputs.seed, Store(settings.store)) as steps:
-        meta = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.train.seed))
+        meta = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.fidelity.data_seed))
         assert (
             meta["kind"] == "truth" and meta["tokens"] == budget and meta["unit_digests"] == [u.digest for u in units]
         )
 
 
-def test_a_single_units_truth_is_its_unit_model_at_the_unit_budget(settings, corpus):
+def test_a_single_units_truth_is_another_model_than_its_unit_model(settings, corpus):
+    """Truths train in a data order of their own: at the unit budget, a single unit's truth sees the unit's tokens
+    in another order, so its weights differ from the unit model's."""
     inputs = prepare_pool(corpus, settings)
     unit = inputs.units[0]
     with Steps(settings, inputs.seed, Store(settings.store)) as steps:
+        model = steps.train(unit)
+        mine = load_file(str(settings.store / "models" / model.key / "model.safetensors"))
         for budget in BUDGETS.values():
-            meta = train_truth(steps, [unit], Truth(budget, unit.tokens, settings.train.seed))
-            assert meta["kind"] == "models" and meta["key"] == steps.train(unit).key
-        assert not (settings.store / "truth").exists(), "nothing trained for them"
-        other = train_truth(steps, [unit], Truth(BUDGETS["fixed"], unit.tokens // 2, settings.train.seed))
-        assert other["kind"] == "truth" and other["tokens"] == unit.tokens // 2
-        again = train_truth(
-            steps, [unit], Truth(BUDGETS["fixed"], unit.tokens, settings.train.seed + 1)
-        )  # another data order
-        assert again["kind"] == "truth" and again["key"] != other["key"]
+            meta = train_truth(steps, [unit], Truth(budget, unit.tokens, settings.fidelity.data_seed))
+            assert meta["kind"] == "truth" and meta["key"] != model.key and meta["tokens"] == unit.tokens
+            truth = load_file(str(settings.store / "truth" / meta["key"] / "model.safetensors"))
+            assert mine.keys() == truth.keys()
+            assert any(not torch.equal(mine[k], truth[k]) for k in mine), "the truth is the unit model"
+        with pytest.raises(ValueError, match="data order of its own"):
+            train_truth(steps, [unit], Truth(BUDGETS["fixed"], unit.tokens, settings.train.seed))
+    bad = CliRunner().invoke(
+        app,
+        ["--config", str(write_toml(settings, settings.store.parent / "b.toml")), "config"],
+        env={"DATAASSESS_FIDELITY__DATA_SEED": str(settings.train.seed)},
+    )
+    assert bad.exit_code == 2 and "must differ from train.seed" in bad.output
 
 
 def test_leave_one_out_calibration_never_sees_the_held_out_mixture():
@@ -127,51 +152,113 @@ def test_union_ranking_without_a_calibration_never_compares_sizes(settings, corp
     assert "within each size" in snapshot["budget"]["score"]
 
 
-def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corpus):
+def by_hand(rows: list[dict], eval_set: str | None, score: str, seed: dict, sigma_rows: list[dict]) -> dict:
+    """A report's figures for one set (None: the macro), recomputed from the rows without the code under test."""
+
+    def val(r, col):
+        if col == "seed":
+            v = seed
+        else:
+            v = r[col]
+        return v[eval_set] if eval_set else math.exp(sum(math.log(x) for x in v.values()) / len(v))
+
+    replicated = [r for r in sigma_rows if r["truth_replicate"]]
+    d2 = [(math.log(val(r, "truth")) - math.log(val(r, "truth_replicate"))) ** 2 for r in replicated]
+    threshold = 2 * math.sqrt(2) * math.sqrt(sum(d2) / (2 * len(d2)))
+
+    def resolvable(col, among):
+        right = n = 0
+        for a, b in itertools.combinations(among, 2):
+            ta, tb = val(a, "truth"), val(b, "truth")
+            if abs(math.log(ta) - math.log(tb)) <= threshold:
+                continue
+            n += 1
+            sa, sb = val(a, col), val(b, col)
+            right += 0.5 if sa == sb else float((sa < sb) == (ta < tb))
+        return (right / n if n else None), n
+
+    def rho(col, among):
+        return stats.spearmanr([val(r, col) for r in among], [val(r, "truth") for r in among]).statistic
+
+    out = {"threshold": threshold, "spearman": rho(score, rows)}
+    out["resolvable"] = resolvable(score, rows)
+    out["naive"] = resolvable("baseline", rows)
+    out["seed"] = resolvable("seed", rows)
+    mine = [r for r in rows if r["truth_replicate"]]
+    out["ceiling_score"], out["ceiling_replicate"] = resolvable(score, mine), resolvable("truth_replicate", mine)
+    return out
+
+
+def assert_recomputed(report: dict) -> None:
+    """Every set's, the macro's and each size's figures match a recomputation from the report's rows."""
+    rows, seed, score = report["rows"], report["seed"], report["score"]
+    groups = [(report, rows)] + [(report["by_k"][k], [r for r in rows if str(r["k"]) == k]) for k in report["by_k"]]
+    for part, among in groups:
+        for name in [*report["eval_sets"], None]:
+            f = part["macro"] if name is None else part["eval_sets"][name]
+            mine = by_hand(among, name, score, seed, rows)
+            assert f["threshold_log_ppl"] == pytest.approx(mine["threshold"])
+            assert f["spearman"] == pytest.approx(mine["spearman"])
+            got = lambda figs: (figs.get("resolvable_decision_accuracy"), figs.get("n_resolvable_pairs"))  # noqa: E731
+            assert got(f) == pytest.approx(mine["resolvable"]), name
+            assert got(f["baselines"]["naive"]) == pytest.approx(mine["naive"]), name
+            assert got(f["baselines"]["seed"]) == pytest.approx(mine["seed"]), name
+            if mine["ceiling_score"][1]:
+                assert got(f["ceiling"]["score"]) == pytest.approx(mine["ceiling_score"]), name
+                assert got(f["ceiling"]["replicate"]) == pytest.approx(mine["ceiling_replicate"]), name
+
+
+def test_the_committed_fidelity_reports_recompute_from_their_rows():
+    """docs/fidelity.md's tables come from these reports: each one's figures follow from its own rows."""
+    reports = sorted((Path(__file__).resolve().parents[1] / "docs" / "fidelity-data").glob("*.json"))
+    assert reports, "no committed fidelity report"
+    for path in reports:
+        report = json.loads(path.read_text())
+        assert report["rows"] and report["noise"]["n_replicates"] >= 8, path.name
+        assert_recomputed(report)
+
+
+def test_fidelity_cli_both_budgets_recomputable_rows_and_the_agreement_line(settings, corpus):
     toml = write_toml(settings, settings.store.parent / "f.toml")
-    keys = {
-        "pearson",
-        "spearman",
-        "kendall",
-        "decision_accuracy",
-        "n_mixtures",
-        "baseline_pearson",
-        "baseline_decision_accuracy",
-        "ceiling_spearman",
-        "ceiling_decision_accuracy",
-    }
+    res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
+    assert res.exit_code == 2 and "no ranking yet" in res.output
+    run_pipeline(corpus, settings, progress=False)
+    res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
+    assert res.exit_code == 0 and "fidelity: not measured for this pool at the fixed budget" in res.stdout, res.stdout
     reports = {}
+    common = ["--n", "9", "--k-max", "2", "--replicates", "4", "--json", "--no-mlflow"]
     for budget in ("fixed", "union"):
-        res = CliRunner().invoke(
-            app,
-            [
-                "--config",
-                str(toml),
-                "fidelity",
-                str(corpus),
-                "--budget",
-                budget,
-                "--n",
-                "9",
-                "--k-max",
-                "2",
-                "--ceiling",
-                "3",
-                "--json",
-                "--no-mlflow",
-            ],
-        )
+        res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--budget", budget, *common])
         assert res.exit_code == 0, res.output
         report = reports[budget] = json.loads(res.stdout)
-        assert report["budget"] == budget and set(report["eval_sets"]) and "macro" in report and "by_k" in report
+        assert report["budget"] == budget and report["score"] == ("calibrated" if budget == "union" else "proxy")
+        rows = report["rows"]
+        assert len(rows) == 9 and sum(1 for r in rows if r["truth_replicate"]) == 4
+        assert {r["k"] for r in rows if r["truth_replicate"]} == {1, 2}, "every size replicated"
+        for r in rows:
+            assert {"units", "k", "shares", "proxy", "truth", "truth_replicate", "baseline"} <= set(r)
+            assert (budget == "union") == ("calibrated" in r)
+            assert r["truth"] != r["proxy"], "no truth is a unit model (or a proxy)"
+        sigma = report["noise"]["sigma_log_ppl"]
+        assert set(sigma) == {*report["eval_sets"], "macro"} and all(v > 0 for v in sigma.values())
+        assert report["noise"]["n_replicates"] == 4 and set(report["by_k"]) == {"1", "2"}
         for figs in [*report["eval_sets"].values(), report["macro"]]:
-            assert keys <= set(figs) and figs["n_mixtures"] == 9 and figs["ceiling_n_mixtures"] == 3
-            assert all(v is None or -1 <= v <= 1 for k, v in figs.items() if k in ("pearson", "spearman", "kendall"))
-            assert (budget == "union") == ("raw" in figs)
-    rows = json.loads((settings.store / "pools" / "corpus" / "fidelity.json").read_text())["rows"]
-    singles = [r for r in rows if r["k"] == 1]
-    assert singles and all(r["truth"] == r["proxy"] and r["truth_kind"] == "models" for r in singles)
+            assert figs["n_mixtures"] == 9 and figs["ceiling"]["n_mixtures"] == 4
+            assert {"naive", "seed"} == set(figs["baselines"]) and (budget == "union") == ("raw" in figs)
+        assert_recomputed(report)
+    truths = list((settings.store / "truth").glob("*/meta.json"))
+    assert len(truths) == 2 * (9 + 4), "a truth and a replicate trained per budget; none is a unit model"
     assert (settings.store / "pools" / "corpus" / "calibration.json").exists()
+    res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])  # the fixed ranking, measured since
+    f = reports["fixed"]["macro"]
+    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+    line = (
+        f"agrees with real training on {pct(f['resolvable_decision_accuracy'])} of resolvable decisions "
+        f"({f['n_resolvable_pairs']} pairs; ceiling {pct(f['ceiling']['replicate']['resolvable_decision_accuracy'])})"
+    )
+    assert res.exit_code == 0 and "fidelity (fixed budget, 9 mixtures trained" in res.stdout and line in res.stdout
+    shown = json.loads(CliRunner().invoke(app, ["--config", str(toml), "ranking", "--json"]).stdout)["fidelity"]
+    assert shown["resolvable_decision_accuracy"] == f["resolvable_decision_accuracy"]
     union = settings.model_copy(update={"rank": settings.rank.model_copy(update={"budget": "union"})})
     ranking = run_pipeline(corpus, union, progress=False).ranking
     for row in ranking:
@@ -179,21 +266,16 @@ def test_fidelity_cli_both_budgets_and_a_calibrated_union_ranking(settings, corp
         assert all(lo < row.scores[s] < hi for s, (lo, hi) in row.intervals.items())
     snapshot = latest(settings)
     assert snapshot["budget"]["calibrated"] is True
-    fidelity = snapshot["fidelity"]  # the pool's latest report (union), as every ranking shows it
-    assert (
-        fidelity["measured"]
-        and fidelity["budget"] == "union"
-        and fidelity["spearman"] == reports["union"]["macro"]["spearman"]
-    )
-    res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
-    assert res.exit_code == 0 and "fidelity (union budget, 9 mixtures trained" in res.stdout
+    fidelity = snapshot["fidelity"]  # the pool's latest report at the union budget, as every ranking shows it
+    assert fidelity["measured"] and fidelity["budget"] == "union"
+    assert fidelity["resolvable_decision_accuracy"] == reports["union"]["macro"]["resolvable_decision_accuracy"]
 
 
 def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report_s_figures(settings, corpus):
     from dataassess.merge import METHODS
 
     toml = write_toml(settings, settings.store.parent / "f.toml")
-    common = ["--n", "6", "--k-max", "2", "--ceiling", "2", "--json", "--no-mlflow"]
+    common = ["--n", "6", "--k-max", "2", "--replicates", "2", "--json", "--no-mlflow"]
     res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--compare-merges", *common])
     assert res.exit_code == 0, res.output
     compared = json.loads(res.stdout)
@@ -214,7 +296,26 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     )
     assert ta.exit_code == 0, ta.output
     assert json.loads(ta.stdout)["macro"] == compared["methods"]["task_arithmetic"]["macro"]
-    kept = json.loads((settings.store / "pools" / "corpus" / "fidelity.json").read_text())["report"]
+    kept = json.loads((settings.store / "pools" / "corpus" / "fidelity-fixed.json").read_text())["report"]
     assert kept["merge"]["method"] == "linear", "only the pool's own method becomes its fidelity"
     bad = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--merge-method", "nope"])
     assert bad.exit_code == 2 and "unknown merge method 'nope'" in bad.output
+
+
+def test_weighted_fidelity_follows_the_same_protocol(settings, corpus):
+    """Weighted mixtures: independent truths, replicates, resolvable decisions, on every set and the objective."""
+    toml = write_toml(settings, settings.store.parent / "f.toml")
+    args = ["--config", str(toml), "fidelity", str(corpus), "--weighted", "--n", "6", "--replicates", "3"]
+    res = CliRunner().invoke(app, [*args, "--json", "--no-mlflow"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["weighted"] and report["noise"]["n_replicates"] == 3 and len(report["rows"]) == 6
+    for r in report["rows"]:
+        assert r["shares"] and sum(r["shares"].values()) == pytest.approx(1.0, abs=1e-4) and r["truth"] != r["proxy"]
+    assert_recomputed(report)
+    objective = report["objective"]
+    assert objective["objective"] == "macro" and {"resolvable_decision_accuracy", "spearman"} <= set(objective)
+    # the macro objective is the geometric mean over sets: the same figures as the macro's
+    assert objective["spearman"] == pytest.approx(report["macro"]["spearman"])
+    assert objective["n_resolvable_pairs"] == report["macro"]["n_resolvable_pairs"]
+    assert not (settings.store / "pools" / "corpus" / "fidelity-fixed.json").exists(), "weighted studies are reported"

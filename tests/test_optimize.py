@@ -86,12 +86,12 @@ def test_weighted_truth_draws_each_units_share_of_the_budget(settings, corpus):
         units[0].name
     ] == len(twice)
     with Steps(settings, inputs.seed, Store(settings.store)) as steps:
-        meta = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.train.seed), shares)
+        meta = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.fidelity.data_seed), shares)
         assert meta["kind"] == "truth" and meta["tokens"] == budget and meta["sequences_per_unit"] == counts
-        uniform = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.train.seed))
+        uniform = train_truth(steps, units, Truth(BUDGETS["fixed"], budget, settings.fidelity.data_seed))
         assert uniform["key"] != meta["key"], "the shares are part of the key"
         with pytest.raises(ValueError, match="fixed budget"):
-            train_truth(steps, units, Truth(BUDGETS["union"], budget, settings.train.seed), shares)
+            train_truth(steps, units, Truth(BUDGETS["union"], budget, settings.fidelity.data_seed), shares)
 
 
 def test_the_weighted_proxy_is_the_weighted_average_of_the_unit_models(settings, corpus):
@@ -168,6 +168,22 @@ def test_optimize_cli_verifies_by_training_and_logs_to_mlflow(settings, corpus, 
     client = MlflowClient(embedded_uri(Store(settings.store)))
     (run,) = client.search_runs([client.get_experiment_by_name("dataassess-optimize").experiment_id])
     assert run.data.metrics["verified.optimized.objective"] == pytest.approx(verified["objective"]["optimized"])
+    # each mixture trained in 3 data orders: the mean and its standard error, by hand, and a verdict beyond the noise
+    assert len(verified["data_orders"]) == 3 and settings.train.seed not in verified["data_orders"]
+    for name, runs in verified["objective_by_order"].items():
+        assert len(runs) == 3 and len(set(runs)) == 3, "three data orders, three models"
+        mean = sum(runs) / 3
+        se = (sum((r - mean) ** 2 for r in runs) / 2) ** 0.5 / 3**0.5
+        assert verified["objective"][name] == pytest.approx(mean) and verified["objective_se"][name] == pytest.approx(
+            se
+        )
+        if name != "optimized":
+            gap, margin = (
+                mean - verified["objective"]["optimized"],
+                2 * (se**2 + verified["objective_se"]["optimized"] ** 2) ** 0.5,
+            )
+            expected = "beats" if gap > margin else "loses to" if -gap > margin else "within noise of"
+            assert verified["verdicts"][name] == expected
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
         "weights.json",
         "weights.png",
