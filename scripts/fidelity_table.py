@@ -24,6 +24,10 @@ def f(v):
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def f3(v):
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -51,7 +55,7 @@ def summary_row(name, r):
     ks = " / ".join(f"{f(r['by_k'][k]['macro']['spearman'])}" for k in sorted(r["by_k"]))
     return (
         f"| {name} | {r['budget']} | {r['score']} | {s['params'] / 1e6:.1f}M | {s['n_units']} | {m['n_mixtures']} | "
-        f"{r['noise']['n_replicates']} | {f(r['noise']['sigma_log_ppl']['macro'])} | "
+        f"{r['noise']['n_replicates']} | {f3(r['noise']['sigma_log_ppl']['macro'])} | "
         f"{f(min(_resolvable(x) or 0 for x in sets))} / {f(mean(_resolvable(x) for x in sets))} | "
         f"{f(min(x['spearman'] or -1 for x in sets))} / {f(mean(x['spearman'] for x in sets))} | "
         f"{f(mean(_resolvable(x['baselines']['naive']) for x in sets))} | {_beats_naive(r)}/{len(sets)} | "
@@ -94,7 +98,7 @@ for name, r in reports.items():
         ci, rci = x["spearman_ci"], x["resolvable_decision_accuracy_ci"]
         c = x["ceiling"]
         print(
-            f"| {s} | {f(r['noise']['sigma_log_ppl'][s])} | {f(x['spearman'])} [{f(ci[0])}, {f(ci[1])}] | "
+            f"| {s} | {f3(r['noise']['sigma_log_ppl'][s])} | {f(x['spearman'])} [{f(ci[0])}, {f(ci[1])}] | "
             f"{f(x['decision_accuracy'])} | {f(_resolvable(x))} [{f(rci[0])}, {f(rci[1])}] "
             f"({x['n_resolvable_pairs']}) | "
             f"{f(_resolvable(x['baselines']['naive']))} | {f(_resolvable(x['baselines']['seed']))} | "
