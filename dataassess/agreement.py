@@ -20,14 +20,14 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from .rank import macro
+
 RESOLVE = 2 * math.sqrt(2)  # a decision: truths further apart than this many sigma of log perplexity
 
 
 def values(rows: Sequence[dict], column: str, eval_set: str | None) -> np.ndarray:
     """One column's perplexity on a set (None: the macro, the geometric mean over sets) for each row."""
-    if eval_set is not None:
-        return np.array([r[column][eval_set] for r in rows], dtype=float)
-    return np.array([math.exp(np.mean([math.log(v) for v in r[column].values()])) for r in rows], dtype=float)
+    return np.array([r[column][eval_set] if eval_set is not None else macro(r[column]) for r in rows], dtype=float)
 
 
 def noise(rows: Sequence[dict], eval_set: str | None) -> float:
@@ -56,9 +56,9 @@ def decision_accuracy(score: Sequence[float], truth: Sequence[float]) -> float:
 def resolvable(score: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, int]:
     """Accuracy on the pairs whose truths differ by more than `threshold` in log perplexity, and their number."""
     i, j = _pairs(len(score))
-    apart = np.abs(np.log(truth[i]) - np.log(truth[j])) > threshold
-    if not math.isfinite(threshold) or not apart.any():
-        return float("nan"), int(apart.sum()) if math.isfinite(threshold) else 0
+    apart = np.abs(np.log(truth[i]) - np.log(truth[j])) > threshold  # all False when sigma is unknown (nan)
+    if not apart.any():
+        return float("nan"), 0
     s, t = np.sign(score[i] - score[j])[apart], np.sign(truth[i] - truth[j])[apart]
     return float(np.mean(np.where(s == t, 1.0, np.where(s == 0, 0.5, 0.0)))), int(apart.sum())
 
@@ -155,7 +155,7 @@ def report_figures(
     """noise, per-set and macro figures, and the same within each size k (3 mixtures or more), from the rows."""
     sigma = {name: noise(rows, name) for name in sets}
     sigma["macro"] = noise(rows, None)
-    seed_macro = math.exp(np.mean([math.log(seed[s]) for s in sets]))
+    seed_macro = macro({s: seed[s] for s in sets})
 
     def of(among: Sequence[dict]) -> dict:
         return {
