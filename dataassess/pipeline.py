@@ -33,7 +33,7 @@ from .rank import enumerate_mixtures, fidelity_summary, macro, rank, rank_change
 from .screen import Rung, screening_cost, successive_halving
 from .seed import Seed, find_seed, prepare_seed
 from .steps import Steps, materialize
-from .store import Store, atomic_dir
+from .store import Store, atomic_dir, check_pool_name
 from .types import MergeSpec, Mixture, RankedMixture, Score, Snapshot, Unit, UnitModel, mixture_of, perplexities
 from .units import cut_units
 
@@ -146,6 +146,7 @@ def check_inputs(
 ) -> CheckedInputs:
     """Every check that needs no seed: the paths, the partitions, the evaluation sets' folder, that rank.by
     names an evaluation set, the unit budget and the merge method. Bad input fails here, before anything is built."""
+    check_pool_name(pool or pool_name(corpus))
     found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=str(store.hf_cache()))
     merge = merge_spec(settings.merge.method, settings.merge.params)
     budgets.budget(settings.rank.budget)

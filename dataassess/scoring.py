@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .merge import MergeMethod, method_class
 from .seed import Seed
-from .train import autocast
+from .train import DEFAULT_THREADS, autocast
 from .types import EvalSet, MergeSpec, Score
 
 # Architectures whose logits are exactly lm_head(last hidden state): no soft-capping or
@@ -157,7 +157,7 @@ class Scorer:
         return self._batches[key]
 
     def _workers(self) -> int:
-        return self.threads or torch.get_num_threads()
+        return self.threads or DEFAULT_THREADS
 
     def _map(self, fn, batches: list) -> list:
         if self.device.type != "cpu":

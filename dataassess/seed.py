@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from .config import Settings
 from .errors import UserError
@@ -26,6 +27,7 @@ from .train import resolve_device, to_sequences, train_lm, warmup_cosine
 from .weights import os_errors, save_state, save_weights
 
 log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()  # a bar per model load (every merge, every worker): our own bars say more
 TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
 EOS = "<|endoftext|>"
 SEED_FILES = ("config.json", "model.safetensors", "tokenizer.json")

@@ -25,6 +25,7 @@ The records under pools/ and rankings/ are read and written here only, as typed 
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,18 @@ from .types import FidelityRecord, OptimizationRecord, Snapshot
 
 if TYPE_CHECKING:
     from .calibration import Calibration
+
+POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def check_pool_name(pool: str) -> str:
+    """A pool name is one plain path component: it names folders of the store and MLflow models."""
+    if not POOL_NAME.fullmatch(pool) or ".." in pool:
+        raise UserError(
+            f"invalid pool name {pool!r}: use 1 to 100 ASCII letters, digits, '.', '_' and '-' "
+            "(no '..', starting with a letter, digit or '_')"
+        )
+    return pool
 
 
 class Store:
@@ -124,7 +137,11 @@ class Store:
 
     # a pool's records
     def _pool_file(self, pool: str, name: str) -> Path:
-        return self.root / "pools" / pool / name
+        return self.root / "pools" / check_pool_name(pool) / name
+
+    def demo_corpus(self, pool: str) -> Path:
+        """Where the demo stages the partitions of its current wave."""
+        return self.root / "demo-corpus" / check_pool_name(pool)
 
     def pinned_eval_sets(self, pool: str) -> dict[str, str] | None:
         """The evaluation sets pinned at the pool's first run (name -> digest), if any."""
@@ -167,12 +184,12 @@ class Store:
         return sorted(p.name for p in root.iterdir() if (p / "latest.json").is_file()) if root.is_dir() else []
 
     def latest_ranking(self, pool: str) -> Snapshot | None:
-        path = self.root / "rankings" / pool / "latest.json"
+        path = self.root / "rankings" / check_pool_name(pool) / "latest.json"
         return Snapshot.from_json(read_json(path)) if path.exists() else None
 
     def save_ranking(self, snapshot: Snapshot) -> Path:
         """Write the snapshot under its time stamp and as the pool's `latest.json`; returns the stamped file."""
-        folder = self.root / "rankings" / snapshot.pool
+        folder = self.root / "rankings" / check_pool_name(snapshot.pool)
         data = snapshot.to_json()
         write_json(folder / f"{snapshot.created}.json", data)
         write_json(folder / "latest.json", data)

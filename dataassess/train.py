@@ -37,13 +37,17 @@ def flushes_denormals() -> bool:
     return (torch.tensor([1e-39]) * 1.0).item() == 0.0
 
 
+# torch's thread count as the process started (OMP_NUM_THREADS, or the cores); a scoring worker's
+# set_num_threads(1) can lower the live value at any time, and the count changes a model's bits
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 @contextmanager
 def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Within the block: `threads` torch CPU threads (None: as they are) and denormals flushed
-    on this thread; both restored after, so callers' settings are left alone."""
+    """Within the block: `threads` torch CPU threads (None: the process's default, whatever another thread
+    set) and denormals flushed on this thread; both restored after, so callers' settings are left alone."""
     before, flushing = torch.get_num_threads(), flushes_denormals()
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or DEFAULT_THREADS)
     torch.set_flush_denormal(True)
     try:
         yield

@@ -416,19 +416,35 @@ def export(
 
 
 @command()
-def demo():
-    """The bundled demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
+def demo(
+    corpus: Optional[Path] = typer.Option(
+        None, "--corpus", metavar="DIR", help="A folder of partitions to run the demo on (default: the bundled one)."
+    ),
+    eval_sets: EvalSets = None,
+    late: Optional[str] = typer.Option(
+        None, "--late", metavar="A,B", help="Partitions that arrive in the second wave (with --corpus)."
+    ),
+    pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="Pool name (default: demo)."),
+):
+    """The demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
+    from flows.demo import DATA, LATE_PARTITIONS, run_demo, waves
     from flows.runtime import embedded_prefect
 
+    if (corpus is None) != (late is None) or (eval_sets and corpus is None):
+        raise UserError("--corpus and --late go together (--eval-sets too): name the partitions of wave 2")
+    pool = pool or "demo"
+    options = dict(source=DATA / "corpus", eval_sets=DATA / "eval", late=LATE_PARTITIONS, pool=pool)
+    if corpus is not None:
+        options.update(source=corpus, eval_sets=eval_sets, late=tuple(n.strip() for n in late.split(",") if n.strip()))
+    store().demo_corpus(pool)  # a bad pool name, corpus or --late fails before Prefect starts
+    waves(options["source"], options["late"])
     with embedded_prefect(settings(), store()):
-        from flows.demo import run_demo
-
-        waves = run_demo(settings(), store(), echo=typer.echo)
-    for wave, summary in enumerate(waves, 1):
+        summaries = run_demo(settings(), store(), echo=typer.echo, **options)
+    for wave, summary in enumerate(summaries, 1):
         typer.echo(f"wave {wave}: " + _summary_line(summary))
-    _print_snapshot(_latest("demo"), top=25)
-    _print_weights(waves[-1].get("weights"))
-    _print_ui_hint("demo")
+    _print_snapshot(_latest(pool), top=25)
+    _print_weights(summaries[-1].get("weights"))
+    _print_ui_hint(pool)
 
 
 @command()

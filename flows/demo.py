@@ -1,4 +1,4 @@
-"""The demo: two intakes of the bundled corpus, the second adding two partitions."""
+"""The demo: two intakes of a corpus (the bundled one by default), the second adding the late partitions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from dataassess.config import Settings
+from dataassess.errors import UserError
 from dataassess.store import Store
 
 from .intake import intake
@@ -26,18 +27,39 @@ def stage(corpus: Path, partitions: list[Path]) -> None:
             shutil.copytree(p, corpus / p.name)
 
 
-def run_demo(settings: Settings, store: Store, progress: bool = True, echo=print) -> list[dict]:
-    corpus = store.root / "demo-corpus" / "demo"
-    bundled = sorted(p for p in (DATA / "corpus").iterdir() if p.is_dir())
-    early = [p for p in bundled if p.name not in LATE_PARTITIONS]
+def waves(source: Path, late: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """The partitions of each wave: all but the late ones, then all."""
+    if not source.is_dir():
+        raise UserError(f"demo corpus {source} is not a folder of partitions")
+    every = sorted(p for p in source.iterdir() if p.is_dir())
+    missing = sorted(set(late) - {p.name for p in every})
+    if missing:
+        raise UserError(f"--late names no partition of {source}: {', '.join(missing)}")
+    early = [p for p in every if p.name not in late]
+    if not early or len(early) == len(every):
+        raise UserError(f"the demo needs partitions in both waves: {len(every)} in {source}, {len(late)} late")
+    return early, every
+
+
+def run_demo(
+    settings: Settings,
+    store: Store,
+    progress: bool = True,
+    echo=print,
+    source: Path = DATA / "corpus",
+    eval_sets: Path | None = DATA / "eval",
+    late: tuple[str, ...] = LATE_PARTITIONS,
+    pool: str = "demo",
+) -> list[dict]:
+    corpus = store.demo_corpus(pool)
     cfg = settings.model_dump(mode="json")
     summaries = []
-    for wave, partitions in ((1, early), (2, bundled)):
+    for wave, partitions in enumerate(waves(Path(source), late), 1):
         stage(corpus, partitions)
         echo(f"\n== wave {wave}: {len(partitions)} partitions in {corpus}")
-        before = registered_units(store, "demo")
-        summary = intake(str(corpus), cfg, str(DATA / "eval"), "demo", progress)
-        added = registered_units(store, "demo") - before
+        before = registered_units(store, pool)
+        summary = intake(str(corpus), cfg, str(eval_sets) if eval_sets else None, pool, progress)
+        added = registered_units(store, pool) - before
         if len(added) != summary["trained"]:  # every unit trained now is registered once
             echo(
                 f"warning: {summary['trained']} unit(s) trained but {len(added)} new version(s) in the MLflow registry"

@@ -64,6 +64,17 @@ BAD_INPUTS = [
     (["fidelity", "CORPUS", "--budget", "nope", "--no-mlflow"], {}, "", "unknown budget 'nope'; budgets are fixed"),
     (["intake", "CORPUS", "--eval-sets", "EVALS"], {}, "", "empty evaluation set: no files"),
     (["no-such-command"], {}, "", "No such command"),
+    (["demo", "--corpus", "CORPUS"], {}, "", "--corpus and --late go together"),
+    (["demo", "--pool", "../escaped"], {}, "", "invalid pool name '../escaped'"),
+    (["intake", "CORPUS", "--pool", "a/b"], {}, "", "invalid pool name 'a/b'"),
+    (["ranking", "--pool", ".."], {}, "", "invalid pool name '..'"),
+    (["demo", "--corpus", "CORPUS", "--late", "satire,nosuch"], {}, "", "--late names no partition of"),
+    (
+        ["demo", "--corpus", "CORPUS", "--late", ",".join(p.name for p in (DEMO / "corpus").iterdir())],
+        {},
+        "",
+        "both waves",
+    ),
 ]
 
 

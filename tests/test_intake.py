@@ -86,6 +86,26 @@ def test_intake_trains_only_new_units_and_is_idempotent(settings, corpus, tmp_pa
         )
 
 
+def test_the_demo_on_a_corpus_of_ones_own_trains_exactly_the_late_partitions_in_wave_2(settings, corpus):
+    from flows.demo import run_demo
+
+    said = []
+    first, second = run_demo(
+        settings, Store(settings.store), False, said.append, source=corpus, eval_sets=None, late=("satire",), pool="own"
+    )
+    assert first["trained"] and not any(u.startswith("satire.") for u in first["trained_units"])
+    assert second["trained_units"] and all(u.startswith("satire.") for u in second["trained_units"])
+    assert second["skipped"] == first["trained"] and second["registered"] == second["trained"]
+    assert sorted(p.name for p in (settings.store / "demo-corpus" / "own").iterdir()) == sorted(
+        p.name for p in corpus.iterdir()
+    )
+    assert (
+        latest(settings, "own")["pool"] == "own"
+        and len(unit_versions(settings)) == first["trained"] + second["trained"]
+    )
+    assert not any("warning" in line for line in said), said
+
+
 def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
     summary = run(corpus, settings, pool="c")
     client = client_for(settings)

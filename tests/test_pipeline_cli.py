@@ -153,3 +153,31 @@ def test_real_pretrained_135m_model_smoke(tmp_path):
     assert len(result.trained) >= 2 and result.ranking
     assert all(1 < v < 1e4 for r in result.ranking for v in r.scores.values())
     assert type(prepare_seed(s, Store(s.store), progress=False).load_model()).__name__ == "LlamaForCausalLM"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu(tmp_path):
+    """scripts/gpu_check.sh --device cpu: the 135M seed's two units and three mixtures, scored twice, agreeing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAASSESS_")}
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--device", "cpu", "--unit-tokens", "1024", "--eval-tokens", "256"],
+        cwd=root,
+        env={**env, "PY": sys.executable, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "GGUF" in out.upper() and "rankings agree" in out and "error:" not in out
+    for what in ("training", "scoring"):
+        line = next(x for x in out.splitlines() if x.startswith(what + ":"))
+        assert float(line.split("=")[1].split()[0].replace(",", "")) > 0
+    spearman = next(x for x in out.splitlines() if x.startswith("Spearman"))
+    assert float(spearman.rsplit(":", 1)[1]) >= 0.99
+    assert not list(tmp_path.glob("gpu-check-*")), "its temporary store is removed"
