@@ -55,7 +55,7 @@ real-seed: setup
 # The device path on the 135M seed: bf16 on the GPU against float32 on CPU (DEVICE=cpu runs it here)
 DEVICE ?= cuda
 gpu-check: real-seed
-	bash scripts/gpu_check.sh --device $(DEVICE)
+	bash scripts/gpu_check.sh --device $(DEVICE) $(if $(filter cpu,$(DEVICE)),--unit-tokens 1024 --eval-tokens 256)
 
 ranking: setup
 	$(DA) ranking

@@ -12,6 +12,7 @@ import logging
 import threading
 from array import array
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,12 +28,23 @@ from .train import resolve_device, to_sequences, train_lm, warmup_cosine
 from .weights import os_errors, save_state, save_weights
 
 log = logging.getLogger(__name__)
-hf_logging.disable_progress_bar()  # a bar per model load (every merge, every worker): our own bars say more
 TINY_PRESETS = {"tiny": "gpt2", "tiny-llama": "llama"}
 EOS = "<|endoftext|>"
 SEED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 # from_pretrained is not thread-safe: its meta-device init is process-wide (transformers#41782)
 _load_lock = threading.Lock()
+
+
+@contextmanager
+def no_hf_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off within the block, as they were after."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,7 @@ class Seed:
     source: str
 
     def load_model(self) -> torch.nn.Module:
-        with _load_lock:
+        with _load_lock, no_hf_progress_bars():  # a bar per load of a large model (every merge): ours say more
             return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, use_safetensors=True)
 
     def load_tokenizer(self):

@@ -95,3 +95,23 @@ def test_a_partition_below_the_minimum_token_count_is_quarantined(settings, corp
     assert {u.partition for u in pool.units} == {"scripture", "satire", "jargon", "drama"}
     err = next(e for e in pool.quarantined if "partition 'tiny'" in e)
     assert "too small" in err and str(settings.corpus.min_tokens) in err and str(corpus / "tiny") in err
+
+
+def test_training_runs_on_the_process_thread_count_whatever_a_scoring_worker_set():
+    """A scoring worker's set_num_threads(1) lowers the count other threads see; the thread count changes a trained
+    model's bits, so training sets the process's count itself."""
+    import threading
+
+    from dataassess.train import DEFAULT_THREADS, cpu_threads
+
+    before = torch.get_num_threads()
+    worker = threading.Thread(target=torch.set_num_threads, args=(1,))
+    worker.start()
+    worker.join()
+    try:
+        with cpu_threads(None):
+            assert torch.get_num_threads() == DEFAULT_THREADS
+        with cpu_threads(1):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
