@@ -427,6 +427,7 @@ def demo(
     pool: Optional[str] = typer.Option(None, "--pool", metavar="NAME", help="Pool name (default: demo)."),
 ):
     """The demo: two Prefect intakes (the second adds two partitions), tracked in MLflow."""
+    from dataassess.store import check_pool_name
     from flows.demo import DATA, LATE_PARTITIONS, run_demo, waves
     from flows.runtime import embedded_prefect
 
@@ -436,7 +437,7 @@ def demo(
     options = dict(source=DATA / "corpus", eval_sets=DATA / "eval", late=LATE_PARTITIONS, pool=pool)
     if corpus is not None:
         options.update(source=corpus, eval_sets=eval_sets, late=tuple(n.strip() for n in late.split(",") if n.strip()))
-    store().demo_corpus(pool)  # a bad pool name, corpus or --late fails before Prefect starts
+    check_pool_name(pool)  # a bad pool name, corpus or --late fails before Prefect starts
     waves(options["source"], options["late"])
     with embedded_prefect(settings(), store()):
         summaries = run_demo(settings(), store(), echo=typer.echo, **options)
