@@ -159,12 +159,21 @@ class Scorer:
     def _workers(self) -> int:
         return self.threads or DEFAULT_THREADS
 
+    def _start_workers(self) -> ThreadPoolExecutor:
+        """All workers started and initialised now: none sets its thread count later, while training runs."""
+        n = self._workers()
+        executor = ThreadPoolExecutor(n, thread_name_prefix="score", initializer=_worker_init)
+        ready = threading.Barrier(n)  # each submit finds no idle worker, so starts a new one
+        for started in [executor.submit(ready.wait, timeout=60) for _ in range(n)]:
+            started.result()
+        return executor
+
     def _map(self, fn, batches: list) -> list:
         if self.device.type != "cpu":
             return [fn(b) for b in batches]
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._workers(), thread_name_prefix="score", initializer=_worker_init)
         threads = torch.get_num_threads()
+        if self._executor is None:
+            self._executor = self._start_workers()
         try:
             return list(self._executor.map(fn, batches))
         finally:
