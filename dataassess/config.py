@@ -141,6 +141,7 @@ class RunConfig(Section):
     task_runner: Literal["thread", "dask"] = "thread"  # thread: one at a time in the flow's process
     dask_address: str | None = None  # a running Dask scheduler (tcp://host:port); None = a local cluster
     dask_workers: int = Field(2, ge=1)  # worker processes of the local cluster, one thread each
+    api_restarts: int = Field(3, ge=0)  # times a command restarts its embedded Prefect API server if it exits
 
 
 class Settings(BaseSettings):

@@ -157,8 +157,14 @@ def command(*args, writes: bool = True, **kwargs):
     return lambda fn: app.command(*args, **kwargs)(friendly(fn, writes))
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """The `dataassess` entry point: usage errors (a bad option or value) are one `error:` line too."""
+    """The `dataassess` entry point: usage errors (a bad option or value) are one `error:` line too.
+    SIGTERM (a scheduler's stop) ends a command as Ctrl-C does: its servers, Prefect's embedded one too, stop."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except cli_errors.NoArgsIsHelpError as e:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,8 +75,52 @@ def embedded_prefect(settings=None, store: Store | None = None) -> Iterator[None
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
     chosen = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
-    if get_current_settings().api.url or os.environ.get("PREFECT_API_URL") or any(os.environ.get(n) for n in chosen):
+    if get_current_settings().api.url or os.environ.get("PREFECT_API_URL"):
         yield
         return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    restarts = settings.run.api_restarts if settings is not None else 0
+    with restarting_ephemeral_api(restarts):
+        if any(os.environ.get(n) for n in chosen):
+            yield
+            return
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@contextmanager
+def restarting_ephemeral_api(restarts: int, every_s: float = 0.5) -> Iterator[None]:
+    """Within the block, Prefect's ephemeral API server (a uvicorn process Prefect starts on first use) is
+    restarted on its port if it exits, up to `restarts` times. Its database is in PREFECT_HOME, so runs resume
+    where they were, and Prefect's client retries a refused connection once it has connected. Past the
+    bound the API stays down and the command ends in one error line (flows.cli)."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    log = logging.getLogger("dataassess")
+    done = threading.Event()
+
+    def watch() -> None:
+        left = restarts
+        while not done.wait(every_s):
+            for server in list(SubprocessASGIServer._instances.values()):
+                process = server.server_process
+                if process is None or process.poll() is None or not server.running:
+                    continue
+                if left == 0:
+                    return
+                left -= 1
+                log.warning(
+                    "the orchestration API (Prefect's embedded server) exited with code %s; restarted it on "
+                    "port %s (%d restart(s) left)",
+                    process.returncode,
+                    server.port,
+                    left,
+                )
+                server.server_process = server._run_uvicorn_command()
+
+    watcher = threading.Thread(target=watch, name="prefect-api-watchdog", daemon=True)
+    watcher.start()
+    try:
         yield
+    finally:
+        done.set()
+        watcher.join()

@@ -413,11 +413,13 @@ def children_running(pid: int, marker: str) -> list[int]:
     return found
 
 
-def start_intake_until_a_model_finished(tmp_path: Path, corpus: Path):
+def start_intake_until_a_model_finished(tmp_path: Path, corpus: Path, api_restarts: int = 3):
     """An intake on a fresh store with the embedded Prefect API, run until its first unit model is finished.
     Returns the process, its command, its environment, the store and the API server's PID."""
     store = tmp_path / "store"
-    toml = write_toml(small_settings(store, units={"tokens": 32768}), tmp_path / "dataassess.toml")
+    toml = write_toml(
+        small_settings(store, units={"tokens": 32768}, run={"api_restarts": api_restarts}), tmp_path / "dataassess.toml"
+    )
     env = {
         k: v
         for k, v in os.environ.items()
@@ -439,8 +441,8 @@ def start_intake_until_a_model_finished(tmp_path: Path, corpus: Path):
 def test_an_orchestration_api_lost_mid_training_ends_in_one_line_and_the_rerun_resumes(tmp_path, corpus):
     """The embedded Prefect API server is killed while the intake trains: one `error:` line that says so and that a
     rerun resumes, promptly (not after Prefect's queued events each wait out their retries); the rerun trains only
-    what had not finished."""
-    proc, args, env, store, server = start_intake_until_a_model_finished(tmp_path, corpus)
+    what had not finished. (No restarts allowed: what a command meets once its restarts are spent.)"""
+    proc, args, env, store, server = start_intake_until_a_model_finished(tmp_path, corpus, api_restarts=0)
     try:
         os.kill(server, signal.SIGKILL)
         killed = time.monotonic()
@@ -483,3 +485,45 @@ def test_an_orchestration_api_that_stalls_mid_training_is_waited_for(tmp_path, c
     assert not [line for line in err.splitlines() if line.startswith("error:")], err[-3000:]
     units = len(list(store.glob("models/*/meta.json")))
     assert f"trained {units}, skipped 0" in out, out[-2000:]
+
+
+@pytest.mark.faults  # a minute or more: `make test-faults`
+def test_an_orchestration_api_killed_mid_training_is_restarted_and_the_intake_finishes(tmp_path, corpus):
+    """The embedded Prefect API server is killed while the intake trains: it is restarted on its port, said in
+    one warning, and the intake finishes with every unit trained once; no server is left after it."""
+    proc, args, env, store, server = start_intake_until_a_model_finished(tmp_path, corpus)
+    try:
+        os.kill(server, signal.SIGKILL)
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert not [line for line in err.splitlines() if line.startswith("error:")], err[-3000:]
+    assert sum("restarted it on port" in line for line in err.splitlines()) == 1, err[-3000:]
+    units = len(list(store.glob("models/*/meta.json")))
+    assert f"trained {units}, skipped 0" in out, out[-2000:]
+    assert not children_running(proc.pid, "prefect.server.api.server:create_app")
+
+
+@pytest.mark.faults  # a minute or more: `make test-faults`
+def test_sigterm_mid_training_stops_the_intake_and_its_embedded_api_server(tmp_path, corpus):
+    """A scheduler's stop (SIGTERM) while the intake trains: one error line that a rerun resumes, and the
+    embedded Prefect API server stops with the command instead of living on with no parent."""
+    proc, args, env, store, server = start_intake_until_a_model_finished(tmp_path, corpus)
+    try:
+        proc.terminate()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err[-3000:]
+    deadline = time.time() + 15
+    while Path(f"/proc/{server}").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    alive = Path(f"/proc/{server}/stat").exists() and Path(f"/proc/{server}/stat").read_text().split()[2] != "Z"
+    assert not alive, f"the API server {server} outlived the intake"
+    assert not list(store.rglob("*.tmp")), "nothing half-written"
