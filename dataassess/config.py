@@ -61,10 +61,13 @@ class UnitConfig(Section):
     tokens: int = Field(65_536, gt=0)  # every unit holds exactly this many training tokens
 
 
+BUILT_SEED_LR, IMPORTED_SEED_LR = 3e-4, 1e-4  # train.lr when unset (TrainConfig.for_seed)
+
+
 class TrainConfig(Section):
     """Continued pretraining of the seed, for unit models and ground truths alike. Part of every model's key."""
 
-    lr: float = Field(3e-4, gt=0)  # peak learning rate (AdamW, cosine schedule)
+    lr: float | None = Field(None, gt=0)  # AdamW learning rate; None: 3e-4 for a seed built here, 1e-4 for an imported one
     weight_decay: float = 0.1  # AdamW weight decay
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
@@ -73,6 +76,14 @@ class TrainConfig(Section):
     batch_tokens: int = Field(4096, gt=0)  # tokens per optimizer step; gradient accumulation reaches it
     micro_batch: int = Field(16, ge=1)  # sequences per forward pass
     seed: int = 0  # data order and initialization seed of unit training
+
+    def for_seed(self, imported: bool) -> TrainConfig:
+        """The config with its learning rate set: a seed built here (tiny) was pretrained by us at a known rate; a
+        seed pretrained elsewhere (a hub model, GGUF) has left its pretraining schedule, and 1e-4 moves it without
+        undoing it. The unit models' loss checks (dataassess/steps.py) say when a rate diverges or does nothing."""
+        if self.lr is not None:
+            return self
+        return self.model_copy(update={"lr": IMPORTED_SEED_LR if imported else BUILT_SEED_LR})
 
 
 class ScoreConfig(Section):

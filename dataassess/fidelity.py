@@ -320,7 +320,7 @@ def _settings_summary(pool: Pool, n: int, k_max: int) -> dict:
     return {
         "params": sum(p.numel() for p in pool.seed.load_model().parameters()),
         "unit_tokens": s.units.tokens,
-        "lr": s.train.lr,
+        "lr": s.train.for_seed(pool.seed.imported).lr,
         "steps_per_unit": s.units.tokens // s.train.batch_tokens,
         "batch_tokens": s.train.batch_tokens,
         "n_requested": n,

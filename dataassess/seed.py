@@ -54,6 +54,11 @@ class Seed:
     tokenizer_digest: str
     source: str
 
+    @property
+    def imported(self) -> bool:
+        """Pretrained elsewhere (a hub id, a folder, a GGUF file), not built here."""
+        return self.source not in TINY_PRESETS
+
     def load_model(self) -> torch.nn.Module:
         with _load_lock, no_hf_progress_bars():  # a bar per load of a large model (every merge): ours say more
             return AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32, use_safetensors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from .merge import method_class
 from .scoring import Scorer
 from .seed import Seed
 from .store import Store, intact, read_json, short_key, write_json
-from .train import TrainResult, cpu_threads, resolve_device, to_sequences, train_lm
+from .train import TrainResult, cpu_threads, mean_loss, resolve_device, to_sequences, train_lm
 from .types import MergeSpec, Mixture, Score, Unit, UnitModel, perplexities
 from .units import unit_tokens
 from .weights import save_state, save_weights
@@ -54,20 +55,33 @@ def train_seed_copy(
 ) -> TrainResult:
     """Continue-pretrain the seed on `tokens` tokens of `sequences`; weights written to the store
     (the caller writes the metadata after, which marks the model finished)."""
+    cfg, device = settings.train.for_seed(seed.imported), resolve_device(settings.device)
     with cpu_threads(settings.threads):
         model = seed.load_model()
-        result = train_lm(
-            model,
-            sequences,
-            settings.train,
-            tokens,
-            resolve_device(settings.device),
-            desc=desc,
-            progress=progress,
-            **train_options,
-        )
+        probe = sequences[: max(1, cfg.batch_tokens // sequences.shape[1])]  # the same tokens before and after
+        seed_loss = mean_loss(model, probe, cfg.micro_batch, device)
+        result = train_lm(model, sequences, cfg, tokens, device, desc=desc, progress=progress, **train_options)
+        end_loss = mean_loss(model, probe, cfg.micro_batch, device)
         digest = save_weights(model.cpu(), store.weights(key, kind))  # no metadata but its format: a byte-stable header
-    return dataclasses.replace(result, weights_digest=digest)
+    return dataclasses.replace(result, weights_digest=digest, seed_loss=seed_loss, end_loss=end_loss)
+
+
+def check_training(name: str, seed_loss: float, end_loss: float) -> str | None:
+    """Why a trained model's loss on its first sequences says training went wrong, or None: it rose above the
+    seed's (diverged), or moved by less than 0.1% (did nothing)."""
+    if not (math.isfinite(seed_loss) and math.isfinite(end_loss)):
+        return f"{name}: loss {seed_loss:.4f} -> {end_loss:.4f} is not finite: training diverged; lower train.lr"
+    if end_loss > seed_loss:
+        return (
+            f"{name}: loss on its first sequences rose from the seed's {seed_loss:.4f} to {end_loss:.4f}: "
+            "training diverged; lower train.lr"
+        )
+    if seed_loss - end_loss < 1e-3 * seed_loss:
+        return (
+            f"{name}: loss on its first sequences moved by less than 0.1% ({seed_loss:.4f} -> {end_loss:.4f}): "
+            "training did almost nothing; raise train.lr or units.tokens"
+        )
+    return None
 
 
 class Steps:
@@ -113,11 +127,15 @@ class Steps:
             final_loss=result.final_loss,
             wall_s=result.wall_s,
             code_version=__version__,
-            train_config=self.settings.train.model_dump(),
+            train_config=self.settings.train.for_seed(self.seed.imported).model_dump(),
             losses=[round(x, 5) for x in result.losses],
             finished_at=time.time(),
             weights_digest=result.weights_digest,
+            seed_loss=result.seed_loss,
+            end_loss=result.end_loss,
         )
+        if (problem := check_training(f"unit {unit.name}", result.seed_loss, result.end_loss)) is not None:
+            log.warning(problem)
         write_json(self.store.meta(key), model.to_json())
         return model
 

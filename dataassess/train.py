@@ -64,6 +64,8 @@ class TrainResult:
     wall_s: float
     losses: list[float]
     weights_digest: str = ""  # set once the weights are saved
+    seed_loss: float = float("nan")  # the seed's mean loss on the first step's worth of sequences
+    end_loss: float = float("nan")  # the trained model's, on the same sequences
 
 
 def to_sequences(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -130,6 +132,20 @@ def train_lm(
     return TrainResult(
         steps, steps * seqs_per_step * seq_len, sum(tail) / len(tail), time.perf_counter() - start, losses
     )
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, sequences: torch.Tensor, micro_batch: int, device: torch.device) -> float:
+    """The model's mean next-token loss over `sequences` (N x L), in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.to(device).eval()
+    total = 0.0
+    for chunk in sequences.split(micro_batch):
+        x = chunk.to(device)
+        with autocast(device):
+            total += model(input_ids=x, labels=x, use_cache=False).loss.item() * len(chunk)
+    model.train(was_training)
+    return total / len(sequences)
 
 
 def warmup_cosine(lr: float, min_lr: float, warmup: int) -> Callable[[int, int], float]:

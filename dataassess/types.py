@@ -61,6 +61,8 @@ class UnitModel(JsonForm):
     losses: list[float] = field(default_factory=list)  # training loss per optimizer step
     finished_at: float = 0.0  # unix time training ended (0: unknown)
     weights_digest: str = ""  # SHA-256 of its weights file: mixtures and their scores are keyed by it
+    seed_loss: float | None = None  # the seed's mean loss on the unit's first training sequences
+    end_loss: float | None = None  # this model's, on the same sequences
 
 
 @dataclass(frozen=True)

@@ -124,17 +124,32 @@ def unit_description(model: UnitModel, seed: Seed, seed_version: str | None) -> 
         f"{model.tokens:,} tokens "
         f"({model.source_tokens:,} distinct, repeated {model.repeat:.2f}x) in {model.steps} steps, "
         f"{model.wall_s:.0f} s; "
-        f"final loss {model.final_loss:.3f}. Unit digest {model.unit_digest[:12]}, train config "
+        f"final loss {model.final_loss:.3f}"
+        + (
+            f"; on its first sequences, loss {model.seed_loss:.3f} (seed) -> {model.end_loss:.3f}"
+            if model.seed_loss is not None and model.end_loss is not None
+            else ""
+        )
+        + f". Unit digest {model.unit_digest[:12]}, train config "
         f"{model.train_config_hash}."
     )
 
 
 def log_training(client: MlflowClient, run_id: str, model: UnitModel, unit_tokens: Path | None) -> None:
-    """The loss curve (one point per step, at the times training took) and the unit's tokens as the run's
-    training dataset."""
+    """The loss curve (one point per step, at the times training took) beside the seed's loss on the unit's
+    first sequences (`seed_loss`; `first_sequences_loss` goes from it to the trained model's), and the unit's
+    tokens as the run's training dataset."""
     start = int((model.finished_at - model.wall_s) * 1000) if model.finished_at else int(time.time() * 1000)
     step_ms = int(model.wall_s * 1000 / max(1, len(model.losses)))
     points = [Metric("train_loss", float(v), start + i * step_ms, i + 1) for i, v in enumerate(model.losses)]
+    if model.seed_loss is not None and model.end_loss is not None:  # the same first sequences, before and after
+        end, last = start + len(model.losses) * step_ms, len(model.losses)
+        points += [
+            Metric("seed_loss", float(model.seed_loss), start, 1),
+            Metric("seed_loss", float(model.seed_loss), end, last),
+            Metric("first_sequences_loss", float(model.seed_loss), start, 0),
+            Metric("first_sequences_loss", float(model.end_loss), end, last),
+        ]
     for i in range(0, len(points), 1000):
         client.log_batch(run_id, metrics=points[i : i + 1000])
     row = {k: getattr(model, k) for k in ("unit", "partition", "tokens", "source_tokens", "repeat", "unit_digest")}

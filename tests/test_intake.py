@@ -148,6 +148,11 @@ def test_ranking_run_and_champion_in_mlflow(settings, corpus, tmp_path):
         meta["losses"]
     )
     assert (unit_run.info.end_time - unit_run.info.start_time) / 1000 == pytest.approx(meta["wall_s"], abs=0.01)
+    seed_line = client.get_metric_history(unit_run.info.run_id, "seed_loss")
+    first = client.get_metric_history(unit_run.info.run_id, "first_sequences_loss")
+    assert [(m.step, m.value) for m in seed_line] == [(1, meta["seed_loss"]), (meta["steps"], meta["seed_loss"])]
+    assert [(m.step, m.value) for m in first] == [(0, meta["seed_loss"]), (meta["steps"], meta["end_loss"])]
+    assert meta["end_loss"] < meta["seed_loss"], "the unit model learned its unit"
     [training] = unit_run.inputs.dataset_inputs
     assert training.dataset.name == unit and training.tags[0].value == "training"
     assert (

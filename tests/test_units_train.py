@@ -1,8 +1,12 @@
+import logging
+
+import pytest
 import torch
 from safetensors import safe_open
 
+from dataassess.config import TrainConfig
 from dataassess.corpus import discover
-from dataassess.steps import Steps, finished_unit_model, unit_model_key
+from dataassess.steps import Steps, check_training, finished_unit_model, unit_model_key
 from dataassess.store import Store, recorded_digest, sha256_file
 from dataassess.units import resample, unit_tokens
 from tests.conftest import prepare_pool
@@ -115,3 +119,29 @@ def test_training_runs_on_the_process_thread_count_whatever_a_scoring_worker_set
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_learning_rate_left_unset_is_3e_4_for_a_seed_built_here_and_1e_4_for_an_imported_one():
+    assert TrainConfig().for_seed(imported=False).lr == 3e-4
+    assert TrainConfig().for_seed(imported=True).lr == 1e-4
+    assert TrainConfig(lr=5e-5).for_seed(imported=False).lr == 5e-5 == TrainConfig(lr=5e-5).for_seed(imported=True).lr
+
+
+def test_check_training_names_a_diverged_and_an_idle_unit_training():
+    assert check_training("unit a", 4.0, 3.5) is None
+    assert "diverged" in check_training("unit a", 4.0, 4.2) and "lower train.lr" in check_training("unit a", 4.0, 4.2)
+    assert "diverged" in check_training("unit a", 4.0, float("nan"))
+    idle = check_training("unit a", 4.0, 3.999)  # 0.025%
+    assert "less than 0.1%" in idle and "raise train.lr" in idle and idle.startswith("unit a:")
+    assert check_training("unit a", 4.0, 3.995) is None  # 0.125%
+
+
+@pytest.mark.parametrize(("lr", "said"), [(1e-9, "did almost nothing"), (30.0, "diverged")])
+def test_a_unit_training_that_does_nothing_or_diverges_is_reported(settings, corpus, caplog, lr, said):
+    bad = settings.model_copy(update={"train": settings.train.model_copy(update={"lr": lr})})
+    pool = prepare_pool(corpus, bad)
+    with caplog.at_level(logging.WARNING, logger="dataassess"):
+        model = Steps(bad, pool.seed, Store(bad.store)).train(pool.units[0])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and said in warnings[0] and f"unit {pool.units[0].name}:" in warnings[0], warnings
+    assert model.seed_loss is not None and model.end_loss is not None
