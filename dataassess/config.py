@@ -67,7 +67,7 @@ BUILT_SEED_LR, IMPORTED_SEED_LR = 3e-4, 1e-4  # train.lr when unset (TrainConfig
 class TrainConfig(Section):
     """Continued pretraining of the seed, for unit models and ground truths alike. Part of every model's key."""
 
-    lr: float | None = Field(None, gt=0)  # AdamW learning rate; None: 3e-4 for a seed built here, 1e-4 for an imported one
+    lr: float | None = Field(None, gt=0)  # AdamW rate; None: 3e-4 for a seed built here, 1e-4 for an imported one
     weight_decay: float = 0.1  # AdamW weight decay
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
