@@ -82,7 +82,7 @@ fidelity-study: setup
 
 MERGEKIT_VENV := bench/.mergekit-venv
 
-bench: setup $(MERGEKIT_VENV)/.tried
+bench: setup real-seed $(MERGEKIT_VENV)/.tried
 	$(PY) bench/bench.py
 
 # mergekit (LGPL) in a venv of its own, only for the comparison; it reads torch and transformers from the

