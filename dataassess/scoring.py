@@ -23,6 +23,7 @@ HEAD_ONLY_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "ph
 HEAD_BLOCK = 1 << 21  # logits per LM-head call (8 MB in float32): rows = HEAD_BLOCK // vocab, at least HEAD_ROWS
 HEAD_ROWS = 256  # fewer rows per call re-read a large vocabulary's head weight more often than they use it
 LARGE_MODEL = 50_000_000  # parameters from which a model's matmuls use intra-op threads well: no worker threads
+BAND = 0.9  # a large model's batch holds rows at least this share of its longest: little compute on padding
 
 Batch = tuple[
     torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor
@@ -52,6 +53,27 @@ def build_batches(eval_sets: Sequence[EvalSet], batch_size: int) -> list[Batch]:
             (ids, mask if padded else None, targets, owner)
         )  # without padding, no mask: the causal fast path
     return batches
+
+
+def banded(batch: Batch, band: float = BAND) -> list[Batch]:
+    """A padded batch cut into batches of rows of similar length, each only as wide as its longest row.
+    A large model's forward costs in proportion to the positions it runs, padding included; a small
+    model's is mostly per-call overhead, so its batches are kept whole."""
+    ids, mask, targets, owner = batch
+    if mask is None:
+        return [batch]
+    lengths = mask.sum(1).tolist()  # rows are sorted longest first
+    out, start = [], 0
+    while start < len(lengths):
+        width = lengths[start]
+        end = start + 1
+        while end < len(lengths) and lengths[end] >= band * width:
+            end += 1
+        rows = slice(start, end)
+        padded = lengths[end - 1] < width
+        out.append((ids[rows, :width], mask[rows, :width] if padded else None, targets[rows, :width], owner[rows]))
+        start = end
+    return out
 
 
 def _worker_init() -> None:
@@ -115,7 +137,10 @@ class Scorer:
         """The model's score on each of `eval_sets`, in one pass over shared batches."""
         model.eval()
         batches = self._batches_for(eval_sets)
-        workers = 1 if self._large(model) else self._workers()
+        large = self._large(model)
+        workers = 1 if large else self._workers()
+        if large:
+            batches = [b for batch in batches for b in banded(batch)]
         if self.device.type == "cpu" and len(batches) < workers:  # few windows (screening slices): split the rows
             batches = [
                 tuple(None if x is None else x[rows] for x in b)

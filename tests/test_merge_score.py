@@ -242,6 +242,33 @@ def test_a_large_model_is_scored_in_the_callers_thread_with_the_same_result(seed
     assert inline.nll == pytest.approx(spread.nll, rel=1e-6) and inline.tokens == spread.tokens
 
 
+def test_a_large_models_padded_batches_are_cut_into_rows_of_similar_length_with_the_same_score(seed, monkeypatch):
+    import dataassess.scoring as scoring
+
+    model, tok = seed.load_model(), seed.load_tokenizer()
+    docs = [Document(d["text"][:n], "d") for d, n in zip(demo_docs("jargon", 6), (150, 300, 450, 700, 1000, 4000))]
+    es = build_eval_set("d", docs, tok, ctx=128, stride=64, max_tokens=100_000)
+    whole = scoring.build_batches([es], 8)
+    assert any(mask is not None for _, mask, _, _ in whole), "the set has short windows"
+    cut = [b for batch in whole for b in scoring.banded(batch)]
+    lengths = []
+    for ids, mask, _, _ in cut:
+        rows = [ids.shape[1]] * len(ids) if mask is None else mask.sum(1).tolist()
+        assert max(rows) == ids.shape[1] and min(rows) >= 0.9 * ids.shape[1]
+        assert (mask is None) == (min(rows) == ids.shape[1])
+        lengths += rows
+    assert sorted(lengths) == sorted(len(w) for w, _ in es.windows)
+    assert sum(b[0].numel() for b in cut) < sum(b[0].numel() for b in whole)
+    assert sum(int((b[2] != -100).sum()) for b in cut) == es.tokens
+
+    with scoring.Scorer(8, "cpu", threads=1) as small:
+        [kept_whole] = small.score(model, [es])
+    monkeypatch.setattr(scoring, "LARGE_MODEL", 1)
+    with scoring.Scorer(8, "cpu", threads=1) as large:
+        [banded] = large.score(model, [es])
+    assert banded.nll == pytest.approx(kept_whole.nll, rel=1e-5) and banded.tokens == kept_whole.tokens
+
+
 def test_sets_scored_in_shared_batches_equal_each_alone(seed):
     from dataassess.scoring import score_sets
 
