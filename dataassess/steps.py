@@ -62,7 +62,7 @@ def train_seed_copy(
         seed_loss = mean_loss(model, probe, cfg.micro_batch, device)
         result = train_lm(model, sequences, cfg, tokens, device, desc=desc, progress=progress, **train_options)
         end_loss = mean_loss(model, probe, cfg.micro_batch, device)
-        digest = save_weights(model.cpu(), store.weights(key, kind))  # no metadata but its format: a byte-stable header
+        digest = save_weights(model.cpu(), store.weights(key, kind))
     return dataclasses.replace(result, weights_digest=digest, seed_loss=seed_loss, end_loss=end_loss)
 
 
@@ -194,5 +194,5 @@ def materialize(store: Store, seed: Seed, mixture: Mixture) -> Path:
                 base=seed.base_weights() if method.uses_base else None,
                 params=dict(mixture.merge.params),
             )
-        save_state(merged, path, metadata={"units": ",".join(mixture.units), "merge": mixture.merge.label})
+        save_state(merged, path, metadata={"mixture": f"{','.join(mixture.units)} merged by {mixture.merge.label}"})
     return path

@@ -29,18 +29,27 @@ def os_errors(path: Path) -> Iterator[None]:
         raise OSError(code, os.strerror(code), str(path)) from e
 
 
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
+def stable_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """safetensors writes a metadata map's keys in a random order, and the store keys files by their bytes:
+    one key at most keeps a header byte-stable."""
+    if metadata and len(metadata) > 1:
+        raise ValueError(f"one metadata key at most keeps a safetensors header byte-stable, got {sorted(metadata)}")
+    return metadata
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> str:
     """Model weights to `path` atomically; tied aliases are stored once. Returns the file's SHA-256 (recorded
-    beside it)."""
+    beside it). No metadata but the `format` save_model writes: a byte-stable header."""
     with atomic_path(path) as tmp, os_errors(path):
-        save_model(model, str(tmp), metadata=metadata)
+        save_model(model, str(tmp))
     return record_digest(path)
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Tensors to `path` atomically; returns the file's SHA-256 (recorded beside it)."""
+    """Tensors to `path` atomically, with at most one metadata key; returns the file's SHA-256 (recorded
+    beside it)."""
     with atomic_path(path) as tmp, os_errors(path):
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=stable_metadata(metadata))
     return record_digest(path)
 
 
