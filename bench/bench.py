@@ -57,6 +57,13 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
+def text_sets(folder: Path) -> dict:
+    """The text evaluation sets of a folder (its task sets left out), as documents by set."""
+    from dataassess.corpus import eval_sets_from_folder
+
+    return {name: docs for name, docs in eval_sets_from_folder(folder)[0].items() if isinstance(docs, list)}
+
+
 def make_models(cfg: GPT2Config, k: int, folder: Path) -> list[Path]:
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(cfg).state_dict()
@@ -208,12 +215,11 @@ def bench_running(name: str, paths: list[Path], ks=(2, 4, 8), n: int = 10, steps
 
 def bench_scoring(work: Path | None = None) -> None:
     from dataassess.config import Settings
-    from dataassess.corpus import eval_sets_from_folder
     from dataassess.evalsets import build_eval_set
     from dataassess.scoring import Scorer
     from dataassess.seed import tiny_config, train_tokenizer
 
-    docs = eval_sets_from_folder(ROOT / "dataassess" / "data" / "demo" / "eval")
+    docs = text_sets(ROOT / "dataassess" / "data" / "demo" / "eval")
     texts = [d.text for ds in docs.values() for d in ds]
     tok = train_tokenizer(texts, 8192)
     s = Settings()
@@ -597,7 +603,6 @@ def bench_real(work: Path, pairs: int = 2, steps: int = 2) -> None:
     plain Hugging Face loops on the same model, tokens, batch and sequence length; then merging 8 models of its
     shape. Skipped, each figure with the reason, when the wheel is not installed."""
     from dataassess.config import load_settings
-    from dataassess.corpus import eval_sets_from_folder
     from dataassess.evalsets import build_eval_set
     from dataassess.scoring import Scorer
     from dataassess.seed import prepare_seed
@@ -613,7 +618,7 @@ def bench_real(work: Path, pairs: int = 2, steps: int = 2) -> None:
     )
     seed = prepare_seed(settings, Store(BENCH_STORE), progress=False)
     tok = seed.load_tokenizer()
-    docs = eval_sets_from_folder(DEMO / "eval")
+    docs = text_sets(DEMO / "eval")
     cfg, cpu = settings.train.for_seed(seed.imported), torch.device("cpu")
     per_step = cfg.batch_tokens // cfg.seq_len
     text = "\n\n".join(d.text for ds in docs.values() for d in ds)

@@ -171,3 +171,27 @@ def report_figures(
         **of(rows),
         "by_k": {str(k): of(group) for k, group in sorted(by_k.items()) if len(group) >= 3},
     }
+
+
+TASK_FIGURE_METRICS = ("gold_prob_norm", "choice_accuracy")  # higher is better; gold_bpb is in the main figures
+
+
+def task_figures(rows: Sequence[dict]) -> dict:
+    """Per task set, the proxy's agreement with the truths on each continuous task metric beside gold_bpb:
+    Spearman and decision accuracy across the mixtures, from the rows' "tasks"."""
+    with_tasks = [r for r in rows if r.get("tasks")]
+    if not with_tasks:
+        return {}
+    out = {}
+    for s in sorted(with_tasks[0]["tasks"]["proxy"]):
+        for m in TASK_FIGURE_METRICS:
+            if m not in with_tasks[0]["tasks"]["proxy"][s]:
+                continue
+            proxy = np.array([r["tasks"]["proxy"][s][m] for r in with_tasks])
+            truth = np.array([r["tasks"]["truth"][s][m] for r in with_tasks])
+            out.setdefault(s, {})[m] = {
+                "n_mixtures": len(with_tasks),
+                "spearman": spearman(proxy, truth),
+                "decision_accuracy": decision_accuracy(proxy, truth),
+            }
+    return out

@@ -83,7 +83,7 @@ class Union(Budget):
     def apply(self, pool, ranking):
         calibration = self.calibration(pool)
         if calibration is None:
-            ranked = rank(ranking, pool.settings.rank.by, within_size=True)
+            ranked = rank(ranking, pool.settings.rank.by, within_size=True, families=pool.families)
             score = (
                 f"{pool.merge.label} merge, ranked within each size only: no union calibration for this pool and "
                 "these evaluation sets (run `dataassess fidelity --budget union`)"
@@ -96,7 +96,11 @@ class Union(Budget):
                 row.scores[name], row.intervals[name] = ppl, [lo, hi]
                 row.bits_per_byte[name] *= math.log(ppl) / math.log(proxy)  # same tokens and bytes: bpb ~ log ppl
         score = "calibrated prediction of training on the whole union, with 95% intervals"
-        return rank(ranking, pool.settings.rank.by), {"mode": self.name, "calibrated": True, "score": score}
+        return rank(ranking, pool.settings.rank.by, families=pool.families), {
+            "mode": self.name,
+            "calibrated": True,
+            "score": score,
+        }
 
     def calibration(self, pool: Pool) -> Calibration | None:
         """The pool's calibration, if fitted for this seed, train config and these evaluation sets."""

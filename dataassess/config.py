@@ -51,7 +51,7 @@ class TinySeedConfig(Section):
 
 class CorpusConfig(Section):
     heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # documents held out of training as evaluation text
-    eval_max_tokens: int = Field(8192, gt=0)  # per evaluation set
+    eval_max_tokens: int = Field(8192, gt=0)  # scored tokens per evaluation set (a task set: its gold answers)
     eval_group: Literal["domain", "partition"] = "domain"  # held-out docs grouped by `domain` field or partition
     partition_field: str = "domain"  # when the corpus is one dataset (file or hub id) instead of a folder
     min_tokens: int = Field(2048, ge=0)  # a partition with fewer training tokens is quarantined
@@ -98,7 +98,7 @@ class RankConfig(Section):
     budget_tokens: int | None = Field(None, gt=0)  # the fixed budget B; None = units.tokens
     k_max: int = Field(2, ge=1)  # largest mixture size ranked
     mixtures: list[list[str]] | None = None  # explicit candidates; None = all subsets of 1..k_max units
-    by: str = "macro"  # an evaluation-set name or "macro" (geometric mean of perplexities)
+    by: str = "macro"  # an evaluation set, a task family, "macro" (geometric mean of perplexities) or "z_macro"
     weighting: Literal["uniform", "tokens"] = "uniform"  # a mixture's units merged evenly or by distinct tokens
     # staged screening (successive halving): score all mixtures on 1/25 of each evaluation set,
     # keep the best 1/eta (at least screen_keep) for an eta-times larger slice, then the survivors on the full sets;

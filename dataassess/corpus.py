@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .files import digest_json, sha256_bytes
+from .tasks import TaskError, TaskSource, is_task_folder, read_task_folder
 
 if TYPE_CHECKING:
     import datasets
@@ -137,12 +138,9 @@ def _documents(ds: datasets.Dataset, partition: str, file: str) -> list[Document
     return docs
 
 
-def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path | None = None) -> Partition:
-    """Read and validate one partition folder; raises CorpusError naming the file.
-    Symbolic links are followed only when they resolve inside `root` (the corpus root; default the folder):
-    a link out of it is refused before anything is read."""
+def files_inside(folder: Path, root: Path | None = None) -> list[Path]:
+    """A folder's files (hidden ones skipped), refusing any link that resolves outside `root` (default: the folder)."""
     name = folder.name
-    check_name(name)
     inside = Path(root or folder).resolve()
     if not folder.resolve().is_relative_to(inside):
         raise CorpusError(name, f"the partition is a link out of the corpus root, to {folder.resolve()}", str(folder))
@@ -152,6 +150,16 @@ def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path
             raise CorpusError(
                 name, f"a link out of the corpus root, to {path.resolve()}; links must stay inside {inside}", str(path)
             )
+    return files
+
+
+def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path | None = None) -> Partition:
+    """Read and validate one partition folder; raises CorpusError naming the file.
+    Symbolic links are followed only when they resolve inside `root` (the corpus root; default the folder):
+    a link out of it is refused before anything is read."""
+    name = folder.name
+    check_name(name)
+    files = files_inside(folder, root)
     if not files:
         raise CorpusError(name, "empty partition: no files", str(folder))
     entries, docs = [], []
@@ -255,20 +263,33 @@ def discover(
     return good, bad
 
 
-def eval_sets_from_folder(root: Path, cache_dir: str | None = None) -> dict[str, list[Document]]:
-    """Explicit evaluation sets: one subfolder per set, same file formats as partitions."""
+def eval_sets_from_folder(
+    root: Path, cache_dir: str | None = None
+) -> tuple[dict[str, list[Document] | TaskSource], list[str]]:
+    """Explicit evaluation sets, one subfolder each: text in a partition's formats, or a task (dataassess/tasks.py).
+    Returns the sets and one message per task set skipped for bad records; a bad text set, or no set left, is fatal."""
     if not Path(root).is_dir():
         raise UserError(f"evaluation sets not found: {root} is not a folder (one subfolder per evaluation set)")
-    sets = {}
+    sets: dict[str, list[Document] | TaskSource] = {}
+    skipped = []
     for folder in sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
+            check_name(folder.name)
+            files_inside(folder, Path(root))
+            if is_task_folder(folder):
+                try:
+                    sets[folder.name] = read_task_folder(folder)
+                except TaskError as e:
+                    skipped.append(f"task '{folder.name}' skipped: {e}")
+                continue
             sets[folder.name] = load_partition_folder(folder, cache_dir, Path(root)).documents
         except CorpusError as e:  # read as a partition is; reported as what it is
             reason = e.reason.replace("partition", "evaluation set").replace("corpus root", "evaluation sets' folder")
             raise CorpusError(e.partition, reason, e.file, kind="evaluation set") from None
     if not sets:
-        raise CorpusError(Path(root).name, "no evaluation-set subfolders", str(root))
-    return sets
+        why = f": {'; '.join(skipped)}" if skipped else ""
+        raise CorpusError(Path(root).name, f"no usable evaluation-set subfolders{why}", str(root))
+    return sets, skipped
 
 
 def text_digest(docs: list[Document]) -> str:

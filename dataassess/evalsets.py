@@ -9,7 +9,7 @@ from .corpus import Document
 from .errors import UserError
 from .seed import encode
 from .store import Store, digest_json, read_json, write_json
-from .types import EvalSet
+from .types import EvalSet, TaskSet, eval_set_from_json
 
 
 def rolling_windows(ids: list[int], ctx: int, stride: int) -> list[tuple[list[int], int]]:
@@ -56,13 +56,32 @@ def build_eval_set(
     return EvalSet(name, digest_json([ctx, stride, windows])[:24], windows, n_tokens, n_bytes, n_docs)
 
 
-def eval_slice(es: EvalSet, fraction: float) -> EvalSet:
+def spread_order(n: int) -> list[int]:
+    """Positions 0..n-1 in golden-ratio order: any prefix is spread over the whole range."""
+    return sorted(range(n), key=lambda i: (i * 0.6180339887498949) % 1.0)
+
+
+def task_slice(ts: TaskSet, fraction: float) -> TaskSet:
+    """About `fraction` of a task set's items, spread over it; the full set at 1."""
+    if fraction >= 1.0:
+        return ts
+    picked = sorted(spread_order(len(ts.items))[: max(1, round(fraction * len(ts.items)))])
+    items = [ts.items[i] for i in picked]
+    tokens = sum(len(choices[gold]) for _, choices, gold, _ in items)
+    n_bytes = sum(nbytes[gold] for _, _, gold, nbytes in items)
+    digest = digest_json([ts.digest, "slice", fraction])[:24]
+    return TaskSet(ts.name, digest, ts.kind, items, tokens, n_bytes, len(items))
+
+
+def eval_slice(es: EvalSet | TaskSet, fraction: float) -> EvalSet | TaskSet:
     """About `fraction` of an evaluation set's scored tokens: whole windows, picked spread over
     the set (golden-ratio order over window positions) until the share is reached; the full set at 1."""
+    if isinstance(es, TaskSet):
+        return task_slice(es, fraction)
     if fraction >= 1.0:
         return es
     n = len(es.windows)
-    order = sorted(range(n), key=lambda i: (i * 0.6180339887498949) % 1.0)
+    order = spread_order(n)
     picked, tokens = [], 0
     for i in order:
         if tokens >= fraction * es.tokens:
@@ -87,16 +106,16 @@ class EvalSets:
         self.store = store
         self._loaded: dict[str, EvalSet] = {}
 
-    def save(self, es: EvalSet) -> str:
+    def save(self, es: EvalSet | TaskSet) -> str:
         path = self.store.eval_set(es.digest)
         if not path.exists():
             write_json(path, es.to_json())
         self._loaded[es.digest] = es
         return es.digest
 
-    def load(self, digest: str) -> EvalSet:
+    def load(self, digest: str) -> EvalSet | TaskSet:
         if digest not in self._loaded:
-            self._loaded[digest] = EvalSet.from_json(read_json(self.store.eval_set(digest)))
+            self._loaded[digest] = eval_set_from_json(read_json(self.store.eval_set(digest)))
         return self._loaded[digest]
 
     def sliced(self, sets: Mapping[str, str], fraction: float) -> dict[str, str]:

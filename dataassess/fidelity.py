@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline
-from .agreement import report_figures, spearman, values
+from .agreement import report_figures, spearman, task_figures, values
 from .budgets import FIXED, Budget
 from .calibration import Calibration
 from .errors import UserError
@@ -31,8 +31,8 @@ from .merge import METHODS, group_weights, merge_spec
 from .optimize import make_space, objective_value, objective_weights
 from .pipeline import Pool
 from .steps import LINEAR
-from .truth import Truth, train_truth, truth_perplexities
-from .types import FidelityRecord, MergeSpec, Mixture, perplexities
+from .truth import Truth, train_truth, truth_perplexities, truth_scores
+from .types import FidelityRecord, MergeSpec, Mixture, TaskScore, perplexities
 
 
 def sample_mixtures(
@@ -169,7 +169,9 @@ def fidelity_of(pool: Pool, truths: Truths, merge: MergeSpec, n: int, k_max: int
         "score": budget.score_column,
         "settings": _settings_summary(pool, n, k_max),
         "seed": seed,
+        "set_metric": {s: "gold_bpb" if s in pool.task_sets else "perplexity" for s in sets},
         **report_figures(rows, sets, seed, budget.score_column, pool.settings.fidelity.bootstrap),
+        "task_figures": task_figures(rows),
         "variants": {
             "uniform_vs_tokens": _variant(rows, "proxy", "proxy_tokens"),
             "uniform_vs_group_merge": _variant(rows, "proxy", "proxy_group_merge"),
@@ -281,15 +283,22 @@ def _row(pool: Pool, mix: tuple[str, ...], truth: dict, replicate: dict | None, 
     """One sampled mixture: its proxy (and token-weighted and group-merged variants), its truths and the naive
     baseline (the mean of its single unit models' perplexities)."""
     singles = [_perplexities(pool, pool.mixture([u], "uniform", LINEAR)) for u in mix]
+    proxy = pool.scores(pool.mixture(mix, "uniform", merge))
+    truth_score = truth_scores(pool.steps, truth, pool.eval_sets)
     row = {
         "units": list(mix),
         "k": len(mix),
         "shares": None,
-        "proxy": _perplexities(pool, pool.mixture(mix, "uniform", merge)),
-        "truth": truth_perplexities(pool.steps, truth, pool.eval_sets),
+        "proxy": perplexities(proxy),
+        "truth": perplexities(truth_score),
         "truth_replicate": truth_perplexities(pool.steps, replicate, pool.eval_sets) if replicate else None,
         "baseline": {s: float(np.mean([single[s] for single in singles])) for s in pool.eval_sets},
     }
+    if any(isinstance(x, TaskScore) for x in proxy.values()):  # task sets: their metrics beside 2 ** gold_bpb
+        row["tasks"] = {
+            side: {s: x.metrics() for s, x in scores.items() if isinstance(x, TaskScore)}
+            for side, scores in (("proxy", proxy), ("truth", truth_score))
+        }
     row["proxy_tokens"] = _perplexities(pool, pool.mixture(mix, "tokens", merge))
     partitions: dict[str, list[str]] = {}
     for u in mix:

@@ -29,12 +29,25 @@ from .errors import UserError
 from .evalsets import EvalSets, build_eval_set
 from .merge import merge_spec
 from .progress import progress_bar
-from .rank import enumerate_mixtures, fidelity_summary, macro, rank, rank_changes
+from .rank import by_value, check_by, enumerate_mixtures, fidelity_summary, rank, rank_changes
 from .screen import Rung, screening_cost, successive_halving
 from .seed import Seed, find_seed, prepare_seed
 from .steps import Steps, materialize
 from .store import Store, atomic_dir, check_pool_name
-from .types import MergeSpec, Mixture, RankedMixture, Score, Snapshot, Unit, UnitModel, mixture_of, perplexities
+from .tasks import TaskError, TaskSource, build_task_set
+from .types import (
+    MergeSpec,
+    Mixture,
+    RankedMixture,
+    Score,
+    Snapshot,
+    TaskScore,
+    TaskSet,
+    Unit,
+    UnitModel,
+    mixture_of,
+    perplexities,
+)
 from .units import cut_units
 
 log = logging.getLogger(__name__)
@@ -90,6 +103,7 @@ class Pool:
     models: dict[str, UnitModel] = field(default_factory=dict)  # trained unit models, by unit
     trained: list[str] = field(default_factory=list)  # units trained by this process
     timings: dict[str, float] = field(default_factory=dict)
+    families: dict[str, list[str]] = field(default_factory=dict)  # task family -> its task sets
 
     @property
     def budget(self) -> budgets.Budget:
@@ -98,6 +112,11 @@ class Pool:
     @property
     def progress(self) -> bool:
         return self.steps.progress
+
+    @property
+    def task_sets(self) -> list[str]:
+        """The evaluation sets that are tasks (scored by gold_bpb and choice metrics)."""
+        return [n for n, d in sorted(self.eval_sets.items()) if isinstance(self.steps.evalsets.load(d), TaskSet)]
 
     def unit(self, name: str) -> Unit:
         return next(u for u in self.units if u.name == name)
@@ -132,8 +151,13 @@ class CheckedInputs:
 
     partitions: list[Partition]
     quarantined: list[CorpusError]
-    eval_docs: dict[str, list[Document]] | None  # the --eval-sets folder's, by set
+    eval_docs: dict[str, list[Document] | TaskSource] | None  # the --eval-sets folder's, by set
     merge: MergeSpec
+    skipped: list[str] = field(default_factory=list)  # task sets skipped for bad records, one message each
+
+    @property
+    def families(self) -> dict[str, list[str]]:
+        return families_of(self.eval_docs or {})
 
 
 def check_inputs(
@@ -150,21 +174,30 @@ def check_inputs(
     found, quarantined = discover(corpus, settings.corpus.partition_field, cache_dir=str(store.hf_cache()))
     merge = merge_spec(settings.merge.method, settings.merge.params)
     budgets.budget(settings.rank.budget)
-    eval_docs = None
+    eval_docs, skipped = None, []
     if eval_sets_dir is not None:
         if not Path(eval_sets_dir).is_dir():
             raise UserError(
                 f"evaluation sets not found: {eval_sets_dir} is not a folder (one subfolder per evaluation set)"
             )
-        eval_docs = eval_sets_from_folder(Path(eval_sets_dir), str(store.hf_cache()))
+        eval_docs, skipped = eval_sets_from_folder(Path(eval_sets_dir), str(store.hf_cache()))
     names = (
         set(eval_docs)
         if eval_docs is not None
         else _eval_set_names(store, found, settings, pool or pool_name(corpus), refresh_eval)
     )
-    check_rank_by(settings.rank.by, names)
+    check_rank_by(settings.rank.by, names, families_of(eval_docs or {}))
     check_unit_budget(found, settings.units.tokens)
-    return CheckedInputs(found, quarantined, eval_docs, merge)
+    return CheckedInputs(found, quarantined, eval_docs, merge, skipped)
+
+
+def families_of(sources: Mapping[str, object]) -> dict[str, list[str]]:
+    """Task family -> its task sets, from the task folders' task.toml."""
+    families: dict[str, list[str]] = {}
+    for name, src in sorted(sources.items()):
+        if isinstance(src, TaskSource) and src.family:
+            families.setdefault(src.family, []).append(name)
+    return families
 
 
 def prepare(
@@ -182,6 +215,8 @@ def prepare(
     at the pool's first run (refresh_eval re-pins them to the current partitions)."""
     name = pool or pool_name(corpus)
     checked = check_inputs(store, corpus, settings, eval_sets_dir, name, refresh_eval)
+    for message in checked.skipped:
+        log.warning("evaluation set skipped: %s", message)
     quarantined = list(checked.quarantined)
     seed = prepare_seed(settings, store, progress=progress)
     tokenizer = seed.load_tokenizer()
@@ -202,10 +237,14 @@ def prepare(
     evalsets, eval_sets = EvalSets(store), {}
     for set_name, docs in sorted(heldout.items()):
         try:
-            eval_sets[set_name] = evalsets.save(
-                build_eval_set(set_name, docs, tokenizer, ctx, settings.score.stride, settings.corpus.eval_max_tokens)
-            )
-        except UserError as e:
+            if isinstance(docs, TaskSource):
+                built = build_task_set(docs, tokenizer, ctx, settings.corpus.eval_max_tokens)
+            else:
+                built = build_eval_set(
+                    set_name, docs, tokenizer, ctx, settings.score.stride, settings.corpus.eval_max_tokens
+                )
+            eval_sets[set_name] = evalsets.save(built)
+        except (UserError, TaskError) as e:
             log.warning("evaluation set skipped: %s", e)
     if not units:
         raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(map(str, quarantined)), str(corpus))
@@ -215,7 +254,9 @@ def prepare(
         )
     if eval_sets_dir is None:
         eval_sets = evalsets.pin(name, eval_sets, refresh_eval)
-    check_rank_by(settings.rank.by, eval_sets)  # before any unit is trained
+    families = {f: [s for s in sets if s in eval_sets] for f, sets in checked.families.items()}
+    families = {f: sets for f, sets in families.items() if sets}
+    check_rank_by(settings.rank.by, eval_sets, families)  # before any unit is trained
     steps = Steps(settings, seed, store, progress)
     pool_ = Pool(
         name,
@@ -229,6 +270,7 @@ def prepare(
         checked.merge,
         map_fn or serial_map(progress),
         steps,
+        families=families,
     )
     for unit in units:  # one check (and weights hash) per unit
         if (model := steps.trained(unit)) is not None:
@@ -264,14 +306,14 @@ def _eval_set_names(store: Store, found: Sequence, settings: Settings, pool: str
     return names
 
 
-def check_rank_by(by: str, eval_sets: Mapping[str, str] | set[str]) -> None:
-    if by != "macro" and by not in eval_sets:
-        raise UserError(f"cannot rank by '{by}': evaluation sets are {sorted(eval_sets)} or 'macro'")
-
-
-def _context_length(seed: Seed) -> int:
-    cfg = json.loads((seed.path / "config.json").read_text())
-    return cfg.get("n_positions") or cfg.get("max_position_embeddings") or 2048
+def check_rank_by(
+    by: str, eval_sets: Mapping[str, str] | set[str], families: Mapping[str, list[str]] | None = None
+) -> None:
+    families = families or {}
+    clash = sorted(set(families) & set(eval_sets))
+    if clash:
+        raise UserError(f"task family {clash[0]!r} has the name of an evaluation set: rename one (task.toml)")
+    check_by(by, sorted(eval_sets), families)
 
 
 def _context_length(seed: Seed) -> int:
@@ -299,7 +341,7 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
     """Score every candidate mixture of the trained unit models (each on the full sets, or by staged screening)
     and rank them. Cached scores are read here; only mixtures missing one go through the map function."""
     r, steps = pool.settings.rank, pool.steps
-    check_rank_by(r.by, pool.eval_sets)
+    check_rank_by(r.by, pool.eval_sets, pool.families)
     candidates = enumerate_mixtures(sorted(pool.models), r.k_max, mixtures if mixtures is not None else r.mixtures)
     computed: set[tuple[str, ...]] = set()
     last: dict[tuple[str, ...], dict[str, Score]] = {}
@@ -317,12 +359,9 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
         )
         found.update(zip(pending, scored))
         computed.update(pending)
-        losses = {}
         for m in mixes:
             last[m] = found[m]
-            ppl = perplexities(found[m])
-            losses[m] = macro(ppl) if r.by == "macro" else ppl[r.by]
-        return losses
+        return by_value({m: perplexities(found[m]) for m in mixes}, r.by, pool.families)
 
     if r.screen and len(candidates) > r.screen_keep:
         placed, rungs = successive_halving(candidates, score_on, r.screen_eta, r.screen_min_fraction, r.screen_keep)
@@ -336,7 +375,7 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
             "rungs": [asdict(g) for g in rungs],
             "cost": screening_cost(rungs, len(candidates), token_share),
         }
-    return rank(rows, r.by), counts
+    return rank(rows, r.by, families=pool.families), counts
 
 
 # ---- all of it ----------------------------------------------------------------------
@@ -375,9 +414,11 @@ def run(pool: Pool) -> RunResult:
         train(pool)
     with phase(pool.timings, "score"):
         ranking, counts = score(pool)
-        seed_scores = pool.steps.score_seed(pool.eval_sets)
+        seed = pool.steps.seed_scores(pool.eval_sets)
+    seed_scores = perplexities(seed)
     ranking, budget_info = pool.budget.apply(pool, ranking)
     snapshot = new_snapshot(pool, ranking, budget_info, counts, seed_scores)
+    snapshot.seed_tasks = {s: sc.metrics() for s, sc in seed.items() if isinstance(sc, TaskScore)}
     path = pool.store.save_ranking(snapshot)
     return RunResult(pool, ranking, counts, seed_scores, snapshot, path)
 
@@ -404,6 +445,7 @@ def new_snapshot(
         corpus=pool.corpus,
         seed_digest=pool.seed.digest,
         seed_scores=seed_scores,
+        families=pool.families,
         units={n: {k: getattr(m, k) for k in unit_fields} for n, m in pool.models.items()},
         eval_sets=dict(pool.eval_sets),
         quarantined=pool.quarantined,

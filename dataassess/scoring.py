@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from .merge import MergeMethod, method_class
 from .seed import Seed
+from .tasks import task_score
 from .train import DEFAULT_THREADS, autocast
-from .types import EvalSet, MergeSpec, Score
+from .types import EvalSet, MergeSpec, Score, TaskScore, TaskSet
 
 # Architectures whose logits are exactly lm_head(last hidden state): no soft-capping or
 # scaling after the head. Others go through the full forward.
@@ -76,6 +77,16 @@ def banded(batch: Batch, band: float = BAND) -> list[Batch]:
     return out
 
 
+def right_padded(rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as one zero-padded tensor, and the mask of their real positions."""
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # this thread only: a softmax over a large vocabulary makes many denormals
@@ -133,9 +144,22 @@ class Scorer:
 
     # ---- any model ------------------------------------------------------------------
 
-    def score(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet]) -> list[Score]:
-        """The model's score on each of `eval_sets`, in one pass over shared batches."""
+    def score(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet | TaskSet]) -> list[Score]:
+        """The model's score on each of `eval_sets`: text sets in one pass over shared batches, then task sets."""
         model.eval()
+        texts = [es for es in eval_sets if isinstance(es, EvalSet)]
+        scored = dict(zip((es.digest for es in texts), self._score_texts(model, texts))) if texts else {}
+        for ts in eval_sets:
+            if isinstance(ts, TaskSet) and ts.digest not in scored:
+                scored[ts.digest] = self._score_task(model, ts)
+        return [scored[es.digest] for es in eval_sets]
+
+    def _head_only(self, model: torch.nn.Module) -> bool:
+        if self.head_only is not None:
+            return self.head_only
+        return getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
+
+    def _score_texts(self, model: torch.nn.Module, eval_sets: Sequence[EvalSet]) -> list[Score]:
         batches = self._batches_for(eval_sets)
         large = self._large(model)
         workers = 1 if large else self._workers()
@@ -148,11 +172,7 @@ class Scorer:
                 for rows in torch.arange(len(b[0])).tensor_split(workers)
                 if len(rows)
             ]
-        head_only = (
-            self.head_only
-            if self.head_only is not None
-            else getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
-        )
+        head_only = self._head_only(model)
 
         def batch_nll(batch) -> list[float]:
             ids, mask, targets, owner = batch
@@ -175,6 +195,73 @@ class Scorer:
                 raise AssertionError(f"scored {counted} tokens of '{es.name}', expected {es.tokens}")
             scores.append(Score(nll, es.tokens, es.bytes))
         return scores
+
+    def _score_task(self, model: torch.nn.Module, ts: TaskSet) -> TaskScore:
+        """Every item's context encoded once; its choices run on the context's key/value cache."""
+        head_only, large = self._head_only(model), self._large(model)
+        order = sorted(range(len(ts.items)), key=lambda i: -len(ts.items[i][0]))  # similar contexts share a batch
+        groups, rows = [], 0
+        for i in order:
+            n = len(ts.items[i][1])
+            if groups and rows + n <= self.batch_size:
+                groups[-1].append(i)
+                rows += n
+            else:
+                groups.append([i])
+                rows = n
+
+        def group_loglik(items: list[int]) -> list[list[float]]:
+            with torch.inference_mode(), autocast(self.device):
+                return self._choice_loglik(model, [ts.items[i] for i in items], head_only)
+
+        workers = 1 if large else self._workers()
+        per_group = self._map(group_loglik, groups) if workers > 1 else [group_loglik(g) for g in groups]
+        loglik: list[list[float]] = [[] for _ in ts.items]
+        for items, lls in zip(groups, per_group):
+            for i, ll in zip(items, lls):
+                loglik[i] = ll
+        return task_score(ts, loglik)
+
+    def _choice_loglik(self, model, items: list, head_only: bool) -> list[list[float]]:
+        """Summed log-probability of each choice's tokens given its item's context, for a group of items:
+        the contexts (right-padded) in one forward pass, then every choice in one pass over their cache."""
+        dev = self.device
+        ids, mask = right_padded([ctx for ctx, _, _, _ in items])
+        lengths = mask.sum(1)
+        body = model.base_model if head_only else model
+        out = body(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True)
+        states = out.last_hidden_state if head_only else out.logits
+        last = states[torch.arange(len(items), device=dev), lengths.to(dev) - 1]  # predicts each choice's first token
+        owner = torch.tensor([row for row, (_, choices, _, _) in enumerate(items) for _ in choices])
+        choices = [c for _, cs, _, _ in items for c in cs]
+        cids, cmask = right_padded(choices)
+        longest = cids.shape[1]
+        cache = out.cache
+        cache.reorder_cache(owner.to(dev))  # one copy of its item's context per choice
+        last_real = torch.tensor([len(c) - 1 for c in choices])[:, None]
+        positions = lengths[owner, None] + torch.minimum(torch.arange(longest), last_real)  # padding: within range
+        out = body(
+            input_ids=cids.to(dev),
+            attention_mask=torch.cat([mask[owner], cmask], 1).to(dev),
+            position_ids=positions.to(dev),
+            cache=cache,
+            use_cache=True,
+        )
+        following = out.last_hidden_state if head_only else out.logits
+        states = torch.cat([last[owner.to(dev), None], following[:, :-1]], 1)  # the state before each choice token
+        keep = cmask.bool().to(dev)
+        if head_only:
+            nll = self._head_nll(states[keep], cids.to(dev)[keep], model.get_output_embeddings())
+        else:
+            nll = F.cross_entropy(states[keep].float(), cids.to(dev)[keep], reduction="none")
+        per_choice = torch.zeros(len(choices), dtype=torch.float64).index_add_(
+            0, keep.cpu().nonzero()[:, 0], -nll.double().cpu()
+        )
+        out_ll, at = [], 0
+        for _, cs, _, _ in items:
+            out_ll.append(per_choice[at : at + len(cs)].tolist())
+            at += len(cs)
+        return out_ll
 
     def _batches_for(self, eval_sets: Sequence[EvalSet]) -> list[Batch]:
         key = tuple(es.digest for es in eval_sets)
@@ -265,7 +352,7 @@ class Scorer:
         self,
         paths: Sequence[str | Path],
         weights: Sequence[float] | None,
-        eval_sets: Sequence[EvalSet],
+        eval_sets: Sequence[EvalSet | TaskSet],
         merge: MergeSpec | None = None,
     ) -> list[Score]:
         """Merge the models (by `merge`, default linear) straight into the parameters of a seed-shaped model

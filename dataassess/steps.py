@@ -23,7 +23,7 @@ from .scoring import Scorer
 from .seed import Seed
 from .store import Store, intact, read_json, short_key, write_json
 from .train import TrainResult, cpu_threads, mean_loss, resolve_device, to_sequences, train_lm
-from .types import MergeSpec, Mixture, Score, Unit, UnitModel, perplexities
+from .types import MergeSpec, Mixture, Score, Unit, UnitModel, perplexities, score_from_json
 from .units import unit_tokens
 from .weights import save_state, save_weights
 
@@ -148,7 +148,7 @@ class Steps:
             path = self.store.score(model_key, digest, self.settings.score.digest())
             if path.exists():
                 try:
-                    out[name] = Score.from_json(read_json(path))
+                    out[name] = score_from_json(read_json(path))
                 except (ValueError, TypeError):  # not the JSON written there: scored again
                     log.warning("store: %s is not a valid score file: scoring again", path)
         return out
@@ -175,12 +175,15 @@ class Steps:
                 write_json(self.store.score(model_key, es.digest, self.settings.score.digest()), score.to_json())
         return {n: scores[n] for n in eval_sets}
 
-    def score_seed(self, eval_sets: Mapping[str, str]) -> dict[str, float]:
-        """The seed's own perplexities: the reference every mixture should improve on."""
-        scores = self.score_weights(
+    def seed_scores(self, eval_sets: Mapping[str, str]) -> dict[str, Score]:
+        """The seed's own scores: the reference every mixture should improve on."""
+        return self.score_weights(
             short_key({"seed": self.seed.digest}), [self.seed.path / "model.safetensors"], None, eval_sets
         )
-        return perplexities(scores)
+
+    def score_seed(self, eval_sets: Mapping[str, str]) -> dict[str, float]:
+        """The seed's own perplexities."""
+        return perplexities(self.seed_scores(eval_sets))
 
 
 def materialize(store: Store, seed: Seed, mixture: Mixture) -> Path:

@@ -21,7 +21,7 @@ from .errors import UserError
 from .steps import Steps, train_seed_copy
 from .store import Store, short_key, write_json
 from .train import to_sequences
-from .types import Unit, perplexities
+from .types import Score, Unit, perplexities
 from .units import unit_tokens
 
 if TYPE_CHECKING:
@@ -142,7 +142,11 @@ def train_truth(steps: Steps, units: Sequence[Unit], truth: Truth, shares: Mappi
     return meta
 
 
+def truth_scores(steps: Steps, truth: dict, eval_sets: Mapping[str, str]) -> dict[str, Score]:
+    """A trained truth's scores on the evaluation sets, cached like every score."""
+    return steps.score_weights(f"truth:{truth['key']}", [steps.store.weights(truth["key"], "truth")], None, eval_sets)
+
+
 def truth_perplexities(steps: Steps, truth: dict, eval_sets: Mapping[str, str]) -> dict[str, float]:
-    """A trained truth's perplexities on the evaluation sets, cached like every score."""
-    scores = steps.score_weights(f"truth:{truth['key']}", [steps.store.weights(truth["key"], "truth")], None, eval_sets)
-    return perplexities(scores)
+    """A trained truth's perplexities (a task set's: 2 ** gold_bpb)."""
+    return perplexities(truth_scores(steps, truth, eval_sets))

@@ -148,6 +148,25 @@ class EvalSet(JsonForm):
 
 
 @dataclass(frozen=True)
+class TaskSet(JsonForm):
+    """A task as token ids: per item the context, every choice (a gold-continuation item has one) and the gold
+    choice's index. Scored by the log-likelihood of each choice given its context (dataassess/tasks.py)."""
+
+    name: str
+    digest: str  # of the token ids: changes with the records, tokenizer or context length
+    kind: str  # "choice" (multiple choice) or "gold" (gold continuation)
+    items: list[tuple[list[int], list[list[int]], int, list[int]]] = field(repr=False)  # ctx, choices, gold, bytes
+    tokens: int  # gold answers' tokens
+    bytes: int  # gold answers' UTF-8 bytes
+    documents: int  # items
+
+    @classmethod
+    def from_json(cls, d: dict) -> TaskSet:
+        items = [(c, ch, g, b) for c, ch, g, b in d["items"]]
+        return cls(d["name"], d["digest"], d["kind"], items, d["tokens"], d["bytes"], d["documents"])
+
+
+@dataclass(frozen=True)
 class Score(JsonForm):
     """One model on one evaluation set. Stored as JSON; the derived figures are properties."""
 
@@ -173,6 +192,43 @@ class Score(JsonForm):
         }
 
 
+@dataclass(frozen=True)
+class TaskScore(Score):
+    """One model on one task set: nll, tokens and bytes are the gold answers' sums; the metrics are means over
+    items. Its perplexity is the gold answer's per-byte perplexity, 2 ** gold_bpb, so that a task set ranks,
+    screens, calibrates and enters the macro as a text set does (lower is better; its log is gold_bpb * ln 2)."""
+
+    items: int
+    gold_bpb: float  # -log2 p(gold answer | context) / bytes(answer), averaged over items
+    choice_accuracy: float | None  # argmax of log-likelihood per byte is the gold choice (multiple choice only)
+    choice_accuracy_raw: float | None  # argmax of total log-likelihood
+    gold_prob_norm: float | None  # p(gold) / sum of p(choice), averaged
+    chance: float | None  # expected accuracy of a random pick: mean of 1 / number of choices
+
+    @property
+    def perplexity(self) -> float:
+        return 2.0**self.gold_bpb
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.gold_bpb
+
+    def metrics(self) -> dict[str, float]:
+        keys = ("gold_bpb", "choice_accuracy", "choice_accuracy_raw", "gold_prob_norm", "chance")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None} | {"items": self.items}
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), **asdict(self)}
+
+
+def score_from_json(d: dict) -> Score:
+    return TaskScore.from_json(d) if "gold_bpb" in d else Score.from_json(d)
+
+
+def eval_set_from_json(d: dict) -> EvalSet | TaskSet:
+    return TaskSet.from_json(d) if "items" in d else EvalSet.from_json(d)
+
+
 def perplexities(scores: Mapping[str, Score]) -> dict[str, float]:
     """Perplexity per evaluation set, sorted by set name."""
     return {name: scores[name].perplexity for name in sorted(scores)}
@@ -192,6 +248,9 @@ class RankedMixture(JsonForm):
     evaluated_fraction: float = 1.0  # < 1: screened out on a slice of each evaluation set
     proxy_scores: dict[str, float] | None = None  # under a calibration: the raw average's perplexities
     intervals: dict[str, list[float]] | None = None  # under a calibration: 95% interval per set
+    tasks: dict[str, dict[str, float]] | None = None  # per task set: gold_bpb, choice accuracies, ... (TaskScore)
+    families: dict[str, dict[str, float]] | None = None  # per task family: its sets' metrics averaged
+    z_macro: float | None = None  # each set's log score z-scored across the ranked mixtures, averaged
 
     @property
     def k(self) -> int:
@@ -200,16 +259,19 @@ class RankedMixture(JsonForm):
     @classmethod
     def from_scores(cls, units: Sequence[str], scores: Mapping[str, Score], evaluated_fraction: float = 1.0):
         names = sorted(scores)
+        tasks = {n: scores[n].metrics() for n in names if isinstance(scores[n], TaskScore)}
         return cls(
             list(units),
             {n: scores[n].perplexity for n in names},
             {n: scores[n].bits_per_byte for n in names},
             evaluated_fraction=evaluated_fraction,
+            tasks=tasks or None,
         )
 
     def to_json(self) -> dict:
         d = {**asdict(self), "k": self.k}
-        for key, absent in (("evaluated_fraction", 1.0), ("proxy_scores", None), ("intervals", None)):
+        absent_values = (("evaluated_fraction", 1.0), ("proxy_scores", None), ("intervals", None), ("tasks", None))
+        for key, absent in (*absent_values, ("families", None), ("z_macro", None)):
             if d[key] == absent:
                 del d[key]
         return d
@@ -231,6 +293,8 @@ class Snapshot:
     corpus: str = ""
     seed_digest: str = ""
     seed_scores: dict[str, float] = field(default_factory=dict)
+    seed_tasks: dict[str, dict[str, float]] = field(default_factory=dict)  # the seed's task metrics, per task set
+    families: dict[str, list[str]] = field(default_factory=dict)  # task family -> its sets
     units: dict[str, dict] = field(default_factory=dict)  # unit -> its model's key, digests and token counts
     eval_sets: dict[str, str] = field(default_factory=dict)
     quarantined: list[str] = field(default_factory=list)

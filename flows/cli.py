@@ -301,7 +301,10 @@ def rank(
         None, "--k-max", min=1, metavar="K", help="Largest mixture size (default: rank.k_max)."
     ),
     by: Optional[str] = typer.Option(
-        None, "--by", metavar="SET", help="Rank by an evaluation set's perplexity, or 'macro' (default: rank.by)."
+        None,
+        "--by",
+        metavar="SET",
+        help="Rank by an evaluation set, a task family, 'macro' or 'z_macro' (default: rank.by).",
     ),
     top: Top = 25,
 ):
@@ -334,7 +337,8 @@ def ranking(
         None,
         "--by",
         metavar="SET",
-        help="Re-sort the stored scores by an evaluation set (or 'macro'); nothing is recomputed.",
+        help="Re-sort the stored scores by an evaluation set, a task family, 'macro' or 'z_macro'; nothing is "
+        "recomputed.",
     ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the ranking as one JSON object: its metadata and its rows."
@@ -370,6 +374,8 @@ def ranking(
                 "corpus",
                 "seed_digest",
                 "seed_scores",
+                "seed_tasks",
+                "families",
                 "eval_sets",
                 "counts",
                 "quarantined",
@@ -385,7 +391,7 @@ def _resorted(snap: Snapshot, by: str) -> Snapshot:
     from dataassess.rank import rank
 
     changes = {tuple(r.units): r.rank_change for r in snap.ranking}
-    ranked = rank(snap.ranking, by, bool(snap.budget.get("within_size")))
+    ranked = rank(snap.ranking, by, bool(snap.budget.get("within_size")), snap.families)
     for r in ranked:
         r.rank_change = changes[tuple(r.units)]
     return dataclasses.replace(snap, ranked_by=by, resorted=True, ranking=ranked)
@@ -673,7 +679,14 @@ def _print_fidelity(report: dict, budget) -> None:
     typer.echo(f"{'eval set':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
         sigma = noise["sigma_log_ppl"]["macro" if name == "MACRO" else name]
-        typer.echo(f"{name[:20]:<20}" + _figure_cells(f, sigma))
+        label = name if report.get("set_metric", {}).get(name) != "gold_bpb" else f"{name[:11]} gold_bpb"
+        typer.echo(f"{label[:20]:<20}" + _figure_cells(f, sigma))
+    for name, metrics in report.get("task_figures", {}).items():
+        cells = "; ".join(
+            f"{m}: Spearman {_f(v['spearman'])}, decision accuracy {_f(v['decision_accuracy'])}"
+            for m, v in metrics.items()
+        )
+        typer.echo(f"task {name} ({next(iter(metrics.values()))['n_mixtures']} mixtures), proxy vs truth: {cells}")
     for k, by in report.get("by_k", {}).items():
         m = by["macro"]
         typer.echo(
@@ -809,7 +822,7 @@ def _print_snapshot(snap: Snapshot, top: int | None) -> None:
     )
     typer.echo(_budget_line(snap))
     typer.echo(fidelity_line(snap.fidelity))
-    typer.echo(format_table(snap.ranking, top, snap.ranked_by, snap.seed_scores))
+    typer.echo(format_table(snap.ranking, top, snap.ranked_by, snap.seed_scores, seed_tasks=snap.seed_tasks))
     typer.echo(_changes_line(snap))
     typer.echo(f"All {len(snap.ranking)} mixtures as JSON: dataassess ranking --pool {snap.pool} --json")
 

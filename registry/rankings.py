@@ -27,7 +27,12 @@ def ranking_frame(ranking: list[RankedMixture]) -> pd.DataFrame:
             "rank_in_size": r.rank_in_size,
             "macro": r.macro,
         }
-        row.update({f"ppl {s}": v for s, v in r.scores.items()})
+        tasks = r.tasks or {}
+        row.update({f"ppl {s}": v for s, v in r.scores.items() if s not in tasks})
+        row.update({f"{m} {s}": v for s, ms in tasks.items() for m, v in ms.items() if m not in ("items", "chance")})
+        row.update({f"{m} family {f}": v for f, ms in (r.families or {}).items() for m, v in ms.items()})
+        if r.z_macro is not None:
+            row["z_macro"] = r.z_macro
         row["rank_change"] = r.rank_change  # places moved among mixtures ranked last time; None: new
         row["units"] = ",".join(r.units)
         row["evaluated_fraction"] = r.evaluated_fraction  # < 1: screened out on a slice
@@ -79,7 +84,7 @@ def describe(pool: str, snapshot: dict, ranking: list[RankedMixture], champion_v
     budget, fid, ch = snapshot["budget"], snapshot.get("fidelity") or {}, snapshot.get("changes") or {}
     lines = [
         f"**Ranking of pool {pool}** ({len(ranking)} mixtures of {len(snapshot.get('units', {}))} unit models), "
-        f"ranked by {snapshot['ranked_by']} perplexity, lower is better.",
+        f"ranked by {snapshot['ranked_by']}, lower is better.",
         "",
     ]
     champion = f"**Champion:** {' + '.join(ranking[0].units)} (macro perplexity {ranking[0].macro:.2f})"
@@ -138,10 +143,23 @@ def log_snapshot(
         "top5_mean.macro": sum(r.macro for r in full[:5]) / min(5, len(full)),
         "seed.macro": macro(snapshot["seed_scores"]),
     }
+    tasks = champion.tasks or {}
     for s in ranking[0].scores:
+        if s in tasks:
+            continue
         metrics[f"champion.ppl.{s}"] = champion.scores[s]
         metrics[f"lowest_any_mixture.ppl.{s}"] = min(r.scores[s] for r in full)
         metrics[f"seed.ppl.{s}"] = snapshot["seed_scores"][s]
+    for s, values in tasks.items():  # task sets: gold_bpb, choice accuracies, normalized gold probability
+        for m in (m for m in values if m not in ("items", "chance")):
+            metrics[f"champion.{m}.{s}"] = values[m]
+            if m in snapshot.get("seed_tasks", {}).get(s, {}):
+                metrics[f"seed.{m}.{s}"] = snapshot["seed_tasks"][s][m]
+        metrics[f"lowest_any_mixture.gold_bpb.{s}"] = min((r.tasks or {})[s]["gold_bpb"] for r in full)
+    for f, values in (champion.families or {}).items():
+        metrics.update({f"champion.family.{f}.{m}": v for m, v in values.items()})
+    if champion.z_macro is not None:
+        metrics["champion.z_macro"] = champion.z_macro
     metrics.update({f"count.{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
     metrics["count.new_mixtures"] = float(len((snapshot.get("changes") or {}).get("new", [])))
     metrics["count.reordered_mixtures"] = float(len((snapshot.get("changes") or {}).get("moved", [])))
