@@ -107,6 +107,9 @@ class RankConfig(Section):
     screen_eta: int = Field(5, ge=2)  # each rung keeps 1/eta of the mixtures on an eta-times larger slice
     screen_min_fraction: float = Field(1 / 25, gt=0.0, le=1.0)  # the first rung's slice of each set
     screen_keep: int = Field(10, ge=1)  # the top screen_keep mixtures always get full-set scores
+    # a scoring pass whose mixtures without full-set scores (new or changed units) outnumber max_full_scores screens
+    # them as above and scores in full only max_full_scores of them; mixtures scored before keep their scores
+    max_full_scores: int | None = Field(400, ge=1)  # None: every new mixture scored in full
 
 
 class MergeConfig(Section):

@@ -363,17 +363,30 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
             last[m] = found[m]
         return by_value({m: perplexities(found[m]) for m in mixes}, r.by, pool.families)
 
+    budgeted: list[tuple[str, ...]] = []
     if r.screen and len(candidates) > r.screen_keep:
         placed, rungs = successive_halving(candidates, score_on, r.screen_eta, r.screen_min_fraction, r.screen_keep)
     else:
-        placed, rungs = [(m, 1.0) for m in candidates], [Rung(1.0, len(candidates), len(candidates))]
-        score_on(candidates, 1.0)
+        full = {m for m in candidates if len(steps.cached(pool.mixture(m).key, pool.eval_sets)) == len(pool.eval_sets)}
+        budgeted = [m for m in candidates if m not in full]
+        if r.max_full_scores is not None and len(budgeted) > r.max_full_scores:  # over budget: screen the new ones
+            score_on([m for m in candidates if m in full], 1.0)
+            keep = min(r.screen_keep, r.max_full_scores)
+            placed, rungs = successive_halving(
+                budgeted, score_on, r.screen_eta, r.screen_min_fraction, keep, r.max_full_scores
+            )
+            placed = [(m, 1.0) for m in candidates if m in full] + placed
+        else:
+            budgeted = []
+            placed, rungs = [(m, 1.0) for m in candidates], [Rung(1.0, len(candidates), len(candidates))]
+            score_on(candidates, 1.0)
     rows = [RankedMixture.from_scores(mix, last[mix], fraction) for mix, fraction in placed]
     counts = {"mixtures": len(candidates), "scored": len(computed), "reused": len(candidates) - len(computed)}
-    if r.screen:
+    if r.screen or budgeted:
         counts["screening"] = {
             "rungs": [asdict(g) for g in rungs],
-            "cost": screening_cost(rungs, len(candidates), token_share),
+            "cost": screening_cost(rungs, len(budgeted or candidates), token_share),
+            **({"budget": r.max_full_scores, "screened": len(budgeted)} if budgeted else {}),
         }
     return rank(rows, r.by, families=pool.families), counts
 

@@ -294,7 +294,7 @@ def format_table(
     for r in rows:
         change = "new" if r.rank_change is None else ("=" if r.rank_change == 0 else f"{r.rank_change:+d}")
         cells = "".join(f" {value(r.scores, r.tasks or {}, s, m, fmt):>{cell}}" for s, m, fmt in cols)
-        screened = "  (screened out)" if r.evaluated_fraction < 1 else ""
+        screened = f"  (screened out on {r.evaluated_fraction:.2g} of the sets)" if r.evaluated_fraction < 1 else ""
         lines.append(
             f"{r.rank:>4} {r.k:>2} {r.rank_in_size:>4} {change:>6}  {name(r.units):<{width}}{cells}{extra_cell(r)}  "
             f"{r.macro:>{MACRO_CELL}.2f}{screened}"

@@ -38,18 +38,20 @@ def successive_halving(
     eta: int = 5,
     min_fraction: float = 1 / 25,
     keep_min: int = 10,
+    keep_max: int | None = None,
 ) -> tuple[list[tuple[M, float]], list[Rung]]:
     """Candidates ordered best first, each with the largest fraction it was scored on.
 
     score(mixtures, fraction) returns a loss per mixture (lower is better). Each rung keeps
-    max(keep_min, ceil(n / eta)) mixtures; with keep_min >= len(candidates) this is
-    exhaustive evaluation.
+    max(keep_min, ceil(n / eta)) mixtures, at most keep_max (a budget of full-set scores); with
+    keep_min >= len(candidates) this is exhaustive evaluation.
     """
     alive, rungs, placed = list(candidates), [], []
     for fraction in rung_fractions(eta, min_fraction):
         losses = score(alive, fraction)
         order = sorted(alive, key=lambda m: losses[m])
         keep = len(order) if fraction == 1.0 else min(len(order), max(keep_min, math.ceil(len(order) / eta)))
+        keep = keep if keep_max is None else min(keep, keep_max)
         rungs.append(Rung(fraction, len(order), keep))
         placed = [(m, fraction) for m in order[keep:]] + placed  # dropped here: below every survivor
         alive = order[:keep]

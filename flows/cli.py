@@ -57,7 +57,13 @@ EvalSets = Annotated[
         help="One subfolder per evaluation set (default: held-out documents, pinned per pool).",
     ),
 ]
-Top = Annotated[Optional[int], typer.Option("--top", min=1, metavar="N", help="Show only the best N mixtures.")]
+Top = Annotated[
+    Optional[int],
+    typer.Option(
+        "--top", min=1, metavar="N", help="Show only the best N mixtures (default: 30 in a table, all in JSON)."
+    ),
+]
+TABLE_TOP = 30  # rows a ranking table shows unless told; a line says how many more there are
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None, pretty_exceptions_enable=False
@@ -306,7 +312,7 @@ def rank(
         metavar="SET",
         help="Rank by an evaluation set, a task family, 'macro' or 'z_macro' (default: rank.by).",
     ),
-    top: Top = 25,
+    top: Top = None,
 ):
     """The whole pipeline without Prefect or MLflow: units, unit models, merged mixtures, scores, ranking."""
     from dataassess import pipeline
@@ -455,7 +461,7 @@ def demo(
         summaries = run_demo(settings(), store(), echo=typer.echo, **options)
     for wave, summary in enumerate(summaries, 1):
         typer.echo(f"wave {wave}: " + _summary_line(summary))
-    _print_snapshot(_latest(pool), top=25)
+    _print_snapshot(_latest(pool), top=None)
     _print_weights(summaries[-1].get("weights"))
     _print_ui_hint(pool)
 
@@ -484,7 +490,7 @@ def intake(corpus: Corpus, eval_sets: EvalSets = None, pool: PoolName = None, re
         )
     typer.echo(_summary_line(summary))
     _report_quarantined(summary["quarantined_partitions"])
-    _print_snapshot(_latest(summary["pool"]), top=25)
+    _print_snapshot(_latest(summary["pool"]), top=None)
     _print_weights(summary.get("weights"))
     _print_ui_hint(summary["pool"])
 
@@ -801,7 +807,12 @@ def _screening_note(counts: dict) -> str:
     if "screening" not in counts:
         return ""
     sc = counts["screening"]
-    rungs = ", ".join(f"{g['scored']} on {g['fraction']:g}" for g in sc["rungs"])
+    rungs = ", ".join(f"{g['scored']} on {g['fraction']:.2g}" for g in sc["rungs"])
+    if "budget" in sc:  # more new mixtures than rank.max_full_scores
+        return (
+            f"; {sc['screened']} new mixtures, over rank.max_full_scores = {sc['budget']}, screened: {rungs} of "
+            f"the sets, {sc['cost']:.2f} of scoring them in full"
+        )
     return f"; screened: {rungs} of the sets, {sc['cost']:.2f} of full evaluation"
 
 
@@ -822,7 +833,9 @@ def _print_snapshot(snap: Snapshot, top: int | None) -> None:
     )
     typer.echo(_budget_line(snap))
     typer.echo(fidelity_line(snap.fidelity))
-    typer.echo(format_table(snap.ranking, top, snap.ranked_by, snap.seed_scores, seed_tasks=snap.seed_tasks))
+    typer.echo(
+        format_table(snap.ranking, top or TABLE_TOP, snap.ranked_by, snap.seed_scores, seed_tasks=snap.seed_tasks)
+    )
     typer.echo(_changes_line(snap))
     typer.echo(f"All {len(snap.ranking)} mixtures as JSON: dataassess ranking --pool {snap.pool} --json")
 

@@ -44,7 +44,7 @@ def ranking_frame(ranking: list[RankedMixture]) -> pd.DataFrame:
     return frame
 
 
-def plot_top(ranking: list[RankedMixture], seed_scores: dict[str, float], top: int = 12) -> Figure:
+def plot_top(ranking: list[RankedMixture], seed_scores: dict[str, float], top: int = 20) -> Figure:
     """Top mixtures: per-set perplexity relative to the seed (lower is better)."""
     best = ranking[:top]
     sets = sorted(best[0].scores)

@@ -66,3 +66,46 @@ def test_screened_ranking_puts_full_scores_on_top(settings, corpus):
     assert {r["evaluated_fraction"] for r in rows[len(tops) :]} <= {0.25, 0.5}
     info = screened.counts["screening"]
     assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and info["cost"] < 1
+
+
+def test_new_mixtures_over_the_full_score_budget_are_screened_and_only_survivors_scored_in_full(
+    settings, corpus, tmp_path
+):
+    import shutil
+
+    from dataassess.rank import macro
+    from tests.conftest import prepare_pool
+
+    late = tmp_path / "late"
+    shutil.move(corpus / "satire", late)
+    first = run_pipeline(corpus, settings)
+    before = {tuple(r.units): r.scores for r in first.ranking}
+    assert "screening" not in first.counts and all(r.evaluated_fraction == 1 for r in first.ranking)
+    shutil.move(late, corpus / "satire")
+    budget = settings.rank.model_copy(
+        update={"max_full_scores": 2, "screen_keep": 1, "screen_eta": 2, "screen_min_fraction": 0.25}
+    )
+    s = settings.model_copy(update={"rank": budget})
+    second = run_pipeline(corpus, s)
+    new = [tuple(r.units) for r in second.ranking if tuple(r.units) not in before]
+    info = second.counts["screening"]
+    assert info["screened"] == len(new) > 2 and info["budget"] == 2
+    assert second.counts["scored"] == len(new)  # only the new mixtures were scored, at any rung
+    assert [g["fraction"] for g in info["rungs"]] == [0.25, 0.5, 1.0] and info["rungs"][-1]["scored"] <= 2
+    rows = {tuple(r.units): r for r in second.ranking}
+    for units, scores in before.items():  # mixtures scored before keep their full-set scores
+        assert rows[units].evaluated_fraction == 1 and rows[units].scores == scores
+    full_new = [u for u in new if rows[u].evaluated_fraction == 1]
+    assert 1 <= len(full_new) <= 2
+    first_screened = next(i for i, r in enumerate(second.ranking) if r.evaluated_fraction < 1)
+    assert all(r.evaluated_fraction < 1 for r in second.ranking[first_screened:])  # partial scores rank below
+    # the survivors of the half-set rung are the new mixtures best on that slice, by the stored slice scores
+    with prepare_pool(corpus, s) as pool:
+        half = pool.steps.evalsets.sliced(pool.eval_sets, 0.5)
+        at_half = [u for u in new if rows[u].evaluated_fraction >= 0.5]
+        slice_macro = {
+            u: macro({n: x.perplexity for n, x in pool.scores(pool.mixture(u), half).items()}) for u in at_half
+        }
+    assert max(slice_macro[u] for u in full_new) <= min(
+        (slice_macro[u] for u in at_half if u not in full_new), default=float("inf")
+    )
