@@ -110,6 +110,13 @@ class RankConfig(Section):
     # a scoring pass whose mixtures without full-set scores (new or changed units) outnumber max_full_scores screens
     # them as above and scores in full only max_full_scores of them; mixtures scored before keep their scores
     max_full_scores: int | None = Field(400, ge=1)  # None: every new mixture scored in full
+    # which candidates are scored: all of them, or a surrogate-guided search (dataassess/subsets.py) that scores
+    # every single unit and guided_initial mixtures, then guided_round more per round, the most promising by a
+    # surrogate, for at most guided_rounds rounds; only the mixtures it scored are ranked
+    search: Literal["exhaustive", "guided"] = "exhaustive"  # see above
+    guided_initial: int = Field(32, ge=2)  # mixtures scored before the first surrogate fit
+    guided_round: int = Field(8, ge=1)  # mixtures scored per round
+    guided_rounds: int = Field(4, ge=1)  # rounds at most
 
 
 class MergeConfig(Section):

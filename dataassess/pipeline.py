@@ -34,6 +34,7 @@ from .screen import Rung, screening_cost, successive_halving
 from .seed import Seed, find_seed, prepare_seed
 from .steps import Steps, materialize
 from .store import Store, atomic_dir, check_pool_name
+from .subsets import guided_search
 from .tasks import TaskError, TaskSource, build_task_set
 from .types import (
     MergeSpec,
@@ -364,7 +365,19 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
         return by_value({m: perplexities(found[m]) for m in mixes}, r.by, pool.families)
 
     budgeted: list[tuple[str, ...]] = []
-    if r.screen and len(candidates) > r.screen_keep:
+    search: dict = {}
+    if r.search == "guided" and len(candidates) > r.guided_initial:
+        found, rounds = guided_search(
+            candidates,
+            sorted(pool.models),
+            lambda ms: score_on(ms, 1.0),
+            r.guided_initial,
+            r.guided_round,
+            r.guided_rounds,
+        )
+        placed, rungs = [(m, 1.0) for m in candidates if m in found], []
+        search = {"candidates": len(candidates), "scored": len(found), "rounds": rounds}
+    elif r.screen and len(candidates) > r.screen_keep:
         placed, rungs = successive_halving(candidates, score_on, r.screen_eta, r.screen_min_fraction, r.screen_keep)
     else:
         full = {m for m in candidates if len(steps.cached(pool.mixture(m).key, pool.eval_sets)) == len(pool.eval_sets)}
@@ -382,7 +395,9 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
             score_on(candidates, 1.0)
     rows = [RankedMixture.from_scores(mix, last[mix], fraction) for mix, fraction in placed]
     counts = {"mixtures": len(candidates), "scored": len(computed), "reused": len(candidates) - len(computed)}
-    if r.screen or budgeted:
+    if search:
+        counts["guided_search"] = search
+    if (r.screen or budgeted) and not search:
         counts["screening"] = {
             "rungs": [asdict(g) for g in rungs],
             "cost": screening_cost(rungs, len(budgeted or candidates), token_share),

@@ -804,6 +804,9 @@ def _summary_line(s: dict) -> str:
 
 
 def _screening_note(counts: dict) -> str:
+    if "guided_search" in counts:
+        g = counts["guided_search"]
+        return f"; guided search: scored {g['scored']} of {g['candidates']} candidates in {len(g['rounds'])} rounds"
     if "screening" not in counts:
         return ""
     sc = counts["screening"]
