@@ -60,8 +60,10 @@ def is_task_folder(folder: Path) -> bool:
     if (folder / TASK_FILE).is_file():
         return True
     for path in _jsonl_files(folder)[:1]:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
         try:
-            first = next((line for line in _lines(path) if line.strip()), "")
+            with opener(path, "rt", encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
             return isinstance(record := json.loads(first), dict) and "context" in record
         except (OSError, ValueError, EOFError):
             return False
