@@ -11,6 +11,7 @@ logs and PID files live in $STACK_DIR (default .stack). Ports: $STACK_PORT_BASE 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pwd
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,16 +121,21 @@ def chown(path: Path, user: str) -> None:
 
 
 def port_open(port: int) -> bool:
+    """Something listens on the port. A probe of a free port in the ephemeral range can get that very port as its own
+    source port, and TCP then connects the socket to itself (holding the port the server wants): not a listener."""
     with socket.socket() as s:
         s.settimeout(1)
-        return s.connect_ex((HOST, port)) == 0
+        return s.connect_ex((HOST, port)) == 0 and s.getsockname() != s.getpeername()
 
 
 def http_ok(url: str) -> bool:
+    port = urllib.parse.urlsplit(url).port
+    if port is not None and not port_open(port):
+        return False
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
             return r.status < 400
-    except OSError:
+    except (OSError, http.client.HTTPException):  # a self-connected probe reads its own request back
         return False
 
 
