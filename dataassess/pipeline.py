@@ -380,7 +380,7 @@ def score(pool: Pool, mixtures: Sequence[Sequence[str]] | None = None) -> tuple[
     elif r.screen and len(candidates) > r.screen_keep:
         placed, rungs = successive_halving(candidates, score_on, r.screen_eta, r.screen_min_fraction, r.screen_keep)
     else:
-        full = {m for m in candidates if len(steps.cached(pool.mixture(m).key, pool.eval_sets)) == len(pool.eval_sets)}
+        full = {m for m in candidates if steps.has_scores(pool.mixture(m).key, pool.eval_sets)}
         budgeted = [m for m in candidates if m not in full]
         if r.max_full_scores is not None and len(budgeted) > r.max_full_scores:  # over budget: screen the new ones
             score_on([m for m in candidates if m in full], 1.0)

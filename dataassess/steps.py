@@ -153,6 +153,11 @@ class Steps:
                     log.warning("store: %s is not a valid score file: scoring again", path)
         return out
 
+    def has_scores(self, model_key: str, eval_sets: Mapping[str, str]) -> bool:
+        """Whether every score of the model on the sets is stored (files only: nothing is read)."""
+        digest = self.settings.score.digest()
+        return all(self.store.score(model_key, d, digest).exists() for d in eval_sets.values())
+
     def score(self, mixture: Mixture, eval_sets: Mapping[str, str]) -> dict[str, Score]:
         """A mixture's scores on every set (the merge of its unit models), computing only missing ones."""
         paths = [self.store.weights(k) for k in mixture.model_keys]
