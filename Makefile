@@ -11,7 +11,7 @@ export PREFECT_HOME ?= $(CURDIR)/.dataassess/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup browser demo demo-real real-seed gpu-check lint test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit
+.PHONY: setup browser demo demo-real real-seed gpu-check lint test test-slow test-faults test-distributed stack-up stack-down stack-status distributed-demo test-ui clean ranking ui prefect-ui intake serve serve-smoke fidelity fidelity-study bench bench-intake bench-mergekit bench-pool
 
 STORE  ?= .dataassess
 PORT   ?= 5000
@@ -97,6 +97,10 @@ $(MERGEKIT_VENV)/.tried: $(VENV)/.installed
 
 bench-intake: setup
 	$(PY) bench/bench.py --only intake
+
+# 32 partitions of ../shared/corpora: intakes, a changed partition, k <= 3 with screening, weights (bench/pool_bench.py)
+bench-pool: setup
+	SHARED=$(SHARED) $(PY) bench/pool_bench.py
 
 ui: setup
 	@mkdir -p $(STORE)

@@ -206,10 +206,16 @@ class Surrogate:
         return np.asarray(self.model.predict(x)).reshape(len(x), -1) @ self.c
 
 
-def fit_surrogate(x: np.ndarray, log_ppl: np.ndarray, c: np.ndarray, choice: str = "auto") -> Surrogate:
-    """Fit each candidate, keep the one whose out-of-fold predictions rank the objective best (5-fold)."""
+def fit_surrogate(
+    x: np.ndarray, log_ppl: np.ndarray, c: np.ndarray, choice: str = "auto", cross_validate: bool = True
+) -> Surrogate:
+    """Fit each candidate, keep the one whose out-of-fold predictions rank the objective best (5-fold). Without
+    cross_validate, fit `choice` alone (its figures left empty)."""
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold, cross_val_predict
+
+    if not cross_validate and choice != "auto":
+        return Surrogate(choice, surrogate_model(choice).fit(x, log_ppl), c, {}, np.empty(0))
 
     folds = KFold(n_splits=min(5, len(x)), shuffle=True, random_state=0)
     target = log_ppl @ c
@@ -289,10 +295,18 @@ def search(pool: Pool, best_subset: Sequence[str] | None = None) -> OptimizeResu
     points: list[np.ndarray] = list(design)
     scores = score(points, search_sets)
     optima: list[np.ndarray] = []
-    surrogate = None
+    surrogate, compared = None, {}
+    # the surrogate is chosen (cross-validated) on the first fit and cross-validated again on the last; a warm
+    # search keeps the previous search's choice
+    choice = cfg.surrogate
+    if choice == "auto" and previous is not None:
+        choice = previous.report.get("surrogate", {}).get("model", "auto")
     for r in range(cfg.rounds + 1):
         x, y = np.array(points), np.log([[s[n] for n in sets] for s in scores])
-        surrogate = fit_surrogate(x, y, c, cfg.surrogate)
+        surrogate = fit_surrogate(
+            x, y, c, choice if surrogate is None else surrogate.name, cross_validate=r in (0, cfg.rounds)
+        )
+        compared = compared or surrogate.cv_spearman
         rng = np.random.default_rng([cfg.seed, r])
         best = minimize(surrogate, space, rng, [points[int(np.argmin(y @ c))], *optima[-1:]])
         optima.append(best)
@@ -324,7 +338,7 @@ def search(pool: Pool, best_subset: Sequence[str] | None = None) -> OptimizeResu
         "surrogate": {
             "model": surrogate.name,
             "spearman": surrogate.cv_spearman[surrogate.name],
-            "compared": surrogate.cv_spearman,
+            "compared": compared,  # on the first fit, where the surrogate was chosen
             "n_proxies": len(points),
             "eval_fraction": cfg.eval_fraction,
             "predicted_objective": float(np.exp(surrogate.objective(weights)[0])),
@@ -358,18 +372,20 @@ def search(pool: Pool, best_subset: Sequence[str] | None = None) -> OptimizeResu
 
 def _design(space: Space, previous: OptimizationRecord | None, cfg: OptimizeConfig) -> list[np.ndarray]:
     """The first points: the pool's previous design (its scores are cached) when there is one, plus fresh
-    samples: cfg.samples for a new pool, cfg.warm_samples when its partitions changed, none otherwise."""
+    samples: max(samples, samples_per_partition x partitions) in all for a new pool, warm_samples per new or
+    changed partition when its partitions changed, none otherwise."""
     if previous is not None and previous.partitions == _fingerprint(space):  # the same search again: all cached
         same = [np.array([d[p] for p in space.partitions]) for d in previous.design]
         if all(space.feasible(w) for w in same):
             return same
     points = [space.uniform, space.natural, *space.vertices()]
     if previous is None:
-        fresh = cfg.samples - len(points)
+        fresh = max(cfg.samples, cfg.samples_per_partition * len(space.partitions)) - len(points)
     else:  # what the new data does not touch is reused: every point scored before, with 0 for new partitions
         old = [space.embed(d) for d in previous.design + previous.round_points]
         points += [w for w in old if w is not None]
-        fresh = cfg.warm_samples
+        now = _fingerprint(space)
+        fresh = cfg.warm_samples * sum(units != previous.partitions.get(p) for p, units in now.items())
     rng = np.random.default_rng([cfg.seed, len(space.partitions), len(points)])
     points += space.sample(rng, max(0, fresh))
     unique: dict[tuple, np.ndarray] = {}

@@ -192,9 +192,11 @@ def register_unit(
     seed_version: str | None,
     unit_tokens: Path | None = None,
 ) -> tuple[ModelVersion, bool]:
-    """Register a trained unit model once; returns (version, newly_registered). Re-points `current`."""
+    """Register a trained unit model once; returns (version, newly_registered). Re-points `current`; the version
+    it leaves (the unit's text, the seed or the training config changed) is kept, tagged `superseded_by`."""
     name = f"{pool}.{model.unit}"
     mv = find_version(client, name, model.key)
+    before = current_version(client, name)
     if mv is None:
         span = (model.finished_at - model.wall_s, model.finished_at) if model.finished_at else None
         mv = _register_model_run(
@@ -213,10 +215,20 @@ def register_unit(
             span,
             lambda run_id: log_training(client, run_id, model, unit_tokens),
         )
+        _supersede(client, name, before, mv)
         return mv, True
-    if current_version(client, name) != mv.version:
+    if before != mv.version:
         client.set_registered_model_alias(name, CURRENT, mv.version)
+        _supersede(client, name, before, mv)
     return mv, False
+
+
+def _supersede(client: MlflowClient, name: str, old: str | None, new: ModelVersion) -> None:
+    """`old` is no longer current: tag it with the version that replaced it; `new` (back in use) loses its tag."""
+    if old is not None and old != new.version:
+        client.set_model_version_tag(name, old, T + "superseded_by", new.version)
+    if T + "superseded_by" in (new.tags or {}):
+        client.delete_model_version_tag(name, new.version, T + "superseded_by")
 
 
 def current_version(client: MlflowClient, name: str) -> str | None:

@@ -11,10 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-SRC = Path(sys.argv[1])
-OUT = Path(sys.argv[2])
-CHARS = int(sys.argv[3]) if len(sys.argv) > 3 else 220_000
-PIECE = int(sys.argv[4]) if len(sys.argv) > 4 else None
 PARTS = {
     "scripture-law": ("scripture", "law"),
     "scripture-history": ("scripture", "history"),
@@ -29,16 +25,16 @@ PARTS = {
 }
 
 
-def pieces(doc: dict) -> list[dict]:
-    """The document, or its paragraphs packed into pieces of at most PIECE characters (a longer paragraph is cut)."""
-    if PIECE is None or len(doc["text"]) <= PIECE:
+def pieces(doc: dict, piece: int | None) -> list[dict]:
+    """The document, or its paragraphs packed into pieces of at most `piece` characters (a longer paragraph is cut)."""
+    if piece is None or len(doc["text"]) <= piece:
         return [doc]
     out, text = [], ""
     for para in doc["text"].split("\n\n"):
-        while len(para) > PIECE:
-            out.append(para[:PIECE])
-            para = para[PIECE:]
-        if text and len(text) + 2 + len(para) > PIECE:
+        while len(para) > piece:
+            out.append(para[:piece])
+            para = para[piece:]
+        if text and len(text) + 2 + len(para) > piece:
             out.append(text)
             text = ""
         text = f"{text}\n\n{para}" if text else para
@@ -46,20 +42,30 @@ def pieces(doc: dict) -> list[dict]:
     return [{**doc, "text": t} for t in out if t.strip()]
 
 
-for name, (domain, sub) in PARTS.items():
-    docs, used = [], 0
-    with gzip.open(SRC / f"{domain}.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            if sub and d["subdomain"] != sub:
-                continue
-            for piece in pieces(d):
-                if used >= CHARS:
+def main(src: Path, out: Path, chars: int, piece: int | None) -> None:
+    for name, (domain, sub) in PARTS.items():
+        docs, used = [], 0
+        with gzip.open(src / f"{domain}.jsonl.gz", "rt", encoding="utf-8") as f:
+            for line in f:
+                d = json.loads(line)
+                if sub and d["subdomain"] != sub:
+                    continue
+                for cut in pieces(d, piece):
+                    if used >= chars:
+                        break
+                    docs.append(cut)
+                    used += len(cut["text"])
+                if used >= chars:
                     break
-                docs.append(piece)
-                used += len(piece["text"])
-            if used >= CHARS:
-                break
-    (OUT / name).mkdir(parents=True, exist_ok=True)
-    (OUT / name / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    print(name, len(docs), used)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        print(name, len(docs), used)
+
+
+if __name__ == "__main__":
+    main(
+        Path(sys.argv[1]),
+        Path(sys.argv[2]),
+        int(sys.argv[3]) if len(sys.argv) > 3 else 220_000,
+        int(sys.argv[4]) if len(sys.argv) > 4 else None,
+    )

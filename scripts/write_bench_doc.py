@@ -1,5 +1,6 @@
-"""docs/benchmarks.md from the committed results of `make bench` (docs/bench-data/bench.json): how the figures
-are measured, then every figure with its target and verdict. `--check` fails if the doc is stale."""
+"""docs/benchmarks.md from the committed results of `make bench` (docs/bench-data/bench.json) and `make bench-pool`
+(docs/bench-data/pool-latest.json): how the figures are measured, then every figure with its target and verdict.
+`--check` fails if the doc is stale."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from docgen import write_or_check  # noqa: E402
 
 DATA = ROOT / "docs" / "bench-data" / "bench.json"
+POOL_DATA = ROOT / "docs" / "bench-data" / "pool-latest.json"
 DOC = ROOT / "docs" / "benchmarks.md"
 
 INTRO = """# Benchmarks
@@ -46,13 +48,28 @@ def cell(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
-def render() -> str:
-    if not DATA.exists():
-        return INTRO + "\n## Results\n\nNo run is committed yet: run `make bench`.\n"
-    run = json.loads(DATA.read_text())
+POOL_INTRO = """
+## Large pools (`make bench-pool`)
+
+`make bench-pool` (at most 40 minutes on 2 cores; not part of `make bench`) cuts `../shared/corpora` into 32
+partitions by subdomain and first letter (`scripts/make_pool_corpus.py`: every tenth document held out into its
+domain's evaluation set, pydocs and computing as out-of-domain sets), then runs, each intake the real Prefect
+intake in a process of its own: intakes of 8, 16 and 31 partitions (k <= 2); the 32nd added (timed in a process
+that has run an intake before, as a long-running `dataassess serve` is), against its unit trained alone plus its
+32 new mixtures scored alone; a warm weight re-optimization against a cold search; one
+partition's text changed; the 31 partitions at k <= 3 with screening (`rank.max_full_scores`), then the 32nd back
+with new text; cold weight searches at 8, 16 and 32 partitions; and, on 12 partitions, the surrogate-guided
+subset search against exhaustive scoring. It writes `bench/results/pool-*.json`, copies the run to
+`docs/bench-data/pool-latest.json` and regenerates this page. Its evaluation sets are cut to the `eval_tokens`
+below (the default is 8,192 per set) so that the whole run fits its time.
+"""
+
+
+def table(run: dict, source: str) -> str:
     head = (
-        f"\n## Results\n\nRun {run['created']} ({run['threads']} torch threads, "
-        f"{run['wall_s'] / 60:.1f} minutes in all), from `docs/bench-data/bench.json`.\n\n"
+        f"Run {run['created']} ({run['threads']} torch threads, {run['wall_s'] / 60:.1f} minutes in all"
+        + (f", evaluation sets of {run['eval_tokens']:,} tokens" if "eval_tokens" in run else "")
+        + f"), from `{source}`.\n\n"
     )
     lines = ["| figure | measured | target | verdict | detail |", "|---|---|---|---|---|"]
     for r in run["results"]:
@@ -61,7 +78,21 @@ def render() -> str:
         lines.append(f"| {r['name']} | {cell(r['ratio'])} | {r['target']} | {verdict} | {detail} |")
     passed = sum(r["pass"] is True for r in run["results"])
     failed = sum(r["pass"] is False for r in run["results"])
-    return INTRO + head + "\n".join(lines) + f"\n\n{passed} PASS, {failed} FAIL.\n"
+    return head + "\n".join(lines) + f"\n\n{passed} PASS, {failed} FAIL.\n"
+
+
+def render() -> str:
+    doc = INTRO + "\n## Results\n\n"
+    if DATA.exists():
+        doc += table(json.loads(DATA.read_text()), "docs/bench-data/bench.json")
+    else:
+        doc += "No run is committed yet: run `make bench`.\n"
+    doc += POOL_INTRO + "\n"
+    if POOL_DATA.exists():
+        doc += table(json.loads(POOL_DATA.read_text()), "docs/bench-data/pool-latest.json")
+    else:
+        doc += "No run is committed yet: run `make bench-pool`.\n"
+    return doc
 
 
 if __name__ == "__main__":

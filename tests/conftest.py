@@ -71,6 +71,7 @@ def small_settings(store: Path, **overrides) -> Settings:
         optimize={
             "on_intake": False,
             "samples": 24,
+            "samples_per_partition": 0,
             "rounds": 1,
             "round_samples": 6,
             "warm_samples": 8,

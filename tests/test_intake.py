@@ -83,7 +83,13 @@ def test_intake_trains_only_new_units_and_is_idempotent(settings, corpus, tmp_pa
         assert (
             int(current.version) == (2 if f"t.{unit}" in before else 1)
             and current.tags["dataassess.partition"] == "drama"
+            and "dataassess.superseded_by" not in current.tags
         )
+        if f"t.{unit}" in before:  # the old version is kept, pointing at its successor
+            assert client.get_model_version(f"t.{unit}", "1").tags["dataassess.superseded_by"] == "2"
+    assert any(f"t.{u}" in before for u in changed)
+    touching = [r for r in latest(settings)["ranking"] if any(u in changed for u in r["units"])]
+    assert fourth["rescored"] == len(touching) and fourth["trained"] == len(changed)
 
 
 def test_the_demo_on_a_corpus_of_ones_own_trains_exactly_the_late_partitions_in_wave_2(settings, corpus):

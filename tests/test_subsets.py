@@ -1,6 +1,11 @@
-"""The surrogate-guided subset search: fewer mixtures scored, the same top of the ranking."""
+"""Large pools: the surrogate-guided subset search (fewer mixtures scored, the same top of the ranking) and the
+32-partition cut of `make bench-pool`."""
 
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,3 +50,25 @@ def test_guided_ranking_of_a_real_pool_has_the_exhaustive_top_5_in_order(setting
     assert [r.units for r in guided.ranking[:5]] == top
     for r in guided.ranking[:5]:
         assert r.macro == pytest.approx(next(e.macro for e in exhaustive.ranking if e.units == r.units))
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/corpora is not here")
+def test_the_large_pool_bench_cuts_32_partitions_with_held_out_documents_apart(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_pool_corpus.py"
+    for out in ("a", "b"):
+        subprocess.run([sys.executable, str(script), str(SHARED), str(tmp_path / out)], check=True)
+    parts = sorted(p.name for p in (tmp_path / "a" / "corpus").iterdir())
+    sets = sorted(p.name for p in (tmp_path / "a" / "eval").iterdir())
+    assert len(parts) == 32 and sets == ["computing", "drama", "jargon", "pydocs", "satire", "scripture"]
+
+    def texts(folder):  # (document id, text): the source holds a few identical entries under different ids
+        return [(d["id"], d["text"]) for d in map(json.loads, (folder / "docs.jsonl").read_text().splitlines())]
+
+    training = {t for p in parts for t in texts(tmp_path / "a" / "corpus" / p)}
+    held = {t for s in sets for t in texts(tmp_path / "a" / "eval" / s)}
+    assert all(texts(tmp_path / "a" / "corpus" / p) for p in parts) and not training & held
+    for p in [*(f"corpus/{x}" for x in parts), *(f"eval/{x}" for x in sets)]:  # reproducible
+        assert (tmp_path / "a" / p / "docs.jsonl").read_bytes() == (tmp_path / "b" / p / "docs.jsonl").read_bytes()
