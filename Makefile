@@ -77,7 +77,7 @@ fidelity: setup
 	$(DA) fidelity $(FIDELITY_ARGS) --budget fixed
 	$(DA) fidelity $(FIDELITY_ARGS) --budget union
 
-fidelity-study: setup
+fidelity-study: real-seed
 	bash scripts/fidelity_study.sh
 
 MERGEKIT_VENV := bench/.mergekit-venv

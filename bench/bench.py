@@ -648,20 +648,34 @@ def bench_real(work: Path, pairs: int = 2, steps: int = 2) -> None:
 
     model = seed.load_model().eval()
     es = build_eval_set("all", [d for ds in docs.values() for d in ds], tok, cfg.seq_len, None, 2048)
-    width, batch_size = cfg.seq_len, settings.score.batch_size
-    windows = [torch.tensor(w) for w, _ in es.windows if len(w) == width]
-    batches = [torch.stack(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
-    forward = sum(len(w) for w, _ in es.windows) / sum(b.numel() for b in batches)  # ours / plain, per pass
+    batch_size = settings.score.batch_size
+    plain_batches = []  # the same windows in file order, each batch right-padded to its longest window
+    for i in range(0, len(es.windows), batch_size):
+        rows = es.windows[i : i + batch_size]
+        ids = torch.zeros(len(rows), max(len(w) for w, _ in rows), dtype=torch.long)
+        mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+        for r, (w, start) in enumerate(rows):
+            ids[r, : len(w)], mask[r, : len(w)] = torch.tensor(w), 1
+            labels[r, start : len(w)] = ids[r, start : len(w)]  # the scored positions; the model shifts them
+        plain_batches.append((ids, mask, labels))
+
+    def plain_nll() -> float:
+        with torch.no_grad():
+            return sum(
+                float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+                * int((labels[:, 1:] != -100).sum())
+                for ids, mask, labels in plain_batches
+            )
 
     def plain_scoring() -> float:
         start = time.perf_counter()
-        with torch.no_grad():
-            for b in batches:
-                model(input_ids=b, labels=b)
+        plain_nll()
         return time.perf_counter() - start
 
     with Scorer(batch_size, cpu) as scorer:
-        scorer.score(model, [es])  # batches built and buffers allocated once, as a run does
+        ours_nll = scorer.score(model, [es])[0].nll  # batches built and buffers allocated once, as a run does
+        if abs(ours_nll - plain_nll()) > 1e-3 * abs(ours_nll):
+            raise AssertionError(f"the plain loop's NLL differs from the Scorer's: {plain_nll()} vs {ours_nll}")
         name, target = REAL_FIGURES[1]
         paired(
             name,
@@ -670,8 +684,8 @@ def bench_real(work: Path, pairs: int = 2, steps: int = 2) -> None:
             pairs,
             1.0,
             at_least=True,
-            scale=forward,
-            detail=f"{len(es.windows)} windows of up to {width} tokens, vocabulary {model.config.vocab_size:,}",
+            detail=f"the same {es.tokens:,} scored tokens in {len(es.windows)} windows of up to {cfg.seq_len}, "
+            f"batches of {batch_size}; vocabulary {model.config.vocab_size:,}",
         )
 
     folder = Path(tempfile.mkdtemp(dir=work, prefix="real-merge-"))

@@ -308,13 +308,13 @@ class Scorer:
         half the positions are context, and the full logits tensor is never built.
         """
         if head_only:
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             keep = targets != -100
             nll = self._head_nll(hidden[keep], targets[keep], model.get_output_embeddings())
             return torch.zeros(len(ids), dtype=torch.float32, device=nll.device).index_add_(
                 0, keep.nonzero()[:, 0], nll
             )
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none")
         return nll.view(targets.shape).sum(1)
 

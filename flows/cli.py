@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 import traceback
 from functools import wraps
 from pathlib import Path
@@ -621,6 +622,7 @@ def fidelity(
 
         connect(store())  # a tracking server that is down fails before the ground truths are trained
     with prepare(store(), corpus, s, eval_sets, pool) as prepared:
+        started = time.perf_counter()  # the seed is built: what the measurement itself costs
         if compare_merges:
             results = study.compare_merges(prepared, n, k_max, chosen, replicates)
         elif weighted:
@@ -631,7 +633,15 @@ def fidelity(
         measured = datetime.now(timezone.utc).isoformat(timespec="seconds")
         kept = None
         for result in results.values():
-            result.report = _finite({**result.report, "measured": measured, "corpus": corpus, "pool": prepared.name})
+            result.report = _finite(
+                {
+                    **result.report,
+                    "measured": measured,
+                    "wall_s": round(time.perf_counter() - started, 1),
+                    "corpus": corpus,
+                    "pool": prepared.name,
+                }
+            )
             kept = study.save(prepared, result) or kept
     _report_quarantined(prepared.quarantined)
     if log_mlflow:

