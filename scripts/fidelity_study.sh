@@ -29,15 +29,13 @@ run demo-union demo "${DEMO_ARGS[@]}" --budget union
 run shared-fixed shared "$OUT/shared-corpus" --budget fixed
 run shared-union shared "$OUT/shared-corpus" --budget union
 # Settings: shared-fixed with one setting changed at a time, in its store (models are keyed by their settings: they
-# share the seed and nothing else); the 5.3M seed's store is the seed-size study's
+# share the seed and nothing else). Seed size has its own runs below.
 FIXED=("$OUT/shared-corpus" --budget fixed)
 DATAASSESS_TRAIN__LR=1e-4 run settings-lr-1e-4 shared "${FIXED[@]}"
 DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
 DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
 run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
-DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
-  run settings-seed-5.3m seed-5.3m "${FIXED[@]}"
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
 # the sizes of `make demo-real` (configs/smollm2-135m.toml: units of
 # 2,048 tokens, 4 steps of 512), evaluation sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds
