@@ -37,9 +37,9 @@ DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
 run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
-# the sizes of `make demo-real` (configs/smollm2-135m.toml: units of
-# 2,048 tokens, 4 steps of 512), evaluation sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds
-# (1.5M, and 4 layers x 256 = 5.3M) train units at their own rate; the 135M seed is SmolLM2-135M (make real-seed).
+# the sizes of `make demo-real` (configs/smollm2-135m.toml: units of 2,048 tokens, 4 steps of 512), evaluation
+# sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds (1.5M, and 4 layers x 256 = 5.3M) train
+# units at their own rate; the 135M seed is SmolLM2-135M (make real-seed).
 [ -d "$OUT/real-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/real-corpus" 12000 600 > /dev/null
 SIZES=("$OUT/real-corpus" --budget fixed --n "${N_SIZES:-12}" --replicates "${REPLICATES_SIZES:-8}")
 export DATAASSESS_CONFIG=configs/smollm2-135m.toml DATAASSESS_CORPUS__EVAL_MAX_TOKENS=1024
