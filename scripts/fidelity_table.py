@@ -50,15 +50,33 @@ def _beats_naive(r):
     return sum((_resolvable(x) or 0) > (_resolvable(x["baselines"]["naive"]) or 0) for x in r["eval_sets"].values())
 
 
+def mean_resolvable(r, baseline=None):
+    """The mean over sets of the score's (or a baseline's) resolvable-decision accuracy."""
+    return mean(_resolvable(x["baselines"][baseline] if baseline else x) for x in r["eval_sets"].values())
+
+
+def min_mean(r, key):
+    """'min / mean' over the sets of the score's resolvable accuracy or Spearman."""
+    values = [_resolvable(x) if key == RESOLVABLE else x[key] for x in r["eval_sets"].values()]
+    return f"{f(min(v if v is not None else (0 if key == RESOLVABLE else -1) for v in values))} / {f(mean(values))}"
+
+
+def within_2_3(r):
+    return " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
+
+
+def setup_cells(s):
+    return f"{s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {s['lr']:g}"
+
+
 def summary_row(name, r):
     sets, m, s = list(r["eval_sets"].values()), r["macro"], r["settings"]
     ks = " / ".join(f"{f(r['by_k'][k]['macro']['spearman'])}" for k in sorted(r["by_k"]))
     return (
         f"| {name} | {r['budget']} | {r['score']} | {s['params'] / 1e6:.1f}M | {s['n_units']} | {m['n_mixtures']} | "
         f"{r['noise']['n_replicates']} | {f3(r['noise']['sigma_log_ppl']['macro'])} | "
-        f"{f(min(_resolvable(x) or 0 for x in sets))} / {f(mean(_resolvable(x) for x in sets))} | "
-        f"{f(min(x['spearman'] or -1 for x in sets))} / {f(mean(x['spearman'] for x in sets))} | "
-        f"{f(mean(_resolvable(x['baselines']['naive']) for x in sets))} | {_beats_naive(r)}/{len(sets)} | "
+        f"{min_mean(r, RESOLVABLE)} | {min_mean(r, 'spearman')} | "
+        f"{f(mean_resolvable(r, 'naive'))} | {_beats_naive(r)}/{len(sets)} | "
         f"{f(mean(_resolvable(x['ceiling'].get('replicate', {})) for x in sets))} | "
         f"{f(_resolvable(m))} ({m['n_resolvable_pairs']}) | {ks} |"
     )
@@ -103,25 +121,18 @@ if len(settings) > 1:
         "macro Spearman within k = 2 / 3 | beats naive | targets met | minutes |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    met = {n: sum(test(r) for _, test in TARGETS["fixed"]) for n, r in settings}
     for name, r in settings:
-        s, sets = r["settings"], list(r["eval_sets"].values())
-        within = " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
         minutes = f"{r['wall_s'] / 60:.1f}" if "wall_s" in r else "n/a"
         print(
-            f"| {name} | {s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {s['lr']:g} | "
-            f"{r['merge']['method']} | {f(min(_resolvable(x) or 0 for x in sets))} / "
-            f"{f(mean(_resolvable(x) for x in sets))} | {f(min(x['spearman'] or -1 for x in sets))} / "
-            f"{f(mean(x['spearman'] for x in sets))} | {within} | {_beats_naive(r)}/{len(sets)} | "
-            f"{sum(test(r) for _, test in TARGETS['fixed'])}/{len(TARGETS['fixed'])} | {minutes} |"
+            f"| {name} | {setup_cells(r['settings'])} | {r['merge']['method']} | {min_mean(r, RESOLVABLE)} | "
+            f"{min_mean(r, 'spearman')} | {within_2_3(r)} | {_beats_naive(r)}/{len(r['eval_sets'])} | "
+            f"{met[name]}/{len(TARGETS['fixed'])} | {minutes} |"
         )
-    meets = [n for n, r in settings if all(test(r) for _, test in TARGETS["fixed"])]
-
-    def accuracy(r):
-        return mean(_resolvable(v) for v in r["eval_sets"].values())
-
-    best = max(settings, key=lambda x: accuracy(x[1]))[0]
+    meets = [n for n in met if met[n] == len(TARGETS["fixed"])]
+    best = max(settings, key=lambda x: mean_resolvable(x[1]))[0]
     timed = [(n, r) for n, r in settings if r.get("wall_s") and r["merge"]["method"] == "linear"]  # trained their own
-    cheapest = max(timed, key=lambda x: accuracy(x[1]) / x[1]["wall_s"])[0] if timed else "n/a"
+    cheapest = max(timed, key=lambda x: mean_resolvable(x[1]) / x[1]["wall_s"])[0] if timed else "n/a"
     verdict = (
         f"Meeting every fixed-budget target: {', '.join(meets)}." if meets else "None meets every fixed-budget target."
     )
@@ -144,25 +155,19 @@ if sizes:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in sizes:
-        s, sets, m = r["settings"], list(r["eval_sets"].values()), r["macro"]
-        within = " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
+        m = r["macro"]
         print(
-            f"| {name} | {s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {s['lr']:g} | "
-            f"{s['n_units']} | {m['n_mixtures']} | {f3(r['noise']['sigma_log_ppl']['macro'])} | "
-            f"{f(mean(_resolvable(x) for x in sets))} | {f(min(x['spearman'] or -1 for x in sets))} / "
-            f"{f(mean(x['spearman'] for x in sets))} | {f(m['spearman'])} | {within} | "
-            f"{f(mean(_resolvable(x['baselines']['naive']) for x in sets))} | {_beats_naive(r)}/{len(sets)} | "
-            f"{f(_resolvable(m))} ({m['n_resolvable_pairs']}) |"
+            f"| {name} | {setup_cells(r['settings'])} | {r['settings']['n_units']} | {m['n_mixtures']} | "
+            f"{f3(r['noise']['sigma_log_ppl']['macro'])} | {f(mean_resolvable(r))} | {min_mean(r, 'spearman')} | "
+            f"{f(m['spearman'])} | {within_2_3(r)} | {f(mean_resolvable(r, 'naive'))} | "
+            f"{_beats_naive(r)}/{len(r['eval_sets'])} | {f(_resolvable(m))} ({m['n_resolvable_pairs']}) |"
         )
     for label, figure in (
-        ("mean resolvable-decision accuracy", lambda r: mean(_resolvable(x) for x in r["eval_sets"].values())),
+        ("mean resolvable-decision accuracy", mean_resolvable),
         ("mean Spearman", lambda r: mean(x["spearman"] for x in r["eval_sets"].values())),
         ("macro Spearman", lambda r: r["macro"]["spearman"]),
         ("macro resolvable-decision accuracy", lambda r: _resolvable(r["macro"])),
-        (
-            "naive baseline's mean resolvable-decision accuracy",
-            lambda r: mean(_resolvable(x["baselines"]["naive"]) for x in r["eval_sets"].values()),
-        ),
+        ("naive baseline's mean resolvable-decision accuracy", lambda r: mean_resolvable(r, "naive")),
     ):
         values = [figure(r) for _, r in sizes]
         steps = list(zip(values, values[1:]))
