@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
-# corpora (10 partitions), settings changed one at a time, and three seed sizes (1.5M, 5.3M, 135M). Each run
-# names its store (models are keyed by their settings, so runs on one corpus share theirs); results land in
-# $OUT/<name>.json.
+# corpora (10 partitions), settings changed one at a time, `make demo` timed at two unit budgets, and three seed
+# sizes (1.5M, 5.3M, 135M). Each run names its store (models are keyed by their settings, so runs on one corpus
+# share theirs); results land in $OUT/<name>.json ($OUT/demo-time/<name>.json for the demo's times).
 # Hours on 2 CPU cores (each setting prints its wall time); a finished setting is skipped when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,11 @@ DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
 DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
 run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
+# Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
+  [ -s "$OUT/demo-time/units-32k.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time" default \
+    units-32k:DATAASSESS_UNITS__TOKENS=32768
+fi
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
 # the sizes of `make demo-real` (configs/smollm2-135m.toml: units of 2,048 tokens, 4 steps of 512), evaluation
 # sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds (1.5M, and 4 layers x 256 = 5.3M) train

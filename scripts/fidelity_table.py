@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 RESOLVABLE = "resolvable_decision_accuracy"
+DEMO_MINUTES = 10  # `make demo` on 2 cores, the budget a default must keep
 # the targets, on every evaluation set unless said: (budget, what, test)
 TARGETS = {
     "fixed": [
@@ -43,6 +44,15 @@ def _within_k(r, ks, at_least):
 
 def _resolvable(figs):
     return figs["resolvable_decision_accuracy"]
+
+
+def min_resolvable(r):
+    return min(_resolvable(x) or 0 for x in r["eval_sets"].values())
+
+
+def most_accurate(runs):
+    """The (name, report) with the highest mean resolvable-decision accuracy over the sets, then the highest minimum."""
+    return max(runs, key=lambda x: (mean_resolvable(x[1]), min_resolvable(x[1])))
 
 
 def _beats_naive(r):
@@ -179,6 +189,89 @@ if sizes:
             trend = "falls with a larger seed at least once"
         path = " -> ".join(f"{f3(v)} ({r['settings']['params'] / 1e6:.1f}M)" for v, (_, r) in zip(values, sizes))
         print(f"\nThe {label} {trend}: {path}.")
+demo_times = sorted(
+    (json.loads(p.read_text()) for p in (out / "demo-time").glob("*.json")), key=lambda d: -d["unit_tokens"]
+)
+if len(settings) > 1 and demo_times:
+    print("\n## Defaults\n")
+    print(
+        f"The defaults are the settings runs' choice by resolvable-decision accuracy per minute, keeping `make demo` "
+        f"within {DEMO_MINUTES} minutes on 2 cores. Demo minutes: `scripts/time_demo.py`, the demo on a fresh store "
+        "(seed included) at each setting, one after the other in one run.\n"
+    )
+    print("| demo at | seed | unit budget | k_max | units | mixtures ranked | minutes | fits |")
+    print("|---|---|---|---|---|---|---|---|")
+    demo_minutes = {d["unit_tokens"]: d["wall_s"] / 60 for d in demo_times}
+    for d in demo_times:
+        m = d["wall_s"] / 60
+        print(
+            f"| {d['name']} | {d['base_model']} | {d['unit_tokens']:,} | {d['k_max']} | {d['n_units']} | "
+            f"{d['n_mixtures']} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
+        )
+    base = dict(settings)["shared-fixed"]["settings"]
+    # merge methods and learning rates cost the same training as shared-fixed: compared by accuracy alone
+    merges = [
+        (n, r)
+        for n, r in settings
+        if r["settings"]["unit_tokens"] == base["unit_tokens"] and r["settings"]["lr"] == base["lr"]
+    ]
+    merge = most_accurate(merges)[1]["merge"]["method"]
+    rates = [
+        (n, r)
+        for n, r in settings
+        if r["settings"]["unit_tokens"] == base["unit_tokens"] and r["merge"]["method"] == merge
+    ]
+    lr = most_accurate(rates)[1]["settings"]["lr"]
+    rate_names = [f"{r['settings']['lr']:g}" for _, r in rates]
+    # unit budgets differ in cost: by accuracy per minute, among those whose demo fits
+    budgets = sorted(
+        (
+            (n, r)
+            for n, r in settings
+            if r.get("wall_s") and r["merge"]["method"] == merge and r["settings"]["lr"] == lr
+        ),
+        key=lambda x: -mean_resolvable(x[1]) / x[1]["wall_s"],
+    )
+    fits = [
+        r["settings"]["unit_tokens"]
+        for _, r in budgets
+        if demo_minutes.get(r["settings"]["unit_tokens"], DEMO_MINUTES + 1) <= DEMO_MINUTES
+    ]
+    print(
+        f"\nMerge: {merge}, the highest mean (then minimum) resolvable-decision accuracy among "
+        f"{', '.join(r['merge']['method'] for _, r in merges)} on the same unit models. Unit learning rate of a built "
+        f"seed: {lr:g}, the same way among {', '.join(rate_names)} (the same training cost)."
+    )
+    print()
+    for n, r in budgets:
+        tokens = r["settings"]["unit_tokens"]
+        demo = f"{demo_minutes[tokens]:.2f} demo minutes" if tokens in demo_minutes else "demo not timed"
+        print(
+            f"- {tokens:,}-token units ({n}): {f3(mean_resolvable(r) / (r['wall_s'] / 60))} mean resolvable "
+            f"accuracy per study minute; {demo}."
+        )
+    if fits:
+        budget, why = fits[0], "the best per minute whose demo fits"
+    else:  # none fits: the fastest demo's, and the miss said
+        budget = min(demo_minutes, key=demo_minutes.get)
+        why = f"the fastest demo's; **FAIL**: no unit budget keeps the demo within {DEMO_MINUTES} minutes"
+    if budgets and budgets[0][1]["settings"]["unit_tokens"] != budget:
+        print(
+            "\nA smaller unit cuts each partition into more units, and the candidates (every mixture of up to "
+            "k_max units) grow as the number of units to the power k_max: the study's minutes train truths on a "
+            "budget that shrinks with the unit, the demo's rank every candidate."
+        )
+    print(f"\nUnit budget: {budget:,} tokens, {why}.")
+    print(
+        f"\nDefaults chosen by this study: `units.tokens = {budget}`, `train.lr = {lr:g}` for a built seed, "
+        f'`merge.method = "{merge}"`.'
+    )
+    if not any(r.get("wall_s") for n, r in reports.items() if n.startswith("seed-")):
+        print(
+            "\nThe seed is not chosen here: the seed-size reports carry no wall time. The demo keeps the tiny seed; "
+            "`make demo-real` runs SmolLM2-135M."
+        )
+print("\n## Per report")
 for name, r in reports.items():
     print(f"\n**{name}** ({r['budget']} budget), per evaluation set:\n")
     print(

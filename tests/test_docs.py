@@ -1,11 +1,14 @@
 """The docs hold no figure typed by hand: every generated page is regenerated from its committed source and
 compared, and the README stays a five-minute read."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from dataassess.config import BUILT_SEED_LR, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +24,19 @@ def test_the_readme_is_short_and_links_only_to_docs_that_exist():
     assert len(readme.splitlines()) <= 250
     for name in ("architecture", "benchmarks", "fidelity", "cluster", "configuration", "usage"):
         assert f"docs/{name}.md" in readme and (ROOT / "docs" / f"{name}.md").is_file(), name
+
+
+def test_the_configured_defaults_are_the_ones_the_fidelity_study_chose():
+    doc = (ROOT / "docs" / "fidelity.md").read_text()
+    chosen = re.search(
+        r"Defaults chosen by this study: `units.tokens = (\d+)`, `train.lr = ([0-9.e-]+)` for a built seed, "
+        r'`merge.method = "(\w+)"`',
+        doc,
+    )
+    assert chosen, "docs/fidelity.md names no chosen defaults"
+    defaults = Settings()
+    assert (defaults.units.tokens, BUILT_SEED_LR, defaults.merge.method) == (
+        int(chosen[1]),
+        float(chosen[2]),
+        chosen[3],
+    )
