@@ -30,7 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("STACK_DIR", ROOT / ".stack")).resolve()
-BASE = int(os.environ.get("STACK_PORT_BASE", "56000"))
+# below Linux's ephemeral range (32768-60999): no outgoing connection, and no readiness probe connected to itself,
+# can hold a service's port before the service binds it
+BASE = int(os.environ.get("STACK_PORT_BASE", "26000"))
 HOST = "127.0.0.1"
 OFFSETS = {
     "postgres": 432,
@@ -139,6 +141,15 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def last_line(log: Path | None) -> str:
+    """The log's last non-empty line, as ' (last log line: ...)': why a service exited, in the error itself."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except (AttributeError, OSError):
+        return ""
+    return f" (last log line: {lines[-1][:300]})" if lines else ""
+
+
 def wait(
     check: Callable[[], bool],
     what: str,
@@ -149,7 +160,7 @@ def wait(
     deadline = time.time() + timeout_s
     while not check():
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"error: {what} exited with {proc.returncode}; see {log}")
+            raise SystemExit(f"error: {what} exited with {proc.returncode}{last_line(log)}; see {log}")
         if time.time() > deadline:
             raise SystemExit(f"error: {what} was not ready within {timeout_s:.0f} s; see {log}")
         time.sleep(0.5)

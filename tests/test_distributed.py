@@ -33,8 +33,9 @@ def load_stack():
 
 
 def free_base(stack) -> int:
-    """A port base whose every offset is free on 127.0.0.1."""
-    for base in range(41000, 64000, 1000):
+    """A port base whose every offset is free on 127.0.0.1, below the ephemeral range (32768-60999), where a
+    client's source port, or a probe connected to itself, could take a service's port before it binds."""
+    for base in range(20000, 32000, 1000):
         with socket.socket() as s:
             if all(s.connect_ex(("127.0.0.1", base + o)) != 0 for o in stack.OFFSETS.values()):
                 return base
@@ -188,6 +189,22 @@ def listening_addresses(pids: set[int]) -> set[tuple[str, int]]:
                 )
                 found.add((ip, int(port, 16)))
     return found
+
+
+def test_the_default_ports_are_below_the_ephemeral_range_and_an_exit_says_why(tmp_path):
+    st = load_stack()
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if "STACK_PORT_BASE" not in os.environ:
+        assert max(st.PORTS.values()) < ephemeral, st.PORTS
+    log = tmp_path / "service.log"
+    with log.open("w") as out:
+        why = "OSError: [Errno 98] Address already in use"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"print('starting'); print({why!r}); raise SystemExit(3)"], stdout=out
+        )
+        with pytest.raises(SystemExit) as exited:
+            st.wait(lambda: False, "service", 60, proc, log)
+    assert str(exited.value) == f"error: service exited with 3 (last log line: {why}); see {log}"
 
 
 def test_every_server_of_the_stack_listens_on_loopback_only(stack):
