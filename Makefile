@@ -134,6 +134,7 @@ test-faults: setup
 # Intakes on Dask against MLflow and Prefect servers on PostgreSQL; the whole stack (Swift S3 artifacts, a deployment
 # run from the work pool) up and down, leaving nothing (Debian packages installed when root)
 test-distributed: setup
+	@mkdir -p "$(PREFECT_HOME)"
 	$(PY) deploy/stack.py packages
 	$(PY) -m pytest -q -m distributed
 
