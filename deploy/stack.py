@@ -143,9 +143,11 @@ def http_ok(url: str) -> bool:
 
 def last_line(log: Path | None) -> str:
     """The log's last non-empty line, as ' (last log line: ...)': why a service exited, in the error itself."""
+    if log is None:
+        return ""
     try:
         lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except (AttributeError, OSError):
+    except OSError:
         return ""
     return f" (last log line: {lines[-1][:300]})" if lines else ""
 

@@ -62,6 +62,11 @@ def most_accurate(runs):
     return max(runs, key=lambda x: (mean_resolvable(x[1]), min_resolvable(x[1])))
 
 
+def per_minute(r):
+    """Mean resolvable-decision accuracy per minute of the run's wall time."""
+    return mean_resolvable(r) / (r["wall_s"] / 60)
+
+
 def _beats_naive(r):
     """Sets where the score's resolvable-decision accuracy is above the naive baseline's."""
     return sum((_resolvable(x) or 0) > (_resolvable(x["baselines"]["naive"]) or 0) for x in r["eval_sets"].values())
@@ -148,9 +153,9 @@ if len(settings) > 1:
             f"{met[name]}/{len(TARGETS['fixed'])} | {minutes} |"
         )
     meets = [n for n in met if met[n] == len(TARGETS["fixed"])]
-    best = max(settings, key=lambda x: mean_resolvable(x[1]))[0]
+    best = most_accurate(settings)[0]
     timed = [(n, r) for n, r in settings if r.get("wall_s") and r["merge"]["method"] == "linear"]  # trained their own
-    cheapest = max(timed, key=lambda x: mean_resolvable(x[1]) / x[1]["wall_s"])[0] if timed else "n/a"
+    cheapest = max(timed, key=lambda x: per_minute(x[1]))[0] if timed else "n/a"
     verdict = (
         f"Meeting every fixed-budget target: {', '.join(meets)}." if meets else "None meets every fixed-budget target."
     )
@@ -243,7 +248,7 @@ if len(settings) > 1 and demo_runs:
             for n, r in settings
             if r.get("wall_s") and r["merge"]["method"] == merge and r["settings"]["lr"] == lr
         ),
-        key=lambda x: -mean_resolvable(x[1]) / x[1]["wall_s"],
+        key=lambda x: -per_minute(x[1]),
     )
     fits = [
         r["settings"]["unit_tokens"]
@@ -259,10 +264,7 @@ if len(settings) > 1 and demo_runs:
     for n, r in budgets:
         tokens = r["settings"]["unit_tokens"]
         demo = f"{demo_minutes[tokens]:.2f} demo minutes (mean)" if tokens in demo_minutes else "demo not timed"
-        print(
-            f"- {tokens:,}-token units ({n}): {f3(mean_resolvable(r) / (r['wall_s'] / 60))} mean resolvable "
-            f"accuracy per study minute; {demo}."
-        )
+        print(f"- {tokens:,}-token units ({n}): {f3(per_minute(r))} mean resolvable accuracy per study minute; {demo}.")
     if fits:
         budget, why = fits[0], "the best per minute whose demo fits"
     else:  # none fits: the fastest demo's, and the miss said

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataassess.files import write_json
+
 DA = Path(sys.executable).with_name("dataassess")
 
 
@@ -50,9 +52,7 @@ def time_demo(name: str, env: dict[str, str], out: Path) -> dict:
         "n_mixtures": len(rows),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    tmp = out / f".{name}.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.rename(out / f"{name}.json")
+    write_json(out / f"{name}.json", report)
     print(f"{name}: {wall_s / 60:.1f} min, {report['n_units']} units, {report['n_mixtures']} mixtures", flush=True)
     return report
 
