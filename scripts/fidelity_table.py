@@ -2,6 +2,7 @@
 against the fidelity targets. Reads only the reports."""
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -285,6 +286,92 @@ if len(settings) > 1 and demo_runs:
         print(
             "\nThe seed is not chosen here: the seed-size reports carry no wall time. The demo keeps the tiny seed; "
             "`make demo-real` runs SmolLM2-135M."
+        )
+# weight-space/<run>.json (scripts/weight_space.py): a mixture's merge and replicate truth, their distance to its truth
+spaces = {p.stem: json.loads(p.read_text()) for p in sorted((out / "weight-space").glob("*.json"))}
+if spaces:
+    print("\n## Weight space\n")
+    print(
+        "How far a mixture's merge lies from its ground truth in parameter space, |merge - truth| / |truth - seed|, "
+        "beside how far the replicate truth (the same data in a third order) lies from it: the data-order noise in "
+        "parameter space. A mixture of one unit merges to its unit model, the same data in another order, so it is "
+        "as far from the truth as a replicate; the comparison that matters is on the replicated mixtures of 2 or "
+        "more units. "
+        "`scripts/weight_space.py`, after each run, on its store.\n"
+    )
+    print(
+        "| run | merge | mean distance, k = 1 / 2 / 3 | replicated mixtures, k >= 2 | merge: mean distance | "
+        "replicate: mean distance | merge / replicate | merge the closer |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, w in spaces.items():
+        by_k = " / ".join(f(mean(x["proxy"] for x in w["rows"] if x["k"] == k)) for k in (1, 2, 3))
+        both = [x for x in w["rows"] if x["k"] > 1 and x["replicate"] is not None]
+        merge_d, rep_d = mean(x["proxy"] for x in both), mean(x["replicate"] for x in both)
+        ratio = f(merge_d / rep_d) if both else "n/a"
+        closer = sum(x["proxy"] < x["replicate"] for x in both)
+        print(
+            f"| {name} | {w['merge']['method']} | {by_k} | {len(both)} | {f3(merge_d)} | {f3(rep_d)} | {ratio} | "
+            f"{closer} of {len(both)} |"
+        )
+    ratios = [
+        statistics.fmean(x["proxy"] for x in both) / statistics.fmean(x["replicate"] for x in both)
+        for w in spaces.values()
+        if (both := [x for x in w["rows"] if x["k"] > 1 and x["replicate"] is not None])
+    ]
+    if ratios:
+        near = max(ratios) <= 1.1
+        print(
+            f"\nThe merge lies closer to the truth than a replicate truth does in {sum(r < 1 for r in ratios)} of "
+            f"{len(ratios)} runs, and at most {max(ratios):.2f} times as far: "
+            + (
+                "within 10% of the data-order noise everywhere, so in parameter space a merge estimates the trained "
+                "model about as well as training it again would."
+                if near
+                else "farther than the data-order noise explains in some runs."
+            )
+        )
+    print(
+        "\nWhere the merge errs: its bias, log(merge perplexity / truth perplexity) averaged over the evaluation "
+        "sets (above 0: the merge rates the mixture worse than training on it does), against the mean cosine "
+        "between its units' updates (model - seed), within each size. Correlation: Pearson's, over that size's "
+        "mixtures.\n"
+    )
+    print(
+        "| run | k | mixtures | mean bias | bias, most similar half / least similar half | "
+        "correlation of bias and cosine |"
+    )
+    print("|---|---|---|---|---|---|")
+    correlations = []
+    for name, w in spaces.items():
+        report = reports.get(name)
+        if report is None:
+            continue
+        sets = list(report["eval_sets"])
+        bias = {
+            tuple(r["units"]): statistics.fmean(math.log(r["proxy"][s] / r["truth"][s]) for s in sets)
+            for r in report["rows"]
+        }
+        for k in sorted({x["k"] for x in w["rows"] if x["k"] > 1}):
+            rows = sorted((x for x in w["rows"] if x["k"] == k), key=lambda x: -x["cosine"])
+            b = [bias[tuple(x["units"])] for x in rows]
+            r = statistics.correlation([x["cosine"] for x in rows], b) if len(rows) > 2 else None
+            correlations.append(r)
+            half = len(b) // 2
+            print(
+                f"| {name} | {k} | {len(rows)} | {statistics.fmean(b):.4f} | "
+                f"{statistics.fmean(b[:half]):.4f} / {statistics.fmean(b[-half:]):.4f} | {f(r)} |"
+            )
+    if correlations and all(r is not None for r in correlations):
+        negative = sum(r < 0 for r in correlations)
+        print(
+            f"\nThe correlation is negative in {negative} of {len(correlations)} (run, size) cells: "
+            + (
+                "the less alike a mixture's units, the more the merge underrates it, so within one size a ranking "
+                "by merges leans towards mixtures of similar units."
+                if negative == len(correlations)
+                else "the merge's bias does not follow its units' similarity everywhere."
+            )
         )
 print("\n## Per report")
 for name, r in reports.items():

@@ -1,6 +1,9 @@
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -300,6 +303,37 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     assert kept["merge"]["method"] == "linear", "only the pool's own method becomes its fidelity"
     bad = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--merge-method", "nope"])
     assert bad.exit_code == 2 and "unknown merge method 'nope'" in bad.output
+
+    # the study's weight-space comparison, on the same store and sample: it reads those models, trains nothing
+    out = settings.store.parent / "space.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "weight_space.py"
+    args = [str(settings.store), str(corpus), str(out), "--n", "6", "--k-max", "2", "--replicates", "2"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], env={**os.environ, "DATAASSESS_CONFIG": str(toml)}, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")} == truths, "nothing trained"
+    space = json.loads(out.read_text())
+    assert space["merge"]["method"] == "linear" and [r["units"] for r in space["rows"]] == [
+        r["units"] for r in report["rows"]
+    ]
+    assert sum(r["replicate"] is not None for r in space["rows"]) == 2
+    assert all(r["proxy"] > 0 and (r["replicate"] is None or r["replicate"] > 0) for r in space["rows"])
+    one = next(r for r in space["rows"] if r["k"] == 1)  # by hand: the unit model against its truth, over truth - seed
+
+    def flat(path):
+        w = load_file(path)
+        return torch.cat([w[n].float().reshape(-1) for n in sorted(w)])
+
+    def weights(kind, **match):
+        metas = [json.loads(p.read_text()) for p in (settings.store / kind).glob("*/meta.json")]
+        (meta,) = [m for m in metas if all(m.get(k) == v for k, v in match.items())]
+        return flat(settings.store / kind / meta["key"] / "model.safetensors")
+
+    unit = weights("models", unit=one["units"][0])
+    truth = weights("truth", units=one["units"], data_seed=settings.fidelity.data_seed)
+    (base,) = [flat(p) for p in (settings.store / "seeds").glob("*/base.safetensors")]
+    assert one["proxy"] == pytest.approx(float((unit - truth).norm() / (truth - base).norm()), rel=1e-5)
 
 
 def test_weighted_fidelity_follows_the_same_protocol(settings, corpus):

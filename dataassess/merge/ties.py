@@ -5,7 +5,7 @@ parameter, and average only the updates that agree with it.
     sign     = sign(sum_i w_i * delta_i)
     merged   = base + scale * sum_i w_i * delta_i * agree_i / sum_i w_i * agree_i,  agree_i = (sign(delta_i) == sign)
 
-Reads tensor by tensor (k + 1 copies of the largest tensor in memory); non-float tensors are the base's.
+Reads tensor by tensor (updates.merge_updates).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .base import MergeMethod, base_required, into, register
-from .io import open_all
-from .linear import check_covers, normalized
+from .base import MergeMethod, register
+from .linear import normalized
+from .updates import merge_updates
 
 
 def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
@@ -66,17 +66,6 @@ class Ties(MergeMethod):
         p = self.resolved(params)
         self.check(p)
         w = torch.tensor(normalized(weights, len(paths)), dtype=torch.float32)
-        merged: dict[str, torch.Tensor] = {}
-        with open_all([base_required(self.name, base), *paths]) as readers:
-            if out is not None:
-                check_covers(out, set(readers[0].tensors))
-            for name, info in readers[0].tensors.items():
-                b = readers[0].read(name).view(info.shape)
-                if not info.dtype.is_floating_point:
-                    merged[name] = b
-                    continue
-                b32 = b.float().reshape(1, -1)
-                deltas = torch.cat([r.read(name).float().reshape(1, -1) - b32 for r in readers[1:]])
-                update = disjoint_mean(trim(deltas, p["density"]), w)
-                merged[name] = (b32[0] + p["scale"] * update).to(info.dtype).view(info.shape)
-        return into(out, merged)
+        return merge_updates(
+            self.name, paths, base, out, lambda updates: p["scale"] * disjoint_mean(trim(updates, p["density"]), w)
+        )
