@@ -2,7 +2,8 @@
 (another data order, same data) lies from it: is the proxy as close to the truth as the data-order noise allows?
 
 Run after `dataassess fidelity` with the same store, corpus, settings (DATAASSESS_* in the environment) and sizes:
-every model it reads is already in the store, so nothing is trained. Writes OUT.json with one row per mixture:
+every model it reads is already in the store (it stops, training nothing, when one is missing). Writes OUT.json
+with one row per mixture:
 
     {"units": [...], "k": 2, "proxy": |merge - truth| / |truth - seed|, "replicate": |replicate - truth| / ... or null,
      "cosine": the mean cosine between its unit models' updates (model - seed) over their pairs, 1 for one unit}
@@ -14,6 +15,7 @@ every model it reads is already in the store, so nothing is trained. Writes OUT.
 
 import argparse
 import itertools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from dataassess.files import write_json
 from dataassess.merge import method_class
 from dataassess.pipeline import prepare
 from dataassess.store import Store
+from dataassess.truth import truth_key
 
 
 def flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -72,7 +75,21 @@ def main() -> None:
         f = settings.fidelity
         n, k_max = a.n or f.mixtures, a.k_max or f.k_max
         replicates = f.replicates if a.replicates is None else a.replicates
-        truths = fidelity.train_truths(pool, n, k_max, budget, replicates)  # all cached: loads, trains nothing
+        main_order, again = fidelity.truth_orders(pool, budget)
+        sampled = fidelity.sample_mixtures(list(pool.models), n, k_max, settings.train.seed)
+        jobs = [(m, main_order) for m in sampled] + [(m, again) for m in fidelity.stratified(sampled, replicates)]
+        missing = [
+            m
+            for m, order in jobs
+            if not store.finished(truth_key([pool.unit(u) for u in m], pool.steps, order), "truth")
+        ]
+        if missing or len(pool.models) < len(pool.units):
+            what = f"{len(missing)} of the run's {len(jobs)} ground truths" if missing else "some unit models"
+            sys.exit(
+                f"error: {what} are not in {store.root}: run `dataassess fidelity` with the same store, settings "
+                "and sizes first"
+            )
+        truths = fidelity.train_truths(pool, n, k_max, budget, replicates)  # all in the store: loads them
         base_path = pool.seed.base_weights()
         base = flat(load_file(base_path))
         names = sorted({u for mix in truths.mixtures for u in mix})

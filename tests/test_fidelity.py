@@ -313,6 +313,14 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     )
     assert done.returncode == 0, done.stderr.decode()
     assert {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")} == truths, "nothing trained"
+    more = subprocess.run(  # a sample the run did not train: refused, not trained
+        [sys.executable, str(script), *args, "--replicates", "3"],
+        env={**os.environ, "DATAASSESS_CONFIG": str(toml)},
+        capture_output=True,
+        text=True,
+    )
+    assert more.returncode == 1 and "error: 1 of the run's 9 ground truths are not in" in more.stderr, more.stderr
+    assert {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")} == truths
     space = json.loads(out.read_text())
     assert space["merge"]["method"] == "linear" and [r["units"] for r in space["rows"]] == [
         r["units"] for r in report["rows"]
