@@ -304,21 +304,19 @@ if spaces:
         "replicate: mean distance | merge / replicate | merge the closer |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    ratios = []  # per run with replicated mixtures of 2+ units: merge distance / replicate distance
     for name, w in spaces.items():
         by_k = " / ".join(f(mean(x["proxy"] for x in w["rows"] if x["k"] == k)) for k in (1, 2, 3))
         both = [x for x in w["rows"] if x["k"] > 1 and x["replicate"] is not None]
         merge_d, rep_d = mean(x["proxy"] for x in both), mean(x["replicate"] for x in both)
-        ratio = f(merge_d / rep_d) if both else "n/a"
+        if both:
+            ratios.append(merge_d / rep_d)
+        ratio = f(ratios[-1]) if both else "n/a"
         closer = sum(x["proxy"] < x["replicate"] for x in both)
         print(
             f"| {name} | {w['merge']['method']} | {by_k} | {len(both)} | {f3(merge_d)} | {f3(rep_d)} | {ratio} | "
             f"{closer} of {len(both)} |"
         )
-    ratios = [
-        statistics.fmean(x["proxy"] for x in both) / statistics.fmean(x["replicate"] for x in both)
-        for w in spaces.values()
-        if (both := [x for x in w["rows"] if x["k"] > 1 and x["replicate"] is not None])
-    ]
     if ratios:
         near = max(ratios) <= 1.1
         print(

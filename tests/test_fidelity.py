@@ -342,6 +342,9 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     truth = weights("truth", units=one["units"], data_seed=settings.fidelity.data_seed)
     (base,) = [flat(p) for p in (settings.store / "seeds").glob("*/base.safetensors")]
     assert one["proxy"] == pytest.approx(float((unit - truth).norm() / (truth - base).norm()), rel=1e-5)
+    two = next(r for r in space["rows"] if r["k"] == 2)  # the cosine between its two units' updates
+    a, b = (weights("models", unit=u) - base for u in two["units"])
+    assert one["cosine"] == 1.0 and two["cosine"] == pytest.approx(float(a @ b / (a.norm() * b.norm())), rel=1e-4)
 
 
 def test_weighted_fidelity_follows_the_same_protocol(settings, corpus):
