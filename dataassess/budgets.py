@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from .calibration import Calibration, fit_set
+from .calibration import FEATURES, Calibration, fit_set
 from .errors import UserError
 from .rank import rank
 from .store import Store
@@ -103,12 +103,13 @@ class Union(Budget):
         }
 
     def calibration(self, pool: Pool) -> Calibration | None:
-        """The pool's calibration, if fitted for this seed, train config and these evaluation sets."""
+        """The pool's calibration, if fitted for this seed, train config, these evaluation sets and features."""
         found = pool.store.calibration(pool.name)
         same = found is not None and (
             found.eval_sets == pool.eval_sets
             and found.seed_digest == pool.seed.digest
             and found.train_config == pool.settings.train.digest()
+            and found.features == FEATURES
         )
         return found if same else None
 

@@ -3,9 +3,11 @@ trained on the whole union of the mixture's units.
 
 A model trained on k units sees k x the tokens, so the raw average under-rates larger
 mixtures. Per evaluation set, a ridge regression in log space (scikit-learn) predicts
-log(truth ppl) from log(proxy ppl) and log(k), fitted on the pool's fidelity ground
-truths. Its figures are leave-one-out: each mixture is predicted by a fit without it.
-Intervals are +-1.96 leave-one-out residual standard deviations, in log space.
+log(truth ppl) from log(proxy ppl), log(k) and their product, fitted on the pool's fidelity
+ground truths. The product lets the gain from k x the tokens depend on how well the mixture's
+data fits the set: a set its data helps gains more from more of it. Its figures are
+leave-one-out: each mixture is predicted by a fit without it. Intervals are +-1.96
+leave-one-out residual standard deviations, in log space.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ ALPHAS = tuple(float(a) for a in np.logspace(-3, 2, 11))  # ridge strengths trie
 Z95 = 1.959964
 
 
+FEATURES = ["log proxy perplexity", "log k", "log proxy perplexity x log k"]
+
+
 def features(proxy_ppl: np.ndarray, k: np.ndarray) -> np.ndarray:
-    return np.column_stack([np.log(proxy_ppl), np.log(k)])
+    log_proxy, log_k = np.log(proxy_ppl), np.log(k)
+    return np.column_stack([log_proxy, log_k, log_proxy * log_k])
 
 
 def model(alphas: tuple[float, ...] = ALPHAS):
@@ -42,7 +48,7 @@ def loo_predictions(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = AL
 
 @dataclass
 class SetCalibration(JsonForm):
-    """log(truth) = intercept + coef . (log proxy, log k), in the original (unscaled) features."""
+    """log(truth) = intercept + coef . features(proxy, k), in the original (unscaled) features."""
 
     intercept: float
     coef: list[float]
@@ -52,7 +58,7 @@ class SetCalibration(JsonForm):
 
     def predict(self, proxy_ppl: float, k: int) -> tuple[float, float, float]:
         """(perplexity, 95% low, 95% high)."""
-        log_ppl = self.intercept + self.coef[0] * math.log(proxy_ppl) + self.coef[1] * math.log(k)
+        log_ppl = self.intercept + float(np.dot(self.coef, features(np.array([proxy_ppl]), np.array([float(k)]))[0]))
         return math.exp(log_ppl), math.exp(log_ppl - Z95 * self.sigma), math.exp(log_ppl + Z95 * self.sigma)
 
 
@@ -62,7 +68,7 @@ class Calibration(JsonForm):
     sets: dict[str, SetCalibration]
     seed_digest: str = ""
     train_config: str = ""
-    features: list[str] = field(default_factory=lambda: ["log proxy perplexity", "log k"])
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
 
     @classmethod
     def from_json(cls, d: dict) -> Calibration:

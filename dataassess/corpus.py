@@ -234,17 +234,22 @@ def load_dataset_partitions(
     return good, bad
 
 
+def check_source(source: str | Path) -> None:
+    """A local corpus must exist (a hub dataset is checked when it loads)."""
+    if not str(source).startswith(HUB) and not Path(source).exists():
+        raise UserError(
+            f"corpus not found: {source} (no such file or folder; a hub dataset is written {HUB}owner/name)"
+        )
+
+
 def discover(
     source: str | Path, partition_field: str = "domain", cache_dir: str | None = None
 ) -> tuple[list[Partition], list[CorpusError]]:
     """All valid partitions under `source`, and the errors of the quarantined ones."""
     if str(source).startswith(HUB):
         return load_dataset_partitions(str(source), partition_field, cache_dir)
+    check_source(source)
     root = Path(source)
-    if not root.exists():
-        raise UserError(
-            f"corpus not found: {source} (no such file or folder; a hub dataset is written {HUB}owner/name)"
-        )
     if not root.is_dir():
         return load_dataset_partitions(str(source), partition_field, cache_dir)
     good, bad = [], []

@@ -22,7 +22,6 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from .files import digest_json
-from .seed import encode
 from .types import TaskScore, TaskSet
 
 TASK_FILE = "task.toml"
@@ -155,6 +154,8 @@ def build_task_set(src: TaskSource, tokenizer, ctx: int, max_tokens: int | None 
     """Token ids of the items, in file order until their gold answers hold `max_tokens` (corpus.eval_max_tokens,
     as a text set's scored tokens): contexts (after the EOS/BOS token) cut from the left so that the longest
     choice fits `ctx` positions. Raises TaskError when a choice alone does not fit."""
+    from .seed import encode  # torch: not imported where task files are only read
+
     items, tokens, n_bytes = [], 0, 0
     for i, (context, choices, gold) in enumerate(src.items, 1):
         if max_tokens is not None and tokens >= max_tokens:

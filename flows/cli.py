@@ -33,7 +33,23 @@ from dataassess.types import Snapshot
 CORPUS_HELP = (
     "Corpus: a folder with one subfolder per partition, a dataset file (.jsonl, .parquet, ...) or hf://owner/name."
 )
-Corpus = Annotated[str, typer.Argument(help=CORPUS_HELP, show_default=False, metavar="CORPUS")]
+
+
+def _existing_corpus(value: str) -> str:
+    """A missing corpus folder fails as the command line is read, before any heavy import."""
+    from dataassess.corpus import check_source
+
+    try:
+        check_source(value)
+    except UserError as e:
+        _error(str(e))
+        raise typer.Exit(2) from None
+    return value
+
+
+Corpus = Annotated[
+    str, typer.Argument(help=CORPUS_HELP, show_default=False, metavar="CORPUS", callback=_existing_corpus)
+]
 PoolName = Annotated[
     Optional[str],
     typer.Option(

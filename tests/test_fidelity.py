@@ -16,12 +16,15 @@ from typer.testing import CliRunner
 
 from dataassess import agreement
 from dataassess.budgets import BUDGETS
-from dataassess.calibration import loo_predictions
+from dataassess.calibration import fit_set, loo_predictions
 from dataassess.fidelity import sample_mixtures
+from dataassess.files import read_json, write_json
 from dataassess.steps import Steps
 from dataassess.store import Store
 from dataassess.truth import Truth, budget_sequences, train_truth, union_sequences
 from flows.cli import app
+from registry.fidelity import FIDELITY_EXPERIMENT
+from registry.tracking import connect
 from tests.conftest import latest, prepare_pool, run_pipeline, write_toml
 
 
@@ -141,6 +144,20 @@ def test_leave_one_out_calibration_never_sees_the_held_out_mixture():
         assert loo_predictions(x, moved, alphas=(1e-12,))[i] == pytest.approx(loo[i], abs=1e-6)
 
 
+def test_a_calibration_predicts_its_least_squares_fit_on_log_proxy_log_k_and_their_product():
+    rng = np.random.default_rng(0)
+    proxy, k = rng.uniform(200, 900, 12), np.repeat([1, 2, 3], 4)
+    log_truth = 0.4 + 0.9 * np.log(proxy) - 0.3 * np.log(k) + 0.02 * np.log(proxy) * np.log(k)
+    truth = np.exp(log_truth + rng.normal(0, 0.01, 12))
+    fitted, _ = fit_set(list(proxy), list(truth), list(k), alphas=(1e-12,))
+    design = lambda p, n: np.r_[1.0, math.log(p), math.log(n), math.log(p) * math.log(n)]  # noqa: E731
+    beta = np.linalg.lstsq(np.array([design(p, n) for p, n in zip(proxy, k)]), np.log(truth), rcond=None)[0]
+    for p, n in [(300.0, 1), (500.0, 2), (800.0, 3)]:
+        ppl, low, high = fitted.predict(p, n)
+        assert math.log(ppl) == pytest.approx(beta @ design(p, n), abs=1e-6)
+        assert low < ppl < high
+
+
 def test_union_ranking_without_a_calibration_never_compares_sizes(settings, corpus):
     union = settings.model_copy(update={"rank": settings.rank.model_copy(update={"budget": "union"})})
     result = run_pipeline(corpus, union, progress=False)
@@ -229,9 +246,12 @@ def test_fidelity_cli_both_budgets_recomputable_rows_and_the_agreement_line(sett
     res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])
     assert res.exit_code == 0 and "fidelity: not measured for this pool at the fixed budget" in res.stdout, res.stdout
     reports = {}
-    common = ["--n", "9", "--k-max", "2", "--replicates", "4", "--json", "--no-mlflow"]
-    for budget in ("fixed", "union"):
-        res = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--budget", budget, *common])
+    common = ["--n", "9", "--k-max", "2", "--replicates", "4", "--json"]
+    for budget in ("fixed", "union"):  # the union report is logged to MLflow, its calibration with it
+        mlflow = ["--no-mlflow"] if budget == "fixed" else []
+        res = CliRunner().invoke(
+            app, ["--config", str(toml), "fidelity", str(corpus), "--budget", budget, *common, *mlflow]
+        )
         assert res.exit_code == 0, res.output
         report = reports[budget] = json.loads(res.stdout)
         assert report["budget"] == budget and report["score"] == ("calibrated" if budget == "union" else "proxy")
@@ -251,7 +271,13 @@ def test_fidelity_cli_both_budgets_recomputable_rows_and_the_agreement_line(sett
         assert_recomputed(report)
     truths = list((settings.store / "truth").glob("*/meta.json"))
     assert len(truths) == 2 * (9 + 4), "a truth and a replicate trained per budget; none is a unit model"
-    assert (settings.store / "pools" / "corpus" / "calibration.json").exists()
+    stored = read_json(settings.store / "pools" / "corpus" / "calibration.json")
+    assert stored["features"] == ["log proxy perplexity", "log k", "log proxy perplexity x log k"]
+    client = connect(Store(settings.store))
+    (run,) = client.search_runs([client.get_experiment_by_name(FIDELITY_EXPERIMENT).experiment_id])
+    for name, fitted in stored["sets"].items():  # one parameter per feature, named after it
+        logged = float(run.data.params[f"calibration.{name}.coef_log_proxy_perplexity_x_log_k"])
+        assert logged == pytest.approx(fitted["coef"][2])
     res = CliRunner().invoke(app, ["--config", str(toml), "ranking"])  # the fixed ranking, measured since
     f = reports["fixed"]["macro"]
     pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
@@ -272,6 +298,10 @@ def test_fidelity_cli_both_budgets_recomputable_rows_and_the_agreement_line(sett
     fidelity = snapshot["fidelity"]  # the pool's latest report at the union budget, as every ranking shows it
     assert fidelity["measured"] and fidelity["budget"] == "union"
     assert fidelity["resolvable_decision_accuracy"] == reports["union"]["macro"]["resolvable_decision_accuracy"]
+    stored["features"] = stored["features"][:2]  # fitted on other features (an older version): not used
+    write_json(settings.store / "pools" / "corpus" / "calibration.json", stored)
+    run_pipeline(corpus, union, progress=False)
+    assert latest(settings)["budget"]["calibrated"] is False
 
 
 def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report_s_figures(settings, corpus):
