@@ -355,11 +355,9 @@ if spaces:
             b = [bias[tuple(x["units"])] for x in rows]
             r = statistics.correlation([x["cosine"] for x in rows], b) if len(rows) > 2 else None
             correlations.append(r)
-            half = len(b) // 2
-            print(
-                f"| {name} | {k} | {len(rows)} | {statistics.fmean(b):.4f} | "
-                f"{statistics.fmean(b[:half]):.4f} / {statistics.fmean(b[-half:]):.4f} | {f(r)} |"
-            )
+            half = len(b) // 2  # a single mixture has no halves
+            halves = f"{statistics.fmean(b[:half]):.4f} / {statistics.fmean(b[-half:]):.4f}" if half else "n/a"
+            print(f"| {name} | {k} | {len(rows)} | {statistics.fmean(b):.4f} | {halves} | {f(r)} |")
     if correlations and all(r is not None for r in correlations):
         negative = sum(r < 0 for r in correlations)
         print(
