@@ -44,6 +44,7 @@ run shared-union shared "$OUT/shared-corpus" --budget union
 FIXED=("$OUT/shared-corpus" --budget fixed)
 DATAASSESS_TRAIN__LR=1e-4 run settings-lr-1e-4 shared "${FIXED[@]}"
 DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
+DATAASSESS_TRAIN__LR=5e-4 run settings-lr-5e-4 shared "${FIXED[@]}"
 DATAASSESS_UNITS__TOKENS=32768 run settings-units-32k shared "${FIXED[@]}"
 run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic

@@ -129,6 +129,51 @@ print("|---|---|---|")
 for name, r in reports.items():
     for what, test in TARGETS.get("weighted" if r.get("weighted") else r["budget"], []):
         print(f"| {name} | {what} | {'yes' if test(r) else '**no**'} |")
+within = [(n, r) for n, r in reports.items() if r["budget"] == "fixed" and not r.get("weighted")]
+if within:
+    import numpy as np
+
+    from dataassess import agreement
+
+    def replicate_spearman(truth, sigma, draws=2000):
+        """A replicate truth's Spearman against the truths, simulated: each truth moved by the difference of two
+        data orders, N(0, 2 sigma^2) in log perplexity. Mean over draws, and the share of draws >= 0.90."""
+        log_t = np.log(truth)
+        rng = np.random.default_rng(0)
+        spread = sigma * math.sqrt(2)
+        rhos = [agreement.spearman(log_t + rng.normal(0, spread, len(log_t)), log_t) for _ in range(draws)]
+        return statistics.fmean(rhos), sum(x >= 0.90 for x in rhos) / draws
+
+    print("\n## Within each size\n")
+    print(
+        "The fixed-budget target asks for a macro Spearman of 0.90 within k = 2 and k = 3. Within one size a run has "
+        "few mixtures, and some of their truths lie closer than the data-order noise, where no score can order them "
+        "reliably. Replicate: the Spearman a second truth of each mixture (another data order) would reach, "
+        "simulated from the truths and the run's macro sigma (2,000 draws): its mean, and the share of draws at "
+        "0.90 or more. Resolvable: the macro's accuracy on the size's resolvable pairs.\n"
+    )
+    print("| run | k | mixtures | macro Spearman | replicate: mean / share >= 0.90 | resolvable (pairs) |")
+    print("|---|---|---|---|---|---|")
+    cells = []  # (proxy's Spearman, a replicate's share of draws >= 0.90) per (run, size)
+    for name, r in within:
+        sigma = r["noise"]["sigma_log_ppl"]["macro"]
+        for k in ("2", "3"):
+            rows = [x for x in r["rows"] if str(x["k"]) == k]
+            if k not in r["by_k"] or not sigma or math.isnan(sigma):
+                continue
+            m = r["by_k"][k]["macro"]
+            rep, share = replicate_spearman(agreement.values(rows, "truth", None), sigma)
+            cells.append((m["spearman"], share))
+            print(
+                f"| {name} | {k} | {len(rows)} | {f(m['spearman'])} | {f(rep)} / {f(share)} | "
+                f"{f(_resolvable(m))} ({m['n_resolvable_pairs']}) |"
+            )
+    testable = [rho for rho, share in cells if share >= 0.90]
+    print(
+        f"\nIn {len(cells) - len(testable)} of {len(cells)} (run, size) cells a replicate truth itself reaches 0.90 in "
+        "fewer than 90% of draws: there the target tests the noise as much as the proxy. In the other "
+        f"{len(testable)}, the proxy reaches 0.90 in {sum(rho >= 0.90 for rho in testable)}."
+    )
 settings = sorted(
     ((n, r) for n, r in reports.items() if n == "shared-fixed" or n.startswith("settings-")),
     key=lambda x: (x[0] != "shared-fixed", x[0]),
