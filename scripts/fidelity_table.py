@@ -150,7 +150,9 @@ if within:
         "few mixtures, and some of their truths lie closer than the data-order noise, where no score can order them "
         "reliably. Replicate: the Spearman a second truth of each mixture (another data order) would reach, "
         "simulated from the truths and the run's macro sigma (2,000 draws): its mean, and the share of draws at "
-        "0.90 or more. Resolvable: the macro's accuracy on the size's resolvable pairs.\n"
+        "0.90 or more. The observed truths carry noise of their own, which spreads them a little wider than the "
+        "mixtures really differ, so this is an upper estimate. Resolvable: the macro's accuracy on the size's "
+        "resolvable pairs.\n"
     )
     print("| run | k | mixtures | macro Spearman | replicate: mean / share >= 0.90 | resolvable (pairs) |")
     print("|---|---|---|---|---|---|")
