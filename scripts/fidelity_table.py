@@ -165,7 +165,7 @@ if within:
                 continue
             m = r["by_k"][k]["macro"]
             rep, share = replicate_spearman(agreement.values(rows, "truth", None), sigma)
-            cells.append((m["spearman"], share))
+            cells.append((m["spearman"] if m["spearman"] is not None else -1.0, share))
             print(
                 f"| {name} | {k} | {len(rows)} | {f(m['spearman'])} | {f(rep)} / {f(share)} | "
                 f"{f(_resolvable(m))} ({m['n_resolvable_pairs']}) |"
