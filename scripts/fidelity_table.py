@@ -7,6 +7,11 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from dataassess import agreement
+from dataassess.calibration import FEATURES, features, loo_predictions
+
 RESOLVABLE = "resolvable_decision_accuracy"
 DEMO_MINUTES = 10  # `make demo` on 2 cores, the budget a default must keep
 # the targets, on every evaluation set unless said: (budget, what, test)
@@ -131,9 +136,6 @@ for name, r in reports.items():
         print(f"| {name} | {what} | {'yes' if test(r) else '**no**'} |")
 within = [(n, r) for n, r in reports.items() if r["budget"] == "fixed" and not r.get("weighted")]
 if within:
-    import numpy as np
-
-    from dataassess import agreement
 
     def replicate_spearman(truth, sigma, draws=2000):
         """A replicate truth's Spearman against the truths, simulated: each truth moved by the difference of two
@@ -419,10 +421,6 @@ if spaces:
 # The union calibration's features, refitted leave-one-out from each union report's rows, as `fidelity` fits them
 unions = {n: r for n, r in reports.items() if r["budget"] == "union"}
 if unions:
-    import numpy as np
-
-    from dataassess import agreement
-    from dataassess.calibration import FEATURES, features, loo_predictions
 
     def refit(r, with_product):
         """Per set and macro: (resolvable accuracy, Spearman) of the leave-one-out calibrated prediction."""
