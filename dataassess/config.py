@@ -61,13 +61,13 @@ class UnitConfig(Section):
     tokens: int = Field(65_536, gt=0)  # every unit holds exactly this many training tokens
 
 
-BUILT_SEED_LR, IMPORTED_SEED_LR = 3e-4, 1e-4  # train.lr when unset (TrainConfig.for_seed)
+BUILT_SEED_LR, IMPORTED_SEED_LR = 5e-4, 1e-4  # train.lr when unset (TrainConfig.for_seed)
 
 
 class TrainConfig(Section):
     """Continued pretraining of the seed, for unit models and ground truths alike. Part of every model's key."""
 
-    lr: float | None = Field(None, gt=0)  # AdamW rate; None: 3e-4 for a seed built here, 1e-4 for an imported one
+    lr: float | None = Field(None, gt=0)  # AdamW rate; None: 5e-4 for a seed built here, 1e-4 for an imported one
     weight_decay: float = 0.1  # AdamW weight decay
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2

