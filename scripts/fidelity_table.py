@@ -69,6 +69,24 @@ def most_accurate(runs):
     return max(runs, key=lambda x: (macro_resolvable(x[1]), mean_resolvable(x[1])))
 
 
+def target_kind(r):
+    """Which targets a report answers to: its budget, or weighted."""
+    return "weighted" if r.get("weighted") else r["budget"]
+
+
+def fixed_targets_met(r):
+    return sum(test(r) for _, test in TARGETS["fixed"])
+
+
+def rate_line(n, r):
+    """'- LR (run): macro X (N pairs), mean over sets Y' for the defaults' list of learning rates."""
+    m = r["macro"]
+    return (
+        f"- {r['settings']['lr']:g} ({n}): macro {f(_resolvable(m))} ({m['n_resolvable_pairs']} pairs), "
+        f"mean over sets {f(mean_resolvable(r))}"
+    )
+
+
 def per_minute(r):
     """Macro resolvable-decision accuracy per minute of the run's wall time."""
     return macro_resolvable(r) / (r["wall_s"] / 60)
@@ -133,7 +151,7 @@ print("\nAgainst the targets of the fidelity protocol:\n")
 print("| run | target | met |")
 print("|---|---|---|")
 for name, r in reports.items():
-    for what, test in TARGETS.get("weighted" if r.get("weighted") else r["budget"], []):
+    for what, test in TARGETS.get(target_kind(r), []):
         print(f"| {name} | {what} | {'yes' if test(r) else '**no**'} |")
 within = [(n, r) for n, r in reports.items() if r["budget"] == "fixed" and not r.get("weighted")]
 if within:
@@ -207,7 +225,7 @@ if len(settings) > 1:
         "macro Spearman within k = 2 / 3 | beats naive | macro resolvable (pairs) | targets met | minutes |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    met = {n: sum(test(r) for _, test in TARGETS["fixed"]) for n, r in settings}
+    met = {n: fixed_targets_met(r) for n, r in settings}
     for name, r in settings:
         minutes = f"{r['wall_s'] / 60:.1f}" if "wall_s" in r else "n/a"
         print(
@@ -327,22 +345,14 @@ if len(settings) > 1 and demo_runs:
         f"seed: {lr:g}, the same way among {', '.join(rate_names)} (the same training cost):\n"
     )
     for n, r in sorted(rates, key=lambda x: x[1]["settings"]["lr"]):
-        print(
-            f"- {r['settings']['lr']:g} ({n}): macro {f(macro_resolvable(r))} ({r['macro']['n_resolvable_pairs']} "
-            f"pairs), mean over sets {f(mean_resolvable(r))}."
-        )
+        print(rate_line(n, r) + ".")
     second = sorted(
         ((n, r) for n, r in reports.items() if n.startswith("small-fixed-lr-")), key=lambda x: x[1]["settings"]["lr"]
     )
     if len(second) > 1:  # the choice checked on the seed-size runs' partitions, another corpus
         print("\nThe rates again on a second corpus (small-fixed-lr-*: the seed-size runs' partitions, 1.5M seed):\n")
         for n, r in second:
-            met_here = sum(test(r) for _, test in TARGETS["fixed"])
-            print(
-                f"- {r['settings']['lr']:g} ({n}): macro {f(macro_resolvable(r))} ({r['macro']['n_resolvable_pairs']} "
-                f"pairs), mean over sets {f(mean_resolvable(r))}; fixed-budget targets met: {met_here}/"
-                f"{len(TARGETS['fixed'])}."
-            )
+            print(f"{rate_line(n, r)}; fixed-budget targets met: {fixed_targets_met(r)}/{len(TARGETS['fixed'])}.")
         there = most_accurate(second)[1]["settings"]["lr"]
         agrees = "the same rate" if there == lr else f"another rate ({there:g})"
         print(f"\nBy the same rule the second corpus picks {agrees}.")
@@ -387,13 +397,10 @@ if len(settings) > 1 and demo_runs:
         )
         print("| run | budget | target | met |")
         print("|---|---|---|---|")
-        kinds = {}
         for name, r in at_defaults:
-            kind = "weighted" if r.get("weighted") else r["budget"]
-            kinds[kind] = name
-            for what, test in TARGETS.get(kind, []):
-                print(f"| {name} | {kind} | {what} | {'yes' if test(r) else '**no**'} |")
-        missing = [k for k in TARGETS if k not in kinds]
+            for what, test in TARGETS.get(target_kind(r), []):
+                print(f"| {name} | {target_kind(r)} | {what} | {'yes' if test(r) else '**no**'} |")
+        missing = [k for k in TARGETS if k not in {target_kind(r) for _, r in at_defaults}]
         if missing:
             print(f"\nNot measured at these settings: {', '.join(missing)}.")
 # weight-space/<run>.json (scripts/weight_space.py): a mixture's merge and replicate truth, their distance to its truth
