@@ -135,10 +135,10 @@ class OptimizeConfig(Section):
     min_share: float | dict[str, float] = 0.0  # lower bound per partition (one value, or by partition name)
     max_share: float | dict[str, float] = 1.0  # upper bound per partition
     max_epochs: float = Field(4.0, gt=0)  # a partition gets at most max_epochs x its distinct tokens of the budget
-    samples: int = Field(160, ge=4)  # the first design: vertices, uniform, natural, then Dirichlet samples...
-    samples_per_partition: int = Field(14, ge=0)  # ...at least this many per partition in all
-    warm_samples: int = Field(16, ge=0)  # new samples per partition new or changed since the pool's last search
-    rounds: int = Field(3, ge=0)  # refits, each sampling round_samples near the surrogate's optimum
+    samples: int = Field(48, ge=4)  # the first design: vertices, uniform, natural, then Dirichlet samples...
+    samples_per_partition: int = Field(8, ge=0)  # ...at least this many per partition in all
+    warm_samples: int = Field(8, ge=0)  # new samples per partition new or changed since the pool's last search
+    rounds: int = Field(2, ge=0)  # refits, each sampling round_samples near the surrogate's optimum
     round_samples: int = Field(16, ge=1)  # points sampled near each round's optimum
     concentration: float = Field(40.0, gt=0)  # Dirichlet concentration of the samples near an optimum
     eval_fraction: float = Field(0.25, gt=0.0, le=1.0)  # slice of each evaluation set the search scores on

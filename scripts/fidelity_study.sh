@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fidelity study behind docs/fidelity.md: both budgets on the demo corpus and on the shared
-# corpora (10 partitions), settings changed one at a time, weighted merges, `make demo` timed at two unit budgets,
-# three seed sizes (1.5M, 5.3M, 135M) and the union budget on their corpus. Each run names its store (models are
+# corpora (10 partitions), settings changed one at a time, weighted merges, the weight search on intake, `make demo`
+# timed, three seed sizes (1.5M, 5.3M, 135M) and the union budget on their corpus. Each run names its store (models are
 # keyed by their settings, so runs on one corpus share theirs); results land in $OUT/<name>.json
 # ($OUT/demo-time/<run>/<name>.json for the demo's, $OUT/weight-space/<name>.json for a run's merges and truths
 # compared in parameter space).
@@ -55,15 +55,31 @@ run shared-weighted shared "${FIXED[@]}" --weighted
 # The weighted and union targets at the learning rate the settings runs choose (docs/fidelity.md, Defaults)
 DATAASSESS_TRAIN__LR=5e-4 run weighted-lr-5e-4 shared "${FIXED[@]}" --weighted
 DATAASSESS_TRAIN__LR=5e-4 run union-lr-5e-4 shared "$OUT/shared-corpus" --budget union
+# The weight search on intake (optimize.on_intake), which the demo runs twice: its two waves at three search
+# settings, three search seeds each, on the demo's unit models ($OUT/optimize-search/<setting>-seed-<s>.json)
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" optimize-search "* ]]; then
+  [ -s "$OUT/store-demo-search/rankings/demo/latest.json" ] || "$DA" --store "$OUT/store-demo-search" demo > /dev/null
+  .venv/bin/python scripts/optimize_study.py "$OUT/store-demo-search" "$OUT/optimize-search" --seeds 0,1,2 \
+    wide:samples=160,samples_per_partition=14,warm_samples=16,rounds=3 \
+    lean:samples=64,samples_per_partition=14,warm_samples=8,rounds=3 \
+    leaner:samples=48,samples_per_partition=8,warm_samples=8,rounds=2
+fi
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
 # in two runs at different times (a shared machine's speed varies), then the default alone twice more (after the
-# built seed's learning rate changed: the same work, timed again)
+# built seed's learning rate changed: the same work, timed again), all four at the wide search; then the default
+# alone twice at the search the study chose
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
+  WIDE=(DATAASSESS_OPTIMIZE__SAMPLES=160 DATAASSESS_OPTIMIZE__SAMPLES_PER_PARTITION=14
+    DATAASSESS_OPTIMIZE__WARM_SAMPLES=16 DATAASSESS_OPTIMIZE__ROUNDS=3)
   for RUN in run-1 run-2; do
-    [ -s "$OUT/demo-time/$RUN/units-32k.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/$RUN" \
-      default units-32k:DATAASSESS_UNITS__TOKENS=32768
+    [ -s "$OUT/demo-time/$RUN/units-32k.json" ] || env "${WIDE[@]}" .venv/bin/python scripts/time_demo.py \
+      "$OUT/demo-time/$RUN" default units-32k:DATAASSESS_UNITS__TOKENS=32768
   done
   for RUN in run-3 run-4; do
+    [ -s "$OUT/demo-time/$RUN/default.json" ] || env "${WIDE[@]}" .venv/bin/python scripts/time_demo.py \
+      "$OUT/demo-time/$RUN" default
+  done
+  for RUN in run-5 run-6; do
     [ -s "$OUT/demo-time/$RUN/default.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/$RUN" default
   done
 fi

@@ -14,6 +14,9 @@ from dataassess.calibration import FEATURES, features, loo_predictions
 
 RESOLVABLE = "resolvable_decision_accuracy"
 DEMO_MINUTES = 10  # `make demo` on 2 cores, the budget a default must keep
+# the weight search's settings that set its cost; the demo searches twice (optimize.on_intake)
+SEARCH = ("samples", "samples_per_partition", "warm_samples", "rounds", "round_samples", "eval_fraction")
+WAVES = ("wave_1", "wave_2")
 # the targets, on every evaluation set unless said: (budget, what, test)
 TARGETS = {
     "fixed": [
@@ -110,6 +113,10 @@ def min_mean(r, key):
 
 def within_2_3(r):
     return " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
+
+
+def search_cells(search):
+    return ", ".join(str(search[k]) for k in SEARCH[:4])
 
 
 def setup_cells(s):
@@ -284,11 +291,32 @@ if sizes:
             trend = "falls with a larger seed at least once"
         path = " -> ".join(f"{f3(v)} ({r['settings']['params'] / 1e6:.1f}M)" for v, (_, r) in zip(values, sizes))
         print(f"\nThe {label} {trend}: {path}.")
+# optimize-search/<setting>-seed-<s>.json (scripts/optimize_study.py): the demo's two weight searches on intake
+searches: dict[str, list[dict]] = {}
+for p in sorted((out / "optimize-search").glob("*.json")):
+    d = json.loads(p.read_text())
+    searches.setdefault(d["name"], []).append(d)
+weighted_sigmas = [r["noise"]["sigma_log_ppl"]["macro"] for r in reports.values() if r.get("weighted")]
+search_rows, search = [], None
+if searches and weighted_sigmas:
+    # a setting is acceptable when its answer's log objective is, on every wave and seed, within the smallest
+    # weighted run's macro sigma of the best any setting found; the cheapest acceptable one is chosen
+    sigma = min(weighted_sigmas)
+    best = {w: min(d[w]["log_objective"] for runs in searches.values() for d in runs) for w in WAVES}
+    for name, runs in searches.items():
+        gaps = [d[w]["log_objective"] - best[w] for d in runs for w in WAVES]
+        costs = [mean(d[w]["full_set_scorings"] for d in runs) for w in WAVES]
+        search_rows.append((name, runs, costs, mean(gaps), max(gaps)))
+    search_rows.sort(key=lambda x: sum(x[2]))
+    reference = search_rows[-1]  # the costliest search: if even it misses sigma, its own worst gap is the bar
+    bar = max(sigma, reference[4])
+    chosen = next(row for row in search_rows if row[4] <= bar)
+    search = {k: chosen[1][0]["optimize"][k] for k in SEARCH}
 # demo-time/<run>/<setting>.json: each run times every setting one after the other; a setting fits by its mean
-demo_runs: dict[int, list[dict]] = {}
+demo_runs: dict[tuple, list[dict]] = {}
 for p in sorted((out / "demo-time").glob("*/*.json")):
     d = json.loads(p.read_text())
-    demo_runs.setdefault(d["unit_tokens"], []).append(d)
+    demo_runs.setdefault((d["unit_tokens"], tuple(d["search"][k] for k in SEARCH)), []).append(d)
 if len(settings) > 1 and demo_runs:
     n_runs = max(len(runs) for runs in demo_runs.values())
     print("\n## Defaults\n")
@@ -296,19 +324,57 @@ if len(settings) > 1 and demo_runs:
         "The defaults are the settings runs' choice by macro resolvable-decision accuracy (the figure a ranking's "
         f"fidelity line shows) per minute, keeping `make demo` within {DEMO_MINUTES} minutes on 2 cores. Demo "
         "minutes: `scripts/time_demo.py`, the demo on a fresh store (seed included) at each setting, one after the "
-        f"other in one run; {n_runs} runs at different times, as the "
-        "same work takes different times on a shared machine. A setting fits when its mean is within the limit.\n"
+        f"other in one run; up to {n_runs} runs at different times, as the "
+        "same work takes different times on a shared machine. A setting fits when its mean is within the limit. "
+        "The demo also searches mixture weights twice (`optimize.on_intake`): the search settings are chosen "
+        "first, and only the demo runs at the chosen ones count.\n"
     )
-    print("| demo at | seed | unit budget | k_max | units | mixtures ranked | minutes, each run | mean | fits |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    demo_minutes = {t: statistics.mean(d["wall_s"] / 60 for d in runs) for t, runs in demo_runs.items()}
-    for tokens in sorted(demo_runs, reverse=True):
-        d, m = demo_runs[tokens][0], demo_minutes[tokens]
-        each = ", ".join(f"{r['wall_s'] / 60:.2f}" for r in demo_runs[tokens])
+    if search_rows:
+        RAISED = ", raised to the costliest setting's own worst gap"
         print(
-            f"| {d['name']} | {d['base_model']} | {tokens:,} | {d['k_max']} | {d['n_units']} | "
-            f"{d['n_mixtures']} | {each} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
+            "Weight search on intake (`scripts/optimize_study.py`): the demo's two searches (a cold one on "
+            "its first partitions, then a warm one when the late ones arrive) at each search setting and seed, on "
+            "the demo's unit models. Cost: proxies scored on the evaluation slice (`optimize.eval_fraction`) plus "
+            "the confirmations on the full sets, in full-set scorings. Gap: the answer's log objective less the "
+            "best any setting found on that wave. A setting is acceptable when its worst gap is within "
+            f"{f3(bar)}, the smallest macro sigma of the weighted runs ({f3(sigma)}, in log perplexity)"
+            f"{'' if bar == sigma else RAISED}; the cheapest acceptable "
+            "one is chosen.\n"
         )
+        print(
+            "| setting | samples, per partition, warm, rounds | seeds | cost: wave 1 + wave 2 | mean gap | "
+            "worst gap | acceptable |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, runs, costs, mean_gap, worst_gap in search_rows:
+            print(
+                f"| {name} | {search_cells(runs[0]['optimize'])} | {len(runs)} | "
+                f"{costs[0]:.0f} + {costs[1]:.0f} = {sum(costs):.0f} | {mean_gap:.5f} | {worst_gap:.5f} | "
+                f"{'yes' if worst_gap <= bar else '**no**'} |"
+            )
+        saved = 1 - sum(chosen[2]) / sum(reference[2])
+        print(
+            f"\nSearch: {chosen[0]}, the cheapest acceptable; {saved:.0%} fewer full-set scorings than "
+            f"{reference[0]}, the costliest.\n"
+        )
+    print(
+        "| demo at | seed | unit budget | search: samples, per partition, warm, rounds | k_max | units | "
+        "mixtures ranked | minutes, each run | mean | fits |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (tokens, _), runs in sorted(demo_runs.items(), key=lambda x: (-x[0][0], x[0][1])):
+        d, m = runs[0], statistics.mean(r["wall_s"] / 60 for r in runs)
+        each = ", ".join(f"{r['wall_s'] / 60:.2f}" for r in runs)
+        print(
+            f"| {d['name']} | {d['base_model']} | {tokens:,} | {search_cells(d['search'])} | {d['k_max']} | "
+            f"{d['n_units']} | {d['n_mixtures']} | {each} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
+        )
+    chosen_key = tuple(search[k] for k in SEARCH) if search else None
+    demo_minutes = {  # a unit budget's demo, at the chosen search
+        tokens: statistics.mean(d["wall_s"] / 60 for d in runs)
+        for (tokens, key), runs in demo_runs.items()
+        if chosen_key in (None, key)
+    }
     base = dict(settings)["shared-fixed"]["settings"]
     # merge methods and learning rates cost the same training as shared-fixed: compared by accuracy alone
     merges = [
@@ -359,13 +425,15 @@ if len(settings) > 1 and demo_runs:
     print(f"\nUnit budgets, compared at shared-fixed's rate ({base['lr']:g}):\n")
     for n, r in budgets:
         tokens = r["settings"]["unit_tokens"]
-        demo = f"{demo_minutes[tokens]:.2f} demo minutes (mean)" if tokens in demo_minutes else "demo not timed"
+        demo = "demo not timed at the chosen search"
+        if tokens in demo_minutes:
+            demo = f"{demo_minutes[tokens]:.2f} demo minutes (mean)"
         per = f3(per_minute(r))
         print(f"- {tokens:,}-token units ({n}): {per} macro resolvable accuracy per study minute; {demo}.")
     if fits:
         budget, why = fits[0], "the best per minute whose demo fits"
     else:  # none fits: the fastest demo's, and the miss said
-        budget = min(demo_minutes, key=demo_minutes.get)
+        budget = min(demo_minutes, key=demo_minutes.get, default=base["unit_tokens"])
         why = f"the fastest demo's; **FAIL**: no unit budget keeps the demo within {DEMO_MINUTES} minutes"
     if budgets and budgets[0][1]["settings"]["unit_tokens"] != budget:
         print(
@@ -374,9 +442,10 @@ if len(settings) > 1 and demo_runs:
             "budget that shrinks with the unit, the demo's rank every candidate."
         )
     print(f"\nUnit budget: {budget:,} tokens, {why}.")
+    chosen_search = ", ".join(f"`optimize.{k} = {search[k]}`" for k in SEARCH[:4]) if search else ""
     print(
         f"\nDefaults chosen by this study: `units.tokens = {budget}`, `train.lr = {lr:g}` for a built seed, "
-        f'`merge.method = "{merge}"`.'
+        f'`merge.method = "{merge}"`{", " + chosen_search if search else ""}.'
     )
     if not any(r.get("wall_s") for n, r in reports.items() if n.startswith("seed-")):
         print(

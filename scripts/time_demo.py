@@ -17,6 +17,8 @@ from pathlib import Path
 from dataassess.files import write_json
 
 DA = Path(sys.executable).with_name("dataassess")
+# what the weight search on intake costs: the demo searches twice (optimize.on_intake)
+SEARCH = ("samples", "samples_per_partition", "warm_samples", "rounds", "round_samples", "eval_fraction")
 
 
 def dataassess(store: Path, env: dict[str, str], *args: str) -> str:
@@ -46,6 +48,7 @@ def time_demo(name: str, env: dict[str, str], out: Path) -> dict:
         "base_model": config["base_model"],
         "unit_tokens": config["units"]["tokens"],
         "k_max": config["rank"]["k_max"],
+        "search": {k: config["optimize"][k] for k in SEARCH},
         "wall_s": round(wall_s, 1),
         "cpu_count": os.cpu_count(),
         "n_units": len({u for row in rows for u in row["units"]}),

@@ -30,13 +30,18 @@ def test_the_configured_defaults_are_the_ones_the_fidelity_study_chose():
     doc = (ROOT / "docs" / "fidelity.md").read_text()
     chosen = re.search(
         r"Defaults chosen by this study: `units.tokens = (\d+)`, `train.lr = ([0-9.e-]+)` for a built seed, "
-        r'`merge.method = "(\w+)"`',
+        r'`merge.method = "(\w+)"`, `optimize.samples = (\d+)`, `optimize.samples_per_partition = (\d+)`, '
+        r"`optimize.warm_samples = (\d+)`, `optimize.rounds = (\d+)`",
         doc,
     )
     assert chosen, "docs/fidelity.md names no chosen defaults"
     defaults = Settings()
+    search = defaults.optimize
     assert (defaults.units.tokens, BUILT_SEED_LR, defaults.merge.method) == (
         int(chosen[1]),
         float(chosen[2]),
         chosen[3],
+    )
+    assert (search.samples, search.samples_per_partition, search.warm_samples, search.rounds) == tuple(
+        map(int, chosen.groups()[3:])
     )
