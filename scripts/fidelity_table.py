@@ -315,7 +315,7 @@ if searches and weighted_sigmas:
 # demo-time/<run>/<setting>.json: each run times every setting one after the other; a setting fits by its mean
 demo_runs: dict[tuple, list[dict]] = {}
 for p in sorted((out / "demo-time").glob("*/*.json")):
-    d = json.loads(p.read_text())
+    d = {**json.loads(p.read_text()), "run": p.parent.name}
     demo_runs.setdefault((d["unit_tokens"], tuple(d["search"][k] for k in SEARCH)), []).append(d)
 if len(settings) > 1 and demo_runs:
     n_runs = max(len(runs) for runs in demo_runs.values())
@@ -370,6 +370,19 @@ if len(settings) > 1 and demo_runs:
             f"{d['n_units']} | {d['n_mixtures']} | {each} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
         )
     chosen_key = tuple(search[k] for k in SEARCH) if search else None
+    # a run that timed the chosen search beside another at the same unit budget: the ratio, side by side
+    timings = sorted((d for runs in demo_runs.values() for d in runs), key=lambda d: d["run"])
+    for d in timings:
+        if tuple(d["search"][k] for k in SEARCH) != chosen_key:
+            continue
+        for other in timings:
+            same = other["run"] == d["run"] and other["unit_tokens"] == d["unit_tokens"]
+            if same and tuple(other["search"][k] for k in SEARCH) != chosen_key:
+                print(
+                    f"\nSide by side in {d['run']} (one after the other): the demo at the chosen search took "
+                    f"{d['wall_s'] / other['wall_s']:.2f} of its time at {search_cells(other['search'])} "
+                    f"({d['wall_s'] / 60:.2f} against {other['wall_s'] / 60:.2f} minutes)."
+                )
     demo_minutes = {  # a unit budget's demo, at the chosen search
         tokens: statistics.mean(d["wall_s"] / 60 for d in runs)
         for (tokens, key), runs in demo_runs.items()
