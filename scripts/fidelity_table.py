@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from time_demo import SEARCH  # the weight search's settings a demo timing records
 
 from dataassess import agreement
 from dataassess.calibration import FEATURES, features, loo_predictions
 
 RESOLVABLE = "resolvable_decision_accuracy"
 DEMO_MINUTES = 10  # `make demo` on 2 cores, the budget a default must keep
-# the weight search's settings that set its cost; the demo searches twice (optimize.on_intake)
-SEARCH = ("samples", "samples_per_partition", "warm_samples", "rounds", "round_samples", "eval_fraction")
 WAVES = ("wave_1", "wave_2")
 # the targets, on every evaluation set unless said: (budget, what, test)
 TARGETS = {
@@ -113,6 +112,10 @@ def min_mean(r, key):
 
 def within_2_3(r):
     return " / ".join(f(r["by_k"][k]["macro"]["spearman"]) if k in r["by_k"] else "n/a" for k in ("2", "3"))
+
+
+def search_key(search):
+    return tuple(search[k] for k in SEARCH)
 
 
 def search_cells(search):
@@ -316,7 +319,7 @@ if searches and weighted_sigmas:
 demo_runs: dict[tuple, list[dict]] = {}
 for p in sorted((out / "demo-time").glob("*/*.json")):
     d = {**json.loads(p.read_text()), "run": p.parent.name}
-    demo_runs.setdefault((d["unit_tokens"], tuple(d["search"][k] for k in SEARCH)), []).append(d)
+    demo_runs.setdefault((d["unit_tokens"], search_key(d["search"])), []).append(d)
 if len(settings) > 1 and demo_runs:
     n_runs = max(len(runs) for runs in demo_runs.values())
     print("\n## Defaults\n")
@@ -369,15 +372,15 @@ if len(settings) > 1 and demo_runs:
             f"| {d['name']} | {d['base_model']} | {tokens:,} | {search_cells(d['search'])} | {d['k_max']} | "
             f"{d['n_units']} | {d['n_mixtures']} | {each} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
         )
-    chosen_key = tuple(search[k] for k in SEARCH) if search else None
+    chosen_key = search_key(search) if search else None
     # a run that timed the chosen search beside another at the same unit budget: the ratio, side by side
     timings = sorted((d for runs in demo_runs.values() for d in runs), key=lambda d: d["run"])
     for d in timings:
-        if tuple(d["search"][k] for k in SEARCH) != chosen_key:
+        if search_key(d["search"]) != chosen_key:
             continue
         for other in timings:
             same = other["run"] == d["run"] and other["unit_tokens"] == d["unit_tokens"]
-            if same and tuple(other["search"][k] for k in SEARCH) != chosen_key:
+            if same and search_key(other["search"]) != chosen_key:
                 print(
                     f"\nSide by side in {d['run']} (one after the other): the demo at the chosen search took "
                     f"{d['wall_s'] / other['wall_s']:.2f} of its time at {search_cells(other['search'])} "
@@ -455,10 +458,10 @@ if len(settings) > 1 and demo_runs:
             "budget that shrinks with the unit, the demo's rank every candidate."
         )
     print(f"\nUnit budget: {budget:,} tokens, {why}.")
-    chosen_search = ", ".join(f"`optimize.{k} = {search[k]}`" for k in SEARCH[:4]) if search else ""
+    chosen_search = "".join(f", `optimize.{k} = {search[k]}`" for k in SEARCH[:4]) if search else ""
     print(
         f"\nDefaults chosen by this study: `units.tokens = {budget}`, `train.lr = {lr:g}` for a built seed, "
-        f'`merge.method = "{merge}"`{", " + chosen_search if search else ""}.'
+        f'`merge.method = "{merge}"`{chosen_search}.'
     )
     if not any(r.get("wall_s") for n, r in reports.items() if n.startswith("seed-")):
         print(
