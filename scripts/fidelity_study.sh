@@ -67,7 +67,8 @@ fi
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
 # in two runs at different times (a shared machine's speed varies), then the default alone twice more (after the
 # built seed's learning rate changed: the same work, timed again), all four at the wide search; then the default
-# alone twice at the search the study chose, then once beside the wide search
+# alone twice at the search the study chose, then once beside the wide search, then the cheaper unit
+# budget beside the default at that search
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
   WIDE=(DATAASSESS_OPTIMIZE__SAMPLES=160 DATAASSESS_OPTIMIZE__SAMPLES_PER_PARTITION=14
     DATAASSESS_OPTIMIZE__WARM_SAMPLES=16 DATAASSESS_OPTIMIZE__ROUNDS=3)
@@ -86,6 +87,9 @@ if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
   WIDE_SETTING=wide:$(IFS=,; echo "${WIDE[*]}")
   [ -s "$OUT/demo-time/run-7/wide.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/run-7" default \
     "$WIDE_SETTING"
+  # the cheaper unit budget at the chosen search, beside the default, in one run
+  [ -s "$OUT/demo-time/run-8/units-32k.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/run-8" \
+    default units-32k:DATAASSESS_UNITS__TOKENS=32768
 fi
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
 # the sizes of `make demo-real` (configs/smollm2-135m.toml: units of 2,048 tokens, 4 steps of 512), evaluation

@@ -373,18 +373,26 @@ if len(settings) > 1 and demo_runs:
             f"{d['n_units']} | {d['n_mixtures']} | {each} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
         )
     chosen_key = search_key(search) if search else None
-    # a run that timed the chosen search beside another at the same unit budget: the ratio, side by side
+    # a run that timed the chosen search beside another search, or beside another unit budget: the ratio, side by side
     timings = sorted((d for runs in demo_runs.values() for d in runs), key=lambda d: d["run"])
     for d in timings:
         if search_key(d["search"]) != chosen_key:
             continue
         for other in timings:
-            same = other["run"] == d["run"] and other["unit_tokens"] == d["unit_tokens"]
-            if same and search_key(other["search"]) != chosen_key:
+            if other["run"] != d["run"] or other is d:
+                continue
+            ratio = d["wall_s"] / other["wall_s"]
+            minutes = f"({d['wall_s'] / 60:.2f} against {other['wall_s'] / 60:.2f} minutes)"
+            if other["unit_tokens"] == d["unit_tokens"] and search_key(other["search"]) != chosen_key:
                 print(
                     f"\nSide by side in {d['run']} (one after the other): the demo at the chosen search took "
-                    f"{d['wall_s'] / other['wall_s']:.2f} of its time at {search_cells(other['search'])} "
-                    f"({d['wall_s'] / 60:.2f} against {other['wall_s'] / 60:.2f} minutes)."
+                    f"{ratio:.2f} of its time at {search_cells(other['search'])} {minutes}."
+                )
+            elif other["unit_tokens"] > d["unit_tokens"] and search_key(other["search"]) == chosen_key:
+                print(
+                    f"\nSide by side in {d['run']} (one after the other, both at the chosen search): the demo at "
+                    f"{d['unit_tokens']:,}-token units took {ratio:.2f} times its time at {other['unit_tokens']:,} "
+                    f"{minutes}."
                 )
     demo_minutes = {  # a unit budget's demo, at the chosen search
         tokens: statistics.mean(d["wall_s"] / 60 for d in runs)
