@@ -56,13 +56,18 @@ run shared-weighted shared "${FIXED[@]}" --weighted
 DATAASSESS_TRAIN__LR=5e-4 run weighted-lr-5e-4 shared "${FIXED[@]}" --weighted
 DATAASSESS_TRAIN__LR=5e-4 run union-lr-5e-4 shared "$OUT/shared-corpus" --budget union
 # The weight search on intake (optimize.on_intake), which the demo runs twice: its two waves at three search
-# settings, three search seeds each, on the demo's unit models ($OUT/optimize-search/<setting>-seed-<s>.json)
+# settings, three search seeds each, on the demo's unit models ($OUT/optimize-search/<setting>-seed-<s>.json), then
+# the same on the shared corpora (two partitions of known domains late, held-out evaluation sets; units trained at
+# the defaults) ($OUT/optimize-search-shared/)
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" optimize-search "* ]]; then
   [ -s "$OUT/store-demo-search/rankings/demo/latest.json" ] || "$DA" --store "$OUT/store-demo-search" demo > /dev/null
+  SEARCHES=(wide:samples=160,samples_per_partition=14,warm_samples=16,rounds=3
+    lean:samples=64,samples_per_partition=14,warm_samples=8,rounds=3
+    leaner:samples=48,samples_per_partition=8,warm_samples=8,rounds=2)
   .venv/bin/python scripts/optimize_study.py "$OUT/store-demo-search" "$OUT/optimize-search" --seeds 0,1,2 \
-    wide:samples=160,samples_per_partition=14,warm_samples=16,rounds=3 \
-    lean:samples=64,samples_per_partition=14,warm_samples=8,rounds=3 \
-    leaner:samples=48,samples_per_partition=8,warm_samples=8,rounds=2
+    "${SEARCHES[@]}"
+  .venv/bin/python scripts/optimize_study.py "$OUT/store-shared-search" "$OUT/optimize-search-shared" --seeds 0,1,2 \
+    --corpus "$OUT/shared-corpus" --late drama-tragedy,scripture-wisdom "${SEARCHES[@]}"
 fi
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
 # in two runs at different times (a shared machine's speed varies), then the default alone twice more (after the

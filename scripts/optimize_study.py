@@ -1,8 +1,9 @@
-"""What the weight search on intake (`optimize.on_intake`) costs and finds, at several search settings: the demo's
-two waves (a cold search on the early partitions, then a warm one after the late ones arrive), per setting and
-search seed, in a store whose unit models exist (`dataassess --store STORE demo` first). Writes OUT_DIR/NAME-seed-S.json
-per (setting, seed): the proxies scored (the cost, in full-set scorings) and the confirmed objective of each wave's
-answer. The fidelity study's "Weight search on intake" section reads them.
+"""What the weight search on intake (`optimize.on_intake`) costs and finds, at several search settings: two waves of a
+corpus (a cold search on the early partitions, then a warm one after the late ones arrive), per setting and search
+seed. By default the demo's corpus, evaluation sets and late partitions; `--corpus DIR --late a,b` for another corpus
+(its held-out documents as evaluation sets, or `--eval-sets`). Unit models missing from STORE are trained first.
+Writes OUT_DIR/NAME-seed-S.json per (setting, seed): the proxies scored (the cost, in full-set scorings) and the
+confirmed objective of each wave's answer. The fidelity study's "Weight search on intake" section reads them.
 
     python scripts/optimize_study.py STORE OUT_DIR wide:samples=160,rounds=3 leaner:samples=48,rounds=2 --seeds 0,1
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from dataassess.config import Settings
 from dataassess.files import write_json
 from dataassess.optimize import save, search
-from dataassess.pipeline import prepare
+from dataassess.pipeline import prepare, train
 from dataassess.store import Store
 from flows.demo import DATA, LATE_PARTITIONS, stage, waves
 
@@ -42,17 +43,26 @@ def wave_report(result, cfg, reused: int) -> dict:
     }
 
 
-def run(store: Store, out: Path, name: str, overrides: dict, seed: int) -> dict:
+def run(
+    store: Store, out: Path, name: str, overrides: dict, seed: int, source: Path, eval_sets: Path | None, late: tuple
+) -> dict:
     settings = Settings(store=store.root, optimize={**overrides, "seed": seed, "on_intake": True})
     pool = f"optimize-study-{name}-{seed}"
     corpus = store.demo_corpus(pool)
     for leftover in (store.root / "pools" / pool, corpus):  # an interrupted run's: every run starts cold
         shutil.rmtree(leftover, ignore_errors=True)
-    report = {"name": name, "overrides": overrides, "seed": seed, "optimize": settings.optimize.model_dump()}
+    report = {
+        "name": name,
+        "corpus": source.name if source != DATA / "corpus" else "demo",
+        "overrides": overrides,
+        "seed": seed,
+        "optimize": settings.optimize.model_dump(),
+    }
     start, reused = time.perf_counter(), 0
-    for wave, partitions in enumerate(waves(DATA / "corpus", LATE_PARTITIONS), 1):
+    for wave, partitions in enumerate(waves(source, late), 1):
         stage(corpus, partitions)
-        with prepare(store, corpus, settings, DATA / "eval", pool, progress=False) as prepared:
+        with prepare(store, corpus, settings, eval_sets, pool, progress=False) as prepared:
+            train(prepared)  # none on a store that already holds the corpus's unit models
             result = search(prepared)
             save(prepared, result)
         report[f"wave_{wave}"] = wave_report(result, settings.optimize, reused)
@@ -74,7 +84,12 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("settings", nargs="+", help="NAME or NAME:key=value,key=value (optimize.* overrides)")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--corpus", type=Path, default=DATA / "corpus", help="a folder of partitions")
+    parser.add_argument("--eval-sets", type=Path, help="default: the demo's with the demo corpus, else held out")
+    parser.add_argument("--late", default=",".join(LATE_PARTITIONS), help="the partitions of the second wave")
     args = parser.parse_args()
+    eval_sets = args.eval_sets or (DATA / "eval" if args.corpus == DATA / "corpus" else None)
+    late = tuple(args.late.split(","))
     store = Store(args.store)
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in map(int, args.seeds.split(",")):
@@ -82,7 +97,7 @@ def main() -> None:
             name, _, assignments = setting.partition(":")
             overrides = {k: json.loads(v) for k, v in (a.split("=", 1) for a in assignments.split(",") if a)}
             if not (args.out / f"{name}-seed-{seed}.json").exists():
-                run(store, args.out, name, overrides, seed)
+                run(store, args.out, name, overrides, seed, args.corpus, eval_sets, late)
 
 
 if __name__ == "__main__":
