@@ -314,6 +314,8 @@ if searches and weighted_sigmas:
             costs = [mean(d[w]["full_set_scorings"] for d in runs) for w in WAVES]
             search_rows.append((corpus, name, runs, costs, mean(gaps), max(gaps)))
     everywhere = sorted(n for n in {row[1] for row in search_rows} if all(n in by for by in searches.values()))
+    if not everywhere:
+        sys.exit("optimize-search*: no search setting is measured on every corpus")
     total_cost = {n: sum(sum(row[3]) for row in search_rows if row[1] == n) for n in everywhere}
     worst_gap = {n: max(row[5] for row in search_rows if row[1] == n) for n in everywhere}
     by_cost = sorted(everywhere, key=total_cost.get)
