@@ -323,7 +323,7 @@ if searches and weighted_sigmas:
     reference = by_cost[-1]  # the costliest search: if even it misses sigma, its own worst gap is the bar
     bar = max(sigma, worst_gap[reference])
     chosen = next(n for n in by_cost if worst_gap[n] <= bar)
-    search = {k: next(row for row in search_rows if row[1] == chosen)[2][0]["optimize"][k] for k in SEARCH}
+    search = {k: next(iter(searches.values()))[chosen][0]["optimize"][k] for k in SEARCH}  # measured on every corpus
 # demo-time/<run>/<setting>.json: each run times every setting one after the other; a setting fits by its mean
 demo_runs: dict[tuple, list[dict]] = {}
 for p in sorted((out / "demo-time").glob("*/*.json")):

@@ -14,6 +14,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from dataassess.config import Settings
 from dataassess.files import write_json
@@ -43,9 +44,16 @@ def wave_report(result, cfg, reused: int) -> dict:
     }
 
 
-def run(
-    store: Store, out: Path, name: str, overrides: dict, seed: int, source: Path, eval_sets: Path | None, late: tuple
-) -> dict:
+class Source(NamedTuple):
+    """The corpus the waves come from: its label in the reports, evaluation sets (None: held out), late partitions."""
+
+    corpus: Path
+    label: str
+    eval_sets: Path | None
+    late: tuple[str, ...]
+
+
+def run(store: Store, out: Path, name: str, overrides: dict, seed: int, source: Source) -> dict:
     settings = Settings(store=store.root, optimize={**overrides, "seed": seed, "on_intake": True})
     pool = f"optimize-study-{name}-{seed}"
     corpus = store.demo_corpus(pool)
@@ -53,15 +61,15 @@ def run(
         shutil.rmtree(leftover, ignore_errors=True)
     report = {
         "name": name,
-        "corpus": source.name if source != DATA / "corpus" else "demo",
+        "corpus": source.label,
         "overrides": overrides,
         "seed": seed,
         "optimize": settings.optimize.model_dump(),
     }
     start, reused = time.perf_counter(), 0
-    for wave, partitions in enumerate(waves(source, late), 1):
+    for wave, partitions in enumerate(waves(source.corpus, source.late), 1):
         stage(corpus, partitions)
-        with prepare(store, corpus, settings, eval_sets, pool, progress=False) as prepared:
+        with prepare(store, corpus, settings, source.eval_sets, pool, progress=False) as prepared:
             train(prepared)  # none on a store that already holds the corpus's unit models
             result = search(prepared)
             save(prepared, result)
@@ -88,8 +96,13 @@ def main() -> None:
     parser.add_argument("--eval-sets", type=Path, help="default: the demo's with the demo corpus, else held out")
     parser.add_argument("--late", default=",".join(LATE_PARTITIONS), help="the partitions of the second wave")
     args = parser.parse_args()
-    eval_sets = args.eval_sets or (DATA / "eval" if args.corpus == DATA / "corpus" else None)
-    late = tuple(args.late.split(","))
+    demo = args.corpus == DATA / "corpus"
+    source = Source(
+        args.corpus,
+        "demo" if demo else args.corpus.name,
+        args.eval_sets or (DATA / "eval" if demo else None),
+        tuple(args.late.split(",")),
+    )
     store = Store(args.store)
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in map(int, args.seeds.split(",")):
@@ -97,7 +110,7 @@ def main() -> None:
             name, _, assignments = setting.partition(":")
             overrides = {k: json.loads(v) for k, v in (a.split("=", 1) for a in assignments.split(",") if a)}
             if not (args.out / f"{name}-seed-{seed}.json").exists():
-                run(store, args.out, name, overrides, seed, args.corpus, eval_sets, late)
+                run(store, args.out, name, overrides, seed, source)
 
 
 if __name__ == "__main__":
