@@ -68,6 +68,7 @@ class TrainConfig(Section):
     """Continued pretraining of the seed, for unit models and ground truths alike. Part of every model's key."""
 
     lr: float | None = Field(None, gt=0)  # AdamW rate; None: 5e-4 for a seed built here, 1e-4 for an imported one
+    schedule: Literal["constant", "linear"] = "constant"  # constant, or linear: from lr down to lr / steps
     weight_decay: float = 0.1  # AdamW weight decay
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
@@ -76,6 +77,11 @@ class TrainConfig(Section):
     batch_tokens: int = Field(4096, gt=0)  # tokens per optimizer step; gradient accumulation reaches it
     micro_batch: int = Field(16, ge=1)  # sequences per forward pass
     seed: int = 0  # data order and initialization seed of unit training
+
+    def digest(self) -> str:
+        """A constant rate keys models as it did before `schedule` existed: stores trained then stay valid."""
+        dropped = {"schedule"} if self.schedule == "constant" else None
+        return digest_json(self.model_dump(mode="json", exclude=dropped))[:16]
 
     def for_seed(self, imported: bool) -> TrainConfig:
         """The config with its learning rate set: a seed built here (tiny) was pretrained by us at a known rate; a

@@ -330,6 +330,7 @@ def _settings_summary(pool: Pool, n: int, k_max: int) -> dict:
         "params": sum(p.numel() for p in pool.seed.load_model().parameters()),
         "unit_tokens": s.units.tokens,
         "lr": s.train.for_seed(pool.seed.imported).lr,
+        "schedule": s.train.for_seed(pool.seed.imported).schedule,
         "steps_per_unit": s.units.tokens // s.train.batch_tokens,
         "batch_tokens": s.train.batch_tokens,
         "n_requested": n,

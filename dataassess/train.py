@@ -1,4 +1,4 @@
-"""Continued pretraining: a short, explicit loop (fresh AdamW, constant LR, fixed token budget).
+"""Continued pretraining: a short, explicit loop (fresh AdamW, constant or linearly decaying LR, fixed token budget).
 
 Why not transformers.Trainer: a unit run is a few dozen optimizer steps on a
 pre-tokenized tensor with a fixed budget; Trainer's dataloader, callback and
@@ -86,8 +86,10 @@ def train_lm(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `total_tokens` drawn from shuffled `sequences` (N x L).
-    on_step(step, loss) is called after each optimizer step."""
+    """Train `model` in place on `total_tokens` drawn from shuffled `sequences` (N x L), at lr_at(step, steps), or
+    else at cfg.schedule's rate. on_step(step, loss) is called after each optimizer step."""
+    if lr_at is None and cfg.schedule == "linear":
+        lr_at = linear_decay(cfg.lr)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     seq_len = sequences.shape[1]
@@ -146,6 +148,12 @@ def mean_loss(model: torch.nn.Module, sequences: torch.Tensor, micro_batch: int,
             total += model(input_ids=x, labels=x, use_cache=False).loss.item() * len(chunk)
     model.train(was_training)
     return total / len(sequences)
+
+
+def linear_decay(lr: float) -> Callable[[int, int], float]:
+    """From lr at the first step down to lr / steps at the last: the last batches weigh less in the final model,
+    so it depends less on which data came last."""
+    return lambda step, steps: lr * (steps - step) / steps
 
 
 def warmup_cosine(lr: float, min_lr: float, warmup: int) -> Callable[[int, int], float]:

@@ -121,6 +121,7 @@ def main() -> None:
             "merge": pool.merge.to_json(),
             "unit_tokens": settings.units.tokens,
             "lr": settings.train.for_seed(pool.seed.imported).lr,
+            "schedule": settings.train.for_seed(pool.seed.imported).schedule,
             "seed_digest": pool.seed.digest,
             "rows": rows,
         },

@@ -29,7 +29,8 @@ def test_the_readme_is_short_and_links_only_to_docs_that_exist():
 def test_the_configured_defaults_are_the_ones_the_fidelity_study_chose():
     doc = (ROOT / "docs" / "fidelity.md").read_text()
     chosen = re.search(
-        r"Defaults chosen by this study: `units.tokens = (\d+)`, `train.lr = ([0-9.e-]+)` for a built seed, "
+        r"Defaults chosen by this study: `units.tokens = (\d+)`, `train.lr = ([0-9.e-]+)` and "
+        r'`train.schedule = "(\w+)"` for a built seed, '
         r'`merge.method = "(\w+)"`, `optimize.samples = (\d+)`, `optimize.samples_per_partition = (\d+)`, '
         r"`optimize.warm_samples = (\d+)`, `optimize.rounds = (\d+)`",
         doc,
@@ -37,11 +38,12 @@ def test_the_configured_defaults_are_the_ones_the_fidelity_study_chose():
     assert chosen, "docs/fidelity.md names no chosen defaults"
     defaults = Settings()
     search = defaults.optimize
-    assert (defaults.units.tokens, BUILT_SEED_LR, defaults.merge.method) == (
+    assert (defaults.units.tokens, BUILT_SEED_LR, defaults.train.schedule, defaults.merge.method) == (
         int(chosen[1]),
         float(chosen[2]),
         chosen[3],
+        chosen[4],
     )
     assert (search.samples, search.samples_per_partition, search.warm_samples, search.rounds) == tuple(
-        map(int, chosen.groups()[3:])
+        map(int, chosen.groups()[4:])
     )

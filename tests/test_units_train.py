@@ -2,12 +2,14 @@ import logging
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 
 from dataassess.config import TrainConfig
 from dataassess.corpus import discover
 from dataassess.steps import Steps, check_training, finished_unit_model, unit_model_key
 from dataassess.store import Store, recorded_digest, sha256_file
+from dataassess.train import linear_decay, train_lm
 from dataassess.units import resample, unit_tokens
 from tests.conftest import prepare_pool
 
@@ -125,6 +127,28 @@ def test_the_learning_rate_left_unset_is_5e_4_for_a_seed_built_here_and_1e_4_for
     assert TrainConfig().for_seed(imported=False).lr == 5e-4
     assert TrainConfig().for_seed(imported=True).lr == 1e-4
     assert TrainConfig(lr=5e-5).for_seed(imported=False).lr == 5e-5 == TrainConfig(lr=5e-5).for_seed(imported=True).lr
+
+
+def test_a_constant_rate_keys_models_as_before_the_schedule_existed_and_a_linear_one_keys_its_own():
+    assert TrainConfig().digest() == "eb01d9437a69a74f"  # the key of version 5e25715, before train.schedule
+    assert TrainConfig(schedule="linear").digest() != TrainConfig().digest()
+
+
+def test_a_linear_schedule_trains_at_a_rate_falling_by_equal_steps_and_a_constant_one_keeps_it():
+    assert [linear_decay(1e-3)(step, 4) for step in range(4)] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    sequences = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+
+    def trained(schedule, lr_at=None):
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_layer=1, n_embd=16, n_head=2)
+        model = transformers.GPT2LMHeadModel(config)
+        cfg = TrainConfig(lr=1e-3, schedule=schedule, seq_len=16, batch_tokens=32, micro_batch=2)
+        train_lm(model, sequences, cfg, 4 * 32, torch.device("cpu"), lr_at=lr_at, progress=False)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    linear = trained("linear")
+    assert torch.equal(linear, trained("constant", lr_at=linear_decay(1e-3)))  # the schedule is that rate
+    assert not torch.equal(linear, trained("constant"))
 
 
 def test_check_training_names_a_diverged_and_an_idle_unit_training():
