@@ -86,8 +86,8 @@ def rate(s):
     return s["lr"], s.get("schedule", "constant")
 
 
-def rate_name(s):
-    lr, schedule = rate(s) if isinstance(s, dict) else s
+def rate_name(lr_schedule):
+    lr, schedule = lr_schedule
     return f"{lr:g}" + (", linear decay" if schedule == "linear" else "")
 
 
@@ -95,7 +95,7 @@ def rate_line(n, r):
     """'- LR (run): macro X (N pairs), mean over sets Y' for the defaults' list of learning rates."""
     m = r["macro"]
     return (
-        f"- {rate_name(r['settings'])} ({n}): macro {f(_resolvable(m))} ({m['n_resolvable_pairs']} pairs), "
+        f"- {rate_name(rate(r['settings']))} ({n}): macro {f(_resolvable(m))} ({m['n_resolvable_pairs']} pairs), "
         f"mean over sets {f(mean_resolvable(r))}"
     )
 
@@ -134,7 +134,7 @@ def search_cells(search):
 
 
 def setup_cells(s):
-    return f"{s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {rate_name(s)}"
+    return f"{s['params'] / 1e6:.1f}M | {s['unit_tokens']:,} ({s['steps_per_unit']}) | {rate_name(rate(s))}"
 
 
 def summary_row(name, r):
@@ -478,16 +478,16 @@ if len(settings) > 1 and demo_runs:
     if on_both:
         by_mean = max(on_both, key=lambda rt: over_corpora(rt, mean))
         print(
-            f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}. A default must hold on corpora it was "
-            f"not chosen on, so among the rates measured on both corpora ({'; '.join(map(rate_name, on_both))}) it is "
-            f"the one whose lower macro resolvable accuracy of the two is the highest "
+            f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}. A default must hold beyond the corpus "
+            f"that measured it, so among the rates measured on both corpora ({'; '.join(map(rate_name, on_both))}) "
+            f"it is the one whose lower macro resolvable accuracy of the two is the highest "
             f"({f(over_corpora(chosen_rate, min))}); the mean over the two picks "
             f"{'the same' if by_mean == chosen_rate else rate_name(by_mean)}, and the shared corpora alone "
             f"{'the same' if best_here == chosen_rate else rate_name(best_here)}."
         )
     else:
         print(f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}, the most accurate (as merges are).")
-    print(f"\nUnit budgets, compared at shared-fixed's rate ({rate_name(base)}):\n")
+    print(f"\nUnit budgets, compared at shared-fixed's rate ({rate_name(rate(base))}):\n")
     for n, r in budgets:
         tokens = r["settings"]["unit_tokens"]
         demo = "demo not timed at the chosen search"
