@@ -325,12 +325,12 @@ def _variant(rows: list[dict], a: str, b: str) -> dict:
 
 
 def _settings_summary(pool: Pool, n: int, k_max: int) -> dict:
-    s = pool.settings
+    s, train = pool.settings, pool.settings.train.for_seed(pool.seed.imported)
     return {
         "params": sum(p.numel() for p in pool.seed.load_model().parameters()),
         "unit_tokens": s.units.tokens,
-        "lr": s.train.for_seed(pool.seed.imported).lr,
-        "schedule": s.train.for_seed(pool.seed.imported).schedule,
+        "lr": train.lr,
+        "schedule": train.schedule,
         "steps_per_unit": s.units.tokens // s.train.batch_tokens,
         "batch_tokens": s.train.batch_tokens,
         "n_requested": n,

@@ -66,7 +66,7 @@ DATAASSESS_TRAIN__LR=5e-4 run union-lr-5e-4 shared "$OUT/shared-corpus" --budget
 # settings, three search seeds each, on the demo's unit models ($OUT/optimize-search/<setting>-seed-<s>.json), then
 # the same on the shared corpora (two partitions of known domains late, held-out evaluation sets)
 # ($OUT/optimize-search-shared/); units at a constant 5e-4, the defaults when it was measured
-if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" optimize-search "* ]]; then
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" optimize-search "* ]]; then (
   export DATAASSESS_TRAIN__LR=5e-4
   [ -s "$OUT/store-demo-search/rankings/demo/latest.json" ] || "$DA" --store "$OUT/store-demo-search" demo > /dev/null
   SEARCHES=(wide:samples=160,samples_per_partition=14,warm_samples=16,rounds=3
@@ -76,14 +76,13 @@ if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" optimize-search "* ]]; then
     "${SEARCHES[@]}"
   .venv/bin/python scripts/optimize_study.py "$OUT/store-shared-search" "$OUT/optimize-search-shared" --seeds 0,1,2 \
     --corpus "$OUT/shared-corpus" --late drama-tragedy,scripture-wisdom "${SEARCHES[@]}"
-  export DATAASSESS_TRAIN__LR=3e-4
-fi
+) fi
 # Defaults must keep `make demo` within 10 minutes: the demo timed at the default and at the cheaper unit budget,
 # in two runs at different times (a shared machine's speed varies), then the default alone twice more (after the
 # built seed's learning rate changed: the same work, timed again), all four at the wide search; then the default
 # alone twice at the search the study chose, then once beside the wide search, then the cheaper unit
 # budget beside the default at that search
-if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
+if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then (
   unset DATAASSESS_TRAIN__LR DATAASSESS_TRAIN__SCHEDULE  # the demo at its defaults (a rate costs no time)
   WIDE=(DATAASSESS_OPTIMIZE__SAMPLES=160 DATAASSESS_OPTIMIZE__SAMPLES_PER_PARTITION=14
     DATAASSESS_OPTIMIZE__WARM_SAMPLES=16 DATAASSESS_OPTIMIZE__ROUNDS=3)
@@ -105,8 +104,7 @@ if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then
   # the cheaper unit budget at the chosen search, beside the default, in one run
   [ -s "$OUT/demo-time/run-8/units-32k.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/run-8" \
     default units-32k:DATAASSESS_UNITS__TOKENS=32768
-  export DATAASSESS_TRAIN__LR=3e-4 DATAASSESS_TRAIN__SCHEDULE=constant
-fi
+) fi
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
 # the sizes of `make demo-real` (configs/smollm2-135m.toml: units of 2,048 tokens, 4 steps of 512), evaluation
 # sets of up to 1,024 tokens, 12 mixtures, 8 replicates. The built seeds (1.5M, and 4 layers x 256 = 5.3M) train

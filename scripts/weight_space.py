@@ -113,6 +113,7 @@ def main() -> None:
                         "cosine": mean_cosine(gram, index, mix),
                     }
                 )
+    train = settings.train.for_seed(pool.seed.imported)
     write_json(
         Path(a.out),
         {
@@ -120,8 +121,8 @@ def main() -> None:
             "budget": budget.name,
             "merge": pool.merge.to_json(),
             "unit_tokens": settings.units.tokens,
-            "lr": settings.train.for_seed(pool.seed.imported).lr,
-            "schedule": settings.train.for_seed(pool.seed.imported).schedule,
+            "lr": train.lr,
+            "schedule": train.schedule,
             "seed_digest": pool.seed.digest,
             "rows": rows,
         },
