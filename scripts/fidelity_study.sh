@@ -48,6 +48,8 @@ FIXED=("$OUT/shared-corpus" --budget fixed)
 DATAASSESS_TRAIN__LR=1e-4 run settings-lr-1e-4 shared "${FIXED[@]}"
 DATAASSESS_TRAIN__LR=1e-3 run settings-lr-1e-3 shared "${FIXED[@]}"
 DATAASSESS_TRAIN__LR=5e-4 run settings-lr-5e-4 shared "${FIXED[@]}"
+# The same run with every mixture replicated: one truth against another, measured on all of them
+DATAASSESS_TRAIN__LR=5e-4 run replicated-lr-5e-4 shared "${FIXED[@]}" --replicates "${N:-24}"
 # The rate decaying linearly over a run (train.schedule): from 5e-4, 1e-3 (a mean of 5e-4) and 2e-3
 for rate in 5e-4 1e-3 2e-3; do
   DATAASSESS_TRAIN__LR=$rate DATAASSESS_TRAIN__SCHEDULE=linear run settings-linear-$rate shared "${FIXED[@]}"
