@@ -679,13 +679,17 @@ def fidelity(
     typer.echo(f"{next(iter(reports.values()))['macro']['n_mixtures']} mixtures{where}")
 
 
-FIGURE_HEADS = ("sigma", "spearman", "dec acc", "resolv", "pairs", "naive", "seed", "ceil", "ceil repl")
+FIGURE_HEADS = (
+    *("sigma", "spearman", "dec acc", "resolv", "pairs", "naive", "seed"),
+    *("ceil", "repl", "ceil rho", "repl rho"),  # on the replicated mixtures: the score's and a replicate truth's
+)
 
 
 def _figure_cells(f: dict, sigma: float) -> str:
     """sigma, the score's Spearman, decision and resolvable-decision accuracy and its pairs, the baselines'
-    resolvable accuracy, and on the replicated mixtures the score's and the replicate truth's."""
-    ceiling = f["ceiling"]
+    resolvable accuracy, and on the replicated mixtures the score's and the replicate truth's resolvable accuracy,
+    then their Spearman."""
+    ceiling = {who: f["ceiling"].get(who, {}) for who in ("score", "replicate")}
     cells = [
         _f(sigma),
         _f(f["spearman"]),
@@ -694,10 +698,10 @@ def _figure_cells(f: dict, sigma: float) -> str:
         str(f["n_resolvable_pairs"]),
         _f(f["baselines"]["naive"]["resolvable_decision_accuracy"]),
         _f(f["baselines"]["seed"]["resolvable_decision_accuracy"]),
-        _f(ceiling.get("score", {}).get("resolvable_decision_accuracy")),
-        _f(ceiling.get("replicate", {}).get("resolvable_decision_accuracy")),
+        *(_f(ceiling[who].get("resolvable_decision_accuracy")) for who in ("score", "replicate")),
+        *(_f(ceiling[who].get("spearman")) for who in ("score", "replicate")),
     ]
-    return "".join(f" {c:>9}" for c in cells)
+    return "".join(f" {c:>8}" for c in cells)
 
 
 def _print_fidelity(report: dict, budget) -> None:
@@ -706,9 +710,10 @@ def _print_fidelity(report: dict, budget) -> None:
     typer.echo(
         f"budget: {report['budget']}; score: {what}; sigma: data-order noise of log perplexity from "
         f"{noise['n_replicates']} replicate truths; resolv: accuracy on the pairs whose truths differ by more than "
-        "2.83 sigma; ceil / ceil repl: the score's and a replicate truth's, on the replicated mixtures"
+        "2.83 sigma; ceil / repl: the score's and a replicate truth's resolvable accuracy, ceil rho / repl rho: "
+        "their Spearman, on the replicated mixtures"
     )
-    typer.echo(f"{'eval set':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
+    typer.echo(f"{'eval set':<20}" + "".join(f" {h:>8}" for h in FIGURE_HEADS))
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
         sigma = noise["sigma_log_ppl"]["macro" if name == "MACRO" else name]
         label = name if report.get("set_metric", {}).get(name) != "gold_bpb" else f"{name[:11]} gold_bpb"
@@ -731,7 +736,7 @@ def _print_merge_comparison(reports: dict[str, dict]) -> None:
     """One table: each merge method's macro figures against the same ground truths."""
     first = next(iter(reports.values()))
     typer.echo(f"budget: {first['budget']}; macro figures of each merge method against the same ground truths")
-    typer.echo(f"{'merge method':<20}" + "".join(f" {h:>9}" for h in FIGURE_HEADS))
+    typer.echo(f"{'merge method':<20}" + "".join(f" {h:>8}" for h in FIGURE_HEADS))
     for name, report in reports.items():
         typer.echo(f"{name[:20]:<20}" + _figure_cells(report["macro"], report["noise"]["sigma_log_ppl"]["macro"]))
 

@@ -271,6 +271,30 @@ def test_fidelity_cli_both_budgets_recomputable_rows_and_the_agreement_line(sett
         assert_recomputed(report)
     truths = list((settings.store / "truth").glob("*/meta.json"))
     assert len(truths) == 2 * (9 + 4), "a truth and a replicate trained per budget; none is a unit model"
+    # without --json, a table of the same figures (everything cached: nothing is trained again)
+    args = ["--config", str(toml), "fidelity", str(corpus), "--budget", "fixed", *common[:-1], "--no-mlflow"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert len(list((settings.store / "truth").glob("*/meta.json"))) == len(truths)
+    printed = {line.split()[0]: line.split()[1:] for line in res.stdout.splitlines()[2:] if line.strip()}
+    fixed = reports["fixed"]
+    for name, figs in [*fixed["eval_sets"].items(), ("MACRO", fixed["macro"])]:
+        sigma = fixed["noise"]["sigma_log_ppl"]["macro" if name == "MACRO" else name]
+        ceiling = figs["ceiling"]
+        expected = [
+            sigma,
+            figs["spearman"],
+            figs["decision_accuracy"],
+            figs["resolvable_decision_accuracy"],
+            figs["n_resolvable_pairs"],
+            figs["baselines"]["naive"]["resolvable_decision_accuracy"],
+            figs["baselines"]["seed"]["resolvable_decision_accuracy"],
+            ceiling["score"]["resolvable_decision_accuracy"],
+            ceiling["replicate"]["resolvable_decision_accuracy"],
+            ceiling["score"]["spearman"],
+            ceiling["replicate"]["spearman"],
+        ]
+        assert printed[name] == [str(v) if isinstance(v, int) else f"{v:.3f}" for v in expected], name
     stored = read_json(settings.store / "pools" / "corpus" / "calibration.json")
     assert stored["features"] == ["log proxy perplexity", "log k", "log proxy perplexity x log k"]
     client = connect(Store(settings.store))
