@@ -685,6 +685,10 @@ FIGURE_HEADS = (
 )
 
 
+def _columns(cells) -> str:
+    return "".join(f" {c:>8}" for c in cells)
+
+
 def _figure_cells(f: dict, sigma: float) -> str:
     """sigma, the score's Spearman, decision and resolvable-decision accuracy and its pairs, the baselines'
     resolvable accuracy, and on the replicated mixtures the score's and the replicate truth's resolvable accuracy,
@@ -701,7 +705,7 @@ def _figure_cells(f: dict, sigma: float) -> str:
         *(_f(ceiling[who].get("resolvable_decision_accuracy")) for who in ("score", "replicate")),
         *(_f(ceiling[who].get("spearman")) for who in ("score", "replicate")),
     ]
-    return "".join(f" {c:>8}" for c in cells)
+    return _columns(cells)
 
 
 def _print_fidelity(report: dict, budget) -> None:
@@ -713,7 +717,7 @@ def _print_fidelity(report: dict, budget) -> None:
         "2.83 sigma; ceil / repl: the score's and a replicate truth's resolvable accuracy, ceil rho / repl rho: "
         "their Spearman, on the replicated mixtures"
     )
-    typer.echo(f"{'eval set':<20}" + "".join(f" {h:>8}" for h in FIGURE_HEADS))
+    typer.echo(f"{'eval set':<20}" + _columns(FIGURE_HEADS))
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
         sigma = noise["sigma_log_ppl"]["macro" if name == "MACRO" else name]
         label = name if report.get("set_metric", {}).get(name) != "gold_bpb" else f"{name[:11]} gold_bpb"
@@ -736,7 +740,7 @@ def _print_merge_comparison(reports: dict[str, dict]) -> None:
     """One table: each merge method's macro figures against the same ground truths."""
     first = next(iter(reports.values()))
     typer.echo(f"budget: {first['budget']}; macro figures of each merge method against the same ground truths")
-    typer.echo(f"{'merge method':<20}" + "".join(f" {h:>8}" for h in FIGURE_HEADS))
+    typer.echo(f"{'merge method':<20}" + _columns(FIGURE_HEADS))
     for name, report in reports.items():
         typer.echo(f"{name[:20]:<20}" + _figure_cells(report["macro"], report["noise"]["sigma_log_ppl"]["macro"]))
 
