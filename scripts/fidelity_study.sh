@@ -59,6 +59,10 @@ run settings-merge-ties shared "${FIXED[@]}" --merge-method ties
 run settings-merge-task-arithmetic shared "${FIXED[@]}" --merge-method task_arithmetic
 run settings-merge-norm-matched shared "${FIXED[@]}" --merge-method norm_matched
 DATAASSESS_MERGE__METHOD=norm_matched space settings-merge-norm-matched shared "${FIXED[@]}"
+# The merges again at the learning rate the settings runs choose, on settings-lr-5e-4's unit models
+for method in ties task_arithmetic norm_matched; do
+  DATAASSESS_TRAIN__LR=5e-4 run settings-lr-5e-4-merge-${method//_/-} shared "${FIXED[@]}" --merge-method $method
+done
 # Weighted merges (uniform, natural and Dirichlet shares over the partitions) against truths trained on those shares
 run shared-weighted shared "${FIXED[@]}" --weighted
 # The weighted and union targets at the learning rate the settings runs choose (docs/fidelity.md, Defaults)

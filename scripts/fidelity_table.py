@@ -164,7 +164,7 @@ def summary_row(name, r):
 
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "study")
-reports = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+reports = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"), key=lambda p: p.stem)}
 print(
     "Resolvable: accuracy on the pairs of mixtures whose truths differ by more than 2.83 sigma in log perplexity "
     "(sigma: the data-order noise, from the replicate truths). Under `union` the score is the calibrated "
@@ -285,9 +285,10 @@ settings = sorted(
 if len(settings) > 1:
     print("\n## Settings\n")
     print(
-        "shared-fixed with one setting changed at a time (`settings-*` runs): the same corpus, evaluation sets, "
-        "budget and sample size. Minutes: the run's wall time on 2 cores, its seed already built. Mean: over the "
-        "evaluation sets. Targets: the fixed-budget targets above.\n"
+        "shared-fixed with one setting changed at a time (`settings-*` runs; `settings-lr-5e-4-merge-*` change the "
+        "merge of settings-lr-5e-4): the same corpus, evaluation sets, budget and sample size. Minutes: the run's "
+        "wall time on 2 cores, its seed already built. Mean: over the evaluation sets. Targets: the fixed-budget "
+        "targets above.\n"
     )
     print(
         "| run | seed | unit budget (steps) | unit LR | merge | resolvable, min / mean | Spearman, min / mean | "
@@ -312,7 +313,7 @@ if len(settings) > 1:
     )
     print(
         f"\nHighest macro resolvable-decision accuracy: {best}; highest per minute among the runs that "
-        f"train their own models (the merge runs reuse shared-fixed's): {cheapest}. {verdict}"
+        f"train their own models (the merge runs reuse the linear runs' models): {cheapest}. {verdict}"
     )
 sizes = sorted(((n, r) for n, r in reports.items() if n.startswith("seed-")), key=lambda x: x[1]["settings"]["params"])
 if sizes:
@@ -472,12 +473,16 @@ if len(settings) > 1 and demo_runs:
         if chosen_key in (None, key)
     }
     base = dict(settings)["shared-fixed"]["settings"]
+
+    def merges_at(rt):  # the runs at one unit rate, shared-fixed's unit budget: one per merge method
+        return [
+            (n, r)
+            for n, r in settings
+            if r["settings"]["unit_tokens"] == base["unit_tokens"] and rate(r["settings"]) == rt
+        ]
+
     # merge methods and learning rates cost the same training as shared-fixed: compared by accuracy alone
-    merges = [
-        (n, r)
-        for n, r in settings
-        if r["settings"]["unit_tokens"] == base["unit_tokens"] and rate(r["settings"]) == rate(base)
-    ]
+    merges = merges_at(rate(base))
     merge = most_accurate(merges)[1]["merge"]["method"]
     rates = [
         (n, r)
@@ -514,7 +519,8 @@ if len(settings) > 1 and demo_runs:
     ]
     print(
         f"\nMerge: {merge}, the highest macro (then mean over sets) resolvable-decision accuracy among "
-        f"{', '.join(r['merge']['method'] for _, r in merges)} on the same unit models. Unit learning rates of a "
+        f"{', '.join(r['merge']['method'] for _, r in merges)} on shared-fixed's unit models "
+        f"({rate_name(rate(base))}). Unit learning rates of a "
         "built seed (the same training cost), on the shared corpora:\n"
     )
     for n, r in sorted(rates, key=lambda x: rate(x[1]["settings"])[::-1]):
@@ -535,6 +541,24 @@ if len(settings) > 1 and demo_runs:
         )
     else:
         print(f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}, the most accurate (as merges are).")
+    # the merges again at the chosen rate, where measured: the default is the most accurate there
+    again = merges_at(chosen_rate) if chosen_rate != rate(base) else []
+    if len(again) > 1:
+        at_rate = most_accurate(again)[1]["merge"]["method"]
+        scores = ", ".join(
+            f"{r['merge']['method']} {f(macro_resolvable(r))}"
+            for _, r in sorted(again, key=lambda x: -macro_resolvable(x[1]))
+        )
+        same = (
+            f"as at {rate_name(rate(base))}"
+            if at_rate == merge
+            else f"not {merge}, which the rates above were compared with: the merge is {at_rate}"
+        )
+        print(
+            f"\nThe merges compared again at {rate_name(chosen_rate)}, on the unit models of that rate's run (macro "
+            f"resolvable accuracy): {scores}. The most accurate is {at_rate}, {same}."
+        )
+        merge = at_rate
     print(f"\nUnit budgets, compared at shared-fixed's rate ({rate_name(rate(base))}):\n")
     for n, r in budgets:
         tokens = r["settings"]["unit_tokens"]
