@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -223,17 +224,31 @@ def prepare(
     tokenizer = seed.load_tokenizer()
     units: list[Unit] = []
     heldout: dict[str, list[Document]] = {}
+    documents: Counter[str] = Counter()  # per evaluation group, in the partitions that cut units
+
+    def group_of(doc: Document, part: Partition) -> str:
+        return doc.domain if settings.corpus.eval_group == "domain" else part.name
+
     for part in checked.partitions:
         try:
             units.extend(cut_units(store, part, seed, tokenizer, settings))
         except CorpusError as e:
             quarantined.append(e)
             continue
+        documents.update(group_of(doc, part) for doc in part.documents)
         for doc in part.split(settings.corpus.heldout_fraction)[1]:
-            group = doc.domain if settings.corpus.eval_group == "domain" else part.name
-            heldout.setdefault(group, []).append(doc)
+            heldout.setdefault(group_of(doc, part), []).append(doc)
     if checked.eval_docs is not None:
         heldout = checked.eval_docs
+    elif settings.corpus.heldout_fraction > 0:
+        for group in sorted(set(documents) - set(heldout)):  # too few documents for the hash to hold one out
+            log.warning(
+                "evaluation set skipped: no document of %r is held out (%d in all, corpus.heldout_fraction = %g): "
+                "raise the fraction or pass --eval-sets",
+                group,
+                documents[group],
+                settings.corpus.heldout_fraction,
+            )
     ctx = min(settings.train.seq_len, _context_length(seed))
     evalsets, eval_sets = EvalSets(store), {}
     for set_name, docs in sorted(heldout.items()):
@@ -248,10 +263,12 @@ def prepare(
         except (UserError, TaskError) as e:
             log.warning("evaluation set skipped: %s", e)
     if not units:
-        raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(map(str, quarantined)), str(corpus))
+        raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(map(str, quarantined)), kind="corpus")
     if not eval_sets:
         raise CorpusError(
-            str(corpus), "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets"
+            str(corpus),
+            "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets",
+            kind="corpus",
         )
     if eval_sets_dir is None:
         eval_sets = evalsets.pin(name, eval_sets, refresh_eval)

@@ -1,18 +1,23 @@
 """pipeline.run's options and cache paths, each checked against a value computed another way."""
 
+import hashlib
 import json
+import logging
+import re
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from dataassess.errors import UserError
 from dataassess.evalsets import EvalSets
 from dataassess.merge import linear_merge
 from dataassess.scoring import score_model
 from dataassess.store import Store
 from flows.cli import app
-from tests.conftest import demo_docs, latest, run_pipeline, write_jsonl, write_toml
+from tests.conftest import demo_docs, latest, prepare_pool, run_pipeline, write_jsonl, write_toml
 
 
 def with_rank(settings, **rank):
@@ -30,6 +35,34 @@ def test_held_out_eval_sets_are_pinned_per_pool_until_refreshed(settings, corpus
     assert refreshed.counts["scored"] == refreshed.counts["mixtures"]  # new sets: every mixture re-scored
     other_pool = run_pipeline(corpus, settings, pool="other", progress=False)
     assert other_pool.pool.eval_sets == refreshed.pool.eval_sets  # a new pool pins what is there now
+
+
+def test_a_domain_with_no_held_out_document_is_named_in_one_warning(settings, corpus, caplog):
+    def held(fraction):  # the domains with a document whose sha256 falls below the fraction, computed here
+        docs = [json.loads(line) for f in corpus.glob("*/a.jsonl") for line in f.read_text().splitlines()]
+        return {
+            d["domain"]
+            for d in docs
+            if int(hashlib.sha256(d["text"].encode()).hexdigest()[:16], 16) < fraction * 16**16
+        }
+
+    assert held(0.1) == {"jargon", "satire", "scripture"} and held(0.5) >= {"drama"}, "the fixture's premise"
+    with caplog.at_level(logging.WARNING, logger="dataassess"), prepare_pool(corpus, settings) as pool:
+        assert set(pool.eval_sets) == held(0.1)
+    said = [r.getMessage() for r in caplog.records if "held out" in r.getMessage()]
+    assert said == [
+        "evaluation set skipped: no document of 'drama' is held out (3 in all, corpus.heldout_fraction = 0.1): "
+        "raise the fraction or pass --eval-sets"
+    ]
+    caplog.clear()
+    half = settings.model_copy(update={"corpus": settings.corpus.model_copy(update={"heldout_fraction": 0.5})})
+    with caplog.at_level(logging.WARNING, logger="dataassess"), prepare_pool(corpus, half, pool="half") as pool:
+        assert set(pool.eval_sets) == held(0.5)
+    assert not [r for r in caplog.records if "held out" in r.getMessage()]
+    for other in ("jargon", "satire", "scripture"):  # drama alone: nothing to evaluate on
+        shutil.rmtree(corpus / other)
+    with pytest.raises(UserError, match="^" + re.escape(f"corpus '{corpus}': no evaluation sets: hold out documents")):
+        prepare_pool(corpus, settings, pool="drama")
 
 
 def test_token_weighting_scores_the_merge_weighted_by_distinct_tokens(settings, corpus):
