@@ -271,7 +271,14 @@ def prepare(
             kind="corpus",
         )
     if eval_sets_dir is None:
-        eval_sets = evalsets.pin(name, eval_sets, refresh_eval)
+        found, eval_sets = eval_sets, evalsets.pin(name, eval_sets, refresh_eval)
+        for group in sorted(set(found) - set(eval_sets)):
+            log.warning(
+                "evaluation set not used: %r holds documents out, but pool %r pinned its evaluation sets before "
+                "they arrived: `rank` or `intake` with --refresh-eval adds it (and scores every mixture again)",
+                group,
+                name,
+            )
     families = {f: [s for s in sets if s in eval_sets] for f, sets in checked.families.items()}
     families = {f: sets for f, sets in families.items() if sets}
     check_rank_by(settings.rank.by, eval_sets, families)  # before any unit is trained

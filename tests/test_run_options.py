@@ -24,14 +24,25 @@ def with_rank(settings, **rank):
     return settings.model_copy(update={"rank": settings.rank.model_copy(update=rank)})
 
 
-def test_held_out_eval_sets_are_pinned_per_pool_until_refreshed(settings, corpus):
+def test_held_out_eval_sets_are_pinned_per_pool_until_refreshed(settings, corpus, caplog):
+    def waiting():  # the warnings that name a set the pinned ones leave out
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluation set not used")]
+
     first = run_pipeline(corpus, settings, progress=False)
     write_jsonl(corpus / "wisdom" / "a.jsonl", [{**d, "domain": "wisdom"} for d in demo_docs("scripture-wisdom", 40)])
-    second = run_pipeline(corpus, settings, progress=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dataassess"):
+        second = run_pipeline(corpus, settings, progress=False)
     assert second.pool.eval_sets == first.pool.eval_sets  # the new partition's held-out documents wait
     assert "wisdom" not in second.pool.eval_sets
-    refreshed = run_pipeline(corpus, settings, refresh_eval=True, progress=False)
-    assert "wisdom" in refreshed.pool.eval_sets
+    assert waiting() == [
+        "evaluation set not used: 'wisdom' holds documents out, but pool 'corpus' pinned its evaluation sets before "
+        "they arrived: `rank` or `intake` with --refresh-eval adds it (and scores every mixture again)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dataassess"):
+        refreshed = run_pipeline(corpus, settings, refresh_eval=True, progress=False)
+    assert "wisdom" in refreshed.pool.eval_sets and not waiting()
     assert refreshed.counts["scored"] == refreshed.counts["mixtures"]  # new sets: every mixture re-scored
     other_pool = run_pipeline(corpus, settings, pool="other", progress=False)
     assert other_pool.pool.eval_sets == refreshed.pool.eval_sets  # a new pool pins what is there now
