@@ -44,9 +44,15 @@ class TinySeedConfig(Section):
     vocab_size: int = Field(8192, ge=256)  # of the byte-level BPE trained on the seed text
     tokens: int = Field(1_000_000, gt=0)  # pretraining token budget on the seed text
     lr: float = Field(2e-3, gt=0)  # peak pretraining learning rate (cosine to min_lr)
-    min_lr: float = 2e-4  # final pretraining learning rate
-    warmup_steps: int = 20  # linear warm-up steps of pretraining
+    min_lr: float = Field(2e-4, ge=0)  # final pretraining learning rate
+    warmup_steps: int = Field(20, ge=0)  # linear warm-up steps of pretraining
     text: str | None = None  # seed text file/dir; None = the bundled FOLDOC cut
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> TinySeedConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
 
 
 class CorpusConfig(Section):
@@ -69,10 +75,10 @@ class TrainConfig(Section):
 
     lr: float | None = Field(None, gt=0)  # AdamW rate; None: 5e-4 for a seed built here, 1e-4 for an imported one
     schedule: Literal["constant", "linear"] = "constant"  # constant, or linear: from lr down to lr / steps
-    weight_decay: float = 0.1  # AdamW weight decay
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.95  # AdamW beta2
-    grad_clip: float = 1.0  # gradient-norm clip
+    weight_decay: float = Field(0.1, ge=0)  # AdamW weight decay
+    beta1: float = Field(0.9, ge=0, lt=1)  # AdamW beta1
+    beta2: float = Field(0.95, ge=0, lt=1)  # AdamW beta2
+    grad_clip: float = Field(1.0, gt=0)  # gradient-norm clip
     seq_len: int = Field(256, ge=2)  # tokens per training sequence (and evaluation window, at most)
     batch_tokens: int = Field(4096, gt=0)  # tokens per optimizer step; gradient accumulation reaches it
     micro_batch: int = Field(16, ge=1)  # sequences per forward pass
@@ -243,7 +249,11 @@ def load_settings(path: str | Path | None = None, **overrides) -> Settings:
         )
     reading = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml}})
     if Path(toml).is_file():  # each source on its own: a value another source overrides is still checked
-        _check_source(TomlConfigSettingsSource(reading)(), lambda loc: f"file {toml}")
+        try:
+            toml_values = TomlConfigSettingsSource(reading)()
+        except ValueError as e:  # tomllib's decode error, or bytes that are not UTF-8
+            raise UserError(f"invalid configuration: file {toml} is not valid TOML: {e}") from None
+        _check_source(toml_values, lambda loc: f"file {toml}")
     _check_source(EnvSettingsSource(reading)(), lambda loc: "env " + ENV_PREFIX + "__".join(loc).upper())
     try:
         return Settings.model_validate(reading(**overrides).model_dump())
@@ -269,7 +279,10 @@ def _check_source(values: dict, where) -> None:
                     continue
                 loc = tuple(str(x) for x in (key, *err["loc"]))
                 message = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{'.'.join(loc)} = {err.get('input')!r} (from {where(loc)}): {message}")
+                if err["loc"]:
+                    problems.append(f"{'.'.join(loc)} = {err.get('input')!r} (from {where(loc)}): {message}")
+                else:  # a rule across the section's keys
+                    problems.append(f"[{key}] (from {where(loc)}): {message}")
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
 

@@ -117,12 +117,20 @@ def _check_text_bytes(data: bytes, path: Path, partition: str) -> None:
 def _load_file(path: Path, suffix: str, cache_dir: str | None) -> datasets.Dataset:
     import datasets
 
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a malformed file is our one error line, not its log
     if suffix in (".txt", ".md"):
         return datasets.load_dataset(
             "text", data_files=str(path), sample_by="document", split="train", cache_dir=cache_dir
         )
     builder = "parquet" if suffix == ".parquet" else "json"
     return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+
+
+def _cause(e: BaseException) -> str:
+    """A loading error as `Type: message`, the parser's own rather than the datasets wrapper's."""
+    while type(e).__module__.startswith("datasets") and (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def _documents(ds: datasets.Dataset, partition: str, file: str) -> list[Document]:
@@ -178,9 +186,7 @@ def load_partition_folder(folder: Path, cache_dir: str | None = None, root: Path
         except CorpusError:
             raise
         except Exception as e:  # datasets raises many types for malformed input
-            raise CorpusError(
-                name, f"could not be parsed as {suffix}: {type(e).__name__}: {str(e)[:300]}", str(path)
-            ) from None
+            raise CorpusError(name, f"could not be parsed as {suffix}: {_cause(e)}", str(path)) from None
         docs.extend(_documents(ds, name, str(path)))
     if not docs:
         raise CorpusError(name, "empty partition: no non-blank documents", str(folder))
@@ -208,7 +214,7 @@ def load_dataset_partitions(
     except CorpusError:
         raise
     except Exception as e:
-        raise CorpusError(source, f"could not load dataset: {type(e).__name__}: {str(e)[:300]}", source) from None
+        raise CorpusError(source, f"could not load dataset: {_cause(e)}", source) from None
     if partition_field not in ds.column_names:
         raise CorpusError(
             source, f"no '{partition_field}' field to partition by (fields: {', '.join(ds.column_names)})", source

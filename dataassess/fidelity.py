@@ -15,6 +15,7 @@ merge method can be measured against the same truths (compare_merges).
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from .steps import LINEAR
 from .truth import Truth, train_truth, truth_perplexities, truth_scores
 from .types import FidelityRecord, MergeSpec, Mixture, TaskScore, perplexities
 
+log = logging.getLogger(__name__)
+
 
 def sample_mixtures(
     units: Sequence[str], n: int, k_max: int, rng_seed: int = 0, k_min: int = 1
@@ -50,6 +53,15 @@ def sample_mixtures(
         for k in sorted(pools):
             if pools[k] and len(out) < n:
                 out.append(pools[k].pop())
+    if len(out) < n:
+        log.warning(
+            "%d units make only %d mixtures of up to %d units: all are measured, not the %d asked for (--n, "
+            "fidelity.mixtures)",
+            len(units),
+            len(out),
+            k_max,
+            n,
+        )
     return out
 
 

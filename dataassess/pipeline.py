@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -143,8 +144,8 @@ class Pool:
 
 
 def pool_name(corpus: str | Path) -> str:
-    """A pool is named after its corpus root unless told otherwise."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(str(corpus).rstrip("/")).name).strip("-") or "pool"
+    """A pool is named after its corpus root unless told otherwise (`.` is the working folder's name)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", Path(os.path.abspath(corpus)).name).strip("-") or "pool"
 
 
 @dataclass
@@ -265,9 +266,10 @@ def prepare(
     if not units:
         raise CorpusError(str(corpus), "no valid partitions: " + "; ".join(map(str, quarantined)), kind="corpus")
     if not eval_sets:
+        why = "; quarantined: " + "; ".join(map(str, quarantined)) if quarantined else ""
         raise CorpusError(
             str(corpus),
-            "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets",
+            "no evaluation sets: hold out documents (corpus.heldout_fraction) or pass --eval-sets" + why,
             kind="corpus",
         )
     if eval_sets_dir is None:

@@ -255,13 +255,18 @@ def seed():
 @command()
 def units(corpus: Corpus):
     """Validate the corpus and cut it into equal-token units."""
+    from dataassess.evalsets import EvalSets
     from dataassess.pipeline import prepare
+    from dataassess.types import TaskSet
 
     with prepare(store(), corpus, settings()) as pool:
         typer.echo(f"{'unit':<32} {'tokens':>8} {'distinct':>9} {'repeat':>7}  digest")
         for u in pool.units:
             typer.echo(f"{u.name:<32} {u.tokens:>8} {u.source_tokens:>9} {u.repeat:>7.2f}  {u.digest[:12]}")
-        typer.echo(f"evaluation sets: {', '.join(pool.eval_sets)}")
+        loaded = {name: EvalSets(pool.store).load(digest) for name, digest in pool.eval_sets.items()}
+        of = {name: "items" if isinstance(es, TaskSet) else "documents" for name, es in loaded.items()}
+        sizes = [f"{name} ({es.tokens:,} tokens, {es.documents} {of[name]})" for name, es in loaded.items()]
+        typer.echo(f"evaluation sets: {', '.join(sizes)}")
     _report_quarantined(pool.quarantined)
 
 

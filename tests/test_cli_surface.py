@@ -44,6 +44,10 @@ BAD_INPUTS = [
     (["config"], {"DATAASSESS_STROE": "x"}, "", "unknown setting DATAASSESS_STROE"),
     (["config"], {"DATAASSESS_RANK__K_MAX": "0"}, "", "rank.k_max = '0' (from env DATAASSESS_RANK__K_MAX)"),
     (["config"], {}, "[units]\ntokens = 0\n", "units.tokens = 0 (from file"),
+    (["config"], {}, "[train\nlr = 1e-4\n", "is not valid TOML: Expected ']'"),
+    (["config"], {"DATAASSESS_TRAIN__BETA1": "9"}, "", "train.beta1 = '9' (from env DATAASSESS_TRAIN__BETA1)"),
+    (["config"], {}, "[train]\ngrad_clip = -1\n", "train.grad_clip = -1 (from file"),
+    (["config"], {}, "[tiny]\nn_head = 3\n", "n_embd (128) must be a multiple of n_head (3)"),
     (["config"], {}, '[train]\nlr = "fast"\n', "train.lr = 'fast' (from file"),
     (
         ["config"],
@@ -64,6 +68,7 @@ BAD_INPUTS = [
     (["intake", "CORPUS"], {}, "[merge.params]\nscale = 2\n", "merge method 'linear' has no parameter scale"),
     (["fidelity", "CORPUS", "--budget", "nope", "--no-mlflow"], {}, "", "unknown budget 'nope'; budgets are fixed"),
     (["intake", "CORPUS", "--eval-sets", "EVALS"], {}, "", "empty evaluation set: no files"),
+    (["units", "BADJSONL"], {}, "", "could not load dataset: ArrowInvalid: JSON parse error: Invalid value. in row 1"),
     (["no-such-command"], {}, "", "No such command"),
     (["demo", "--corpus", "CORPUS"], {}, "", "--corpus and --late go together"),
     (["demo", "--pool", "../escaped"], {}, "", "invalid pool name '../escaped'"),
@@ -86,7 +91,8 @@ def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
     (evals / "empty").mkdir(parents=True)
     (evals / "good").mkdir()
     (evals / "good" / "a.txt").write_text("Some held-out text. " * 50)
-    places = {"CORPUS": str(DEMO / "corpus"), "EVALS": str(evals)}
+    (tmp_path / "bad.jsonl").write_text('{"text": "a first document", "domain": "a"}\nnot json\n')
+    places = {"CORPUS": str(DEMO / "corpus"), "EVALS": str(evals), "BADJSONL": str(tmp_path / "bad.jsonl")}
 
     def attempt(case: int):  # each in a store and config of its own, so that two can run at once
         args, env, toml, _ = BAD_INPUTS[case]
@@ -205,6 +211,17 @@ def test_rankings_are_per_pool(settings, corpus):
     res = CliRunner().invoke(app, ["--store", str(settings.store), "ranking", "--pool", "second", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["pool"] == "second"
     assert json.loads(res.stdout)["previous"] is None, "a pool's changes are against its own previous ranking"
+
+
+def test_a_pool_is_named_after_its_corpus_root_given_as_a_path_a_dot_or_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "web text" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "web text")
+    assert [pipeline.pool_name(c) for c in (".", "sub/..", "sub/", "hf://org/books.v2")] == [
+        "web-text",
+        "web-text",
+        "sub",
+        "books-v2",
+    ]
 
 
 def test_export_writes_the_merged_model_as_a_folder_from_pretrained_loads(settings, corpus, tmp_path):

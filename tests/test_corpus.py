@@ -92,7 +92,7 @@ def _bad_corpus(tmp_path):
         ("binary", "a.txt", "binary content"),
         ("latin1", "a.txt", "not valid UTF-8"),
         ("notext", "a.jsonl", "no 'text' field"),
-        ("badjson", "a.jsonl", "could not be parsed"),
+        ("badjson", "a.jsonl", "could not be parsed as .jsonl: ArrowInvalid: JSON parse error"),
         ("nofiles", None, "empty partition"),
         ("truncgz", "a.jsonl.gz", "not a valid gzip file"),
         ("noparquettext", "a.parquet", "no 'text' field (fields: body)"),

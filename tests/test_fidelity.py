@@ -1,5 +1,6 @@
 import itertools
 import json
+import logging
 import math
 import os
 import subprocess
@@ -57,13 +58,17 @@ def test_agreement_figures_match_hand_computed_cases():
     assert agreement.noise(rows, "s") == pytest.approx(np.sqrt((a**2 + b**2) / 4))
 
 
-def test_sampling_is_stratified_by_size_and_has_no_duplicates():
+def test_sampling_is_stratified_by_size_and_has_no_duplicates(caplog):
     units = [f"u{i}" for i in range(8)]
     mixes = sample_mixtures(units, 24, 3)
     assert len(mixes) == len(set(mixes)) == 24
     assert Counter(len(m) for m in mixes) == {1: 8, 2: 8, 3: 8}  # single units count
     assert sample_mixtures(units, 24, 3) == mixes  # deterministic
-    assert len(sample_mixtures(["a", "b", "c"], 20, 2)) == 6  # all that exist: 3 singles, 3 pairs
+    with caplog.at_level(logging.WARNING, logger="dataassess"):
+        assert len(sample_mixtures(["a", "b", "c"], 20, 2)) == 6  # all that exist: 3 singles, 3 pairs
+    assert [r.getMessage() for r in caplog.records] == [
+        "3 units make only 6 mixtures of up to 2 units: all are measured, not the 20 asked for (--n, fidelity.mixtures)"
+    ]
 
 
 def test_ground_truth_is_trained_on_the_exact_union(settings, corpus):

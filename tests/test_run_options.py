@@ -70,6 +70,10 @@ def test_a_domain_with_no_held_out_document_is_named_in_one_warning(settings, co
     with caplog.at_level(logging.WARNING, logger="dataassess"), prepare_pool(corpus, half, pool="half") as pool:
         assert set(pool.eval_sets) == held(0.5)
     assert not [r for r in caplog.records if "held out" in r.getMessage()]
+    for other in ("jargon", "satire", "scripture"):  # quarantined, they leave drama alone: the error says why
+        (corpus / other / "empty.txt").write_text("")
+    with pytest.raises(UserError, match="pass --eval-sets; quarantined: partition 'jargon': .*empty.txt: empty file"):
+        prepare_pool(corpus, settings, pool="drama")
     for other in ("jargon", "satire", "scripture"):  # drama alone: nothing to evaluate on
         shutil.rmtree(corpus / other)
     with pytest.raises(UserError, match="^" + re.escape(f"corpus '{corpus}': no evaluation sets: hold out documents")):
@@ -196,3 +200,9 @@ def test_cli_rank_and_score_agree_with_the_pipeline(settings, corpus, tmp_path):
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout[res.stdout.index("{") :])
     assert row["scores"] == next(r["scores"] for r in snapshot["ranking"] if r["units"] == ["jargon.u0"])
+    res = runner.invoke(app, ["--config", str(toml), "units", str(corpus)])  # each set's size, as stored
+    stored = {n: json.loads(Store(settings.store).eval_set(d).read_text()) for n, d in snapshot["eval_sets"].items()}
+    assert res.exit_code == 0 and res.stdout.splitlines()[-1] == "evaluation sets: " + ", ".join(
+        f"{n} ({s['tokens']:,} tokens, {s['documents']} documents)" for n, s in stored.items()
+    )
+    assert all(s["documents"] >= 1 and s["tokens"] == sum(len(w) - f for w, f in s["windows"]) for s in stored.values())
