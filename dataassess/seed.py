@@ -231,10 +231,11 @@ def _import_model(settings: Settings, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(
             settings.base_model, trust_remote_code=False, gguf_file=settings.gguf_file
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # not found, or not a model transformers knows
         raise UserError(
-            f"cannot load base_model '{settings.base_model}': {e}. Use a local model folder or an HF hub id reachable "
-            "from here with model.safetensors (pickled .bin weights are not read), a GGUF file (gguf_file), or 'tiny'."
+            f"cannot load base_model '{settings.base_model}': {str(e).rstrip('.')}. Use a local model folder or an HF "
+            "hub id reachable from here with model.safetensors (pickled .bin weights are not read), a GGUF file "
+            "(gguf_file), or 'tiny'."
         ) from None
     if tokenizer.eos_token_id is None:
         raise UserError(f"base_model '{settings.base_model}' has a tokenizer without an EOS token")

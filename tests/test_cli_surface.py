@@ -68,6 +68,7 @@ BAD_INPUTS = [
     (["intake", "CORPUS"], {}, "[merge.params]\nscale = 2\n", "merge method 'linear' has no parameter scale"),
     (["fidelity", "CORPUS", "--budget", "nope", "--no-mlflow"], {}, "", "unknown budget 'nope'; budgets are fixed"),
     (["intake", "CORPUS", "--eval-sets", "EVALS"], {}, "", "empty evaluation set: no files"),
+    (["seed"], {"DATAASSESS_BASE_MODEL": "notamodel"}, "", "cannot load base_model 'notamodel': Unrecognized model"),
     (["units", "BADJSONL"], {}, "", "could not load dataset: ArrowInvalid: JSON parse error: Invalid value. in row 1"),
     (["no-such-command"], {}, "", "No such command"),
     (["demo", "--corpus", "CORPUS"], {}, "", "--corpus and --late go together"),
@@ -91,6 +92,8 @@ def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
     (evals / "empty").mkdir(parents=True)
     (evals / "good").mkdir()
     (evals / "good" / "a.txt").write_text("Some held-out text. " * 50)
+    (tmp_path / "notamodel").mkdir()  # a folder with a config.json that names no architecture
+    (tmp_path / "notamodel" / "config.json").write_text("{}")
     (tmp_path / "bad.jsonl").write_text('{"text": "a first document", "domain": "a"}\nnot json\n')
     places = {"CORPUS": str(DEMO / "corpus"), "EVALS": str(evals), "BADJSONL": str(tmp_path / "bad.jsonl")}
 
@@ -108,7 +111,7 @@ def test_every_bad_input_ends_in_one_error_line_and_trains_nothing(tmp_path):
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], (args, res.stderr)
         assert "Traceback" not in res.stderr + res.stdout and "pydantic.dev" not in res.stderr
-        assert not (store / "seeds").exists() and not (store / "models").exists(), f"{args} built or trained something"
+        assert not [*(store / "seeds").glob("*"), *(store / "models").glob("*")], f"{args} built or trained something"
 
 
 @pytest.mark.parametrize("name", ["../escaped", "..", "a/b", "a\\b", "", ".hidden", "x" * 101, "/abs"])
