@@ -209,6 +209,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _budgets_hold_a_sequence(self) -> Settings:
+        for key, tokens in (("units.tokens", self.units.tokens), ("rank.budget_tokens", self.rank.budget_tokens)):
+            if tokens is not None and tokens < self.train.seq_len:
+                raise ValueError(
+                    f"{key} = {tokens:,} is less than one training sequence (train.seq_len = {self.train.seq_len})"
+                )
+        return self
+
     @field_validator("store")
     @classmethod
     def _store_is_a_folder(cls, v: Path) -> Path:
