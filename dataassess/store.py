@@ -20,11 +20,13 @@ is reported, removed and rebuilt.
     pools/<pool>/fidelity-<budget>.json  the pool's latest fidelity report at that budget
     rankings/<pool>/<stamp>.json, latest.json
 
-The records under pools/ and rankings/ are read and written here only, as typed objects.
+The records under pools/ and rankings/ are read and written here only, as typed objects; one that is damaged
+(changed outside dataassess) is an error that names it, and is never overwritten.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -48,6 +50,8 @@ from .types import FidelityRecord, OptimizationRecord, Snapshot
 
 if TYPE_CHECKING:
     from .calibration import Calibration
+
+log = logging.getLogger(__name__)
 
 POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
@@ -119,7 +123,12 @@ class Store:
         meta = self.meta(key, kind)
         if not meta.exists():
             return None
-        found = read_json(meta)
+        try:
+            found = read_json(meta)
+        except ValueError:  # not the JSON written there: the model is trained again
+            log.warning("store: %s is not the metadata written there: training its model again", meta)
+            meta.unlink()
+            return None
         if not intact(self.weights(key, kind), found.get("weights_digest")):
             meta.unlink()  # the model is retrained, and its new metadata written after its weights
             return None
@@ -146,7 +155,7 @@ class Store:
     def pinned_eval_sets(self, pool: str) -> dict[str, str] | None:
         """The evaluation sets pinned at the pool's first run (name -> digest), if any."""
         path = self._pool_file(pool, "eval_sets.json")
-        return read_json(path) if path.exists() else None
+        return _record(path, dict) if path.exists() else None
 
     def pin_eval_sets(self, pool: str, sets: dict[str, str]) -> None:
         write_json(self._pool_file(pool, "eval_sets.json"), sets)
@@ -155,14 +164,14 @@ class Store:
         from .calibration import Calibration  # numpy: not imported for commands that never read one
 
         path = self._pool_file(pool, "calibration.json")
-        return Calibration.from_json(read_json(path)) if path.exists() else None
+        return _record(path, Calibration.from_json) if path.exists() else None
 
     def save_calibration(self, pool: str, calibration: Calibration) -> None:
         write_json(self._pool_file(pool, "calibration.json"), calibration.to_json())
 
     def optimization(self, pool: str) -> OptimizationRecord | None:
         path = self._pool_file(pool, "optimize.json")
-        return OptimizationRecord.from_json(read_json(path)) if path.exists() else None
+        return _record(path, OptimizationRecord.from_json) if path.exists() else None
 
     def save_optimization(self, pool: str, record: OptimizationRecord) -> None:
         write_json(self._pool_file(pool, "optimize.json"), record.to_json())
@@ -170,7 +179,7 @@ class Store:
     def fidelity(self, pool: str, budget: str) -> FidelityRecord | None:
         """The pool's latest fidelity study at this budget."""
         path = self._pool_file(pool, f"fidelity-{budget}.json")
-        return FidelityRecord.from_json(read_json(path)) if path.exists() else None
+        return _record(path, FidelityRecord.from_json) if path.exists() else None
 
     def save_fidelity(self, pool: str, record: FidelityRecord) -> Path:
         path = self._pool_file(pool, f"fidelity-{record.report['budget']}.json")
@@ -185,7 +194,7 @@ class Store:
 
     def latest_ranking(self, pool: str) -> Snapshot | None:
         path = self.root / "rankings" / check_pool_name(pool) / "latest.json"
-        return Snapshot.from_json(read_json(path)) if path.exists() else None
+        return _record(path, Snapshot.from_json) if path.exists() else None
 
     def save_ranking(self, snapshot: Snapshot) -> Path:
         """Write the snapshot under its time stamp and as the pool's `latest.json`; returns the stamped file."""
@@ -214,3 +223,14 @@ class Store:
     def prefect_api_file(self) -> Path:
         """Where a running `dataassess serve` records its Prefect API, for add-partition."""
         return self.root / "prefect-api-url"
+
+
+def _record(path: Path, parse):
+    """A pool record read and typed; one that is not what dataassess wrote is a clear error, never overwritten."""
+    try:
+        return parse(read_json(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this record's shape
+        raise UserError(
+            f"store record {path} is damaged ({type(e).__name__}: {e}); it is written whole or not at all, so "
+            "something else changed it: restore it from a backup, or remove it to have it written anew"
+        ) from None

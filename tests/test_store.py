@@ -44,3 +44,42 @@ def test_a_saved_state_has_the_same_bytes_every_time_and_more_metadata_keys_are_
     with pytest.raises(ValueError, match="one metadata key"):
         save_state(state, tmp_path / "two.safetensors", {"units": "x.u0", "merge": "linear"})
     assert not (tmp_path / "two.safetensors").exists()
+
+
+def test_a_damaged_pool_record_is_one_clear_error_and_is_left_as_it_was(tmp_path):
+    from dataassess.errors import UserError
+    from dataassess.store import Store
+
+    store = Store(tmp_path)
+    reads = {
+        tmp_path / "pools" / "p" / "eval_sets.json": lambda: store.pinned_eval_sets("p"),
+        tmp_path / "pools" / "p" / "optimize.json": lambda: store.optimization("p"),
+        tmp_path / "pools" / "p" / "fidelity-fixed.json": lambda: store.fidelity("p", "fixed"),
+        tmp_path / "pools" / "p" / "calibration.json": lambda: store.calibration("p"),
+        tmp_path / "rankings" / "p" / "latest.json": lambda: store.latest_ranking("p"),
+    }
+    for path, read in reads.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for damage in (b'{"cut off', b"\xff\xfe not text", b"[1, 2]"):  # cut, not text, not the record
+            path.write_bytes(damage)
+            with pytest.raises(UserError, match=f"^store record {path} is damaged"):
+                read()
+            assert path.read_bytes() == damage, "nothing is overwritten"
+
+
+def test_model_metadata_that_is_not_json_means_the_model_is_trained_again(tmp_path, caplog):
+    import logging
+
+    from dataassess.store import Store
+
+    store = Store(tmp_path)
+    weights, meta = store.weights("k"), store.meta("k")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights as written")
+    record_digest(weights)
+    meta.write_text('{"weights_digest": "cut off')
+    with caplog.at_level(logging.WARNING, logger="dataassess"):
+        assert store.finished("k") is None
+    assert not meta.exists() and [r.getMessage() for r in caplog.records] == [
+        f"store: {meta} is not the metadata written there: training its model again"
+    ]
