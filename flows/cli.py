@@ -255,7 +255,6 @@ def seed():
 @command()
 def units(corpus: Corpus):
     """Validate the corpus and cut it into equal-token units."""
-    from dataassess.evalsets import EvalSets
     from dataassess.pipeline import prepare
     from dataassess.types import TaskSet
 
@@ -263,7 +262,7 @@ def units(corpus: Corpus):
         typer.echo(f"{'unit':<32} {'tokens':>8} {'distinct':>9} {'repeat':>7}  digest")
         for u in pool.units:
             typer.echo(f"{u.name:<32} {u.tokens:>8} {u.source_tokens:>9} {u.repeat:>7.2f}  {u.digest[:12]}")
-        loaded = {name: EvalSets(pool.store).load(digest) for name, digest in pool.eval_sets.items()}
+        loaded = {name: pool.steps.evalsets.load(digest) for name, digest in pool.eval_sets.items()}
         of = {name: "items" if isinstance(es, TaskSet) else "documents" for name, es in loaded.items()}
         sizes = [f"{name} ({es.tokens:,} tokens, {es.documents} {of[name]})" for name, es in loaded.items()]
         typer.echo(f"evaluation sets: {', '.join(sizes)}")
