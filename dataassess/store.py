@@ -20,8 +20,8 @@ is reported, removed and rebuilt.
     pools/<pool>/fidelity-<budget>.json  the pool's latest fidelity report at that budget
     rankings/<pool>/<stamp>.json, latest.json
 
-The records under pools/ and rankings/ are read and written here only, as typed objects; one that is damaged
-(changed outside dataassess) is an error that names it, and is never overwritten.
+The records under pools/ and rankings/ are read and written here only, as typed objects; reading one that is
+damaged (changed outside dataassess) is an error that names it, and leaves it as it is.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ class Store:
 
 
 def _record(path: Path, parse):
-    """A pool record read and typed; one that is not what dataassess wrote is a clear error, never overwritten."""
+    """A pool record read and typed; one that is not what dataassess wrote is a clear error, and is left as it is."""
     try:
         return parse(read_json(path))
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this record's shape
