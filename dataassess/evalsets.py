@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from .corpus import Document
 from .errors import UserError
 from .seed import encode
-from .store import Store, digest_json, read_json, write_json
+from .store import Store, digest_json, read_json, read_record, write_json
 from .types import EvalSet, TaskSet, eval_set_from_json
 
 
@@ -107,15 +107,20 @@ class EvalSets:
         self._loaded: dict[str, EvalSet] = {}
 
     def save(self, es: EvalSet | TaskSet) -> str:
+        """Written once per digest; a file there that is not a set (changed outside dataassess) is written again."""
         path = self.store.eval_set(es.digest)
-        if not path.exists():
+        try:
+            intact = path.exists() and eval_set_from_json(read_json(path)).digest == es.digest
+        except (ValueError, KeyError, TypeError, AttributeError):
+            intact = False
+        if not intact:
             write_json(path, es.to_json())
         self._loaded[es.digest] = es
         return es.digest
 
     def load(self, digest: str) -> EvalSet | TaskSet:
         if digest not in self._loaded:
-            self._loaded[digest] = eval_set_from_json(read_json(self.store.eval_set(digest)))
+            self._loaded[digest] = read_record(self.store.eval_set(digest), eval_set_from_json)
         return self._loaded[digest]
 
     def sliced(self, sets: Mapping[str, str], fraction: float) -> dict[str, str]:

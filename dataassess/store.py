@@ -155,7 +155,7 @@ class Store:
     def pinned_eval_sets(self, pool: str) -> dict[str, str] | None:
         """The evaluation sets pinned at the pool's first run (name -> digest), if any."""
         path = self._pool_file(pool, "eval_sets.json")
-        return _record(path, dict) if path.exists() else None
+        return read_record(path, dict) if path.exists() else None
 
     def pin_eval_sets(self, pool: str, sets: dict[str, str]) -> None:
         write_json(self._pool_file(pool, "eval_sets.json"), sets)
@@ -164,14 +164,14 @@ class Store:
         from .calibration import Calibration  # numpy: not imported for commands that never read one
 
         path = self._pool_file(pool, "calibration.json")
-        return _record(path, Calibration.from_json) if path.exists() else None
+        return read_record(path, Calibration.from_json) if path.exists() else None
 
     def save_calibration(self, pool: str, calibration: Calibration) -> None:
         write_json(self._pool_file(pool, "calibration.json"), calibration.to_json())
 
     def optimization(self, pool: str) -> OptimizationRecord | None:
         path = self._pool_file(pool, "optimize.json")
-        return _record(path, OptimizationRecord.from_json) if path.exists() else None
+        return read_record(path, OptimizationRecord.from_json) if path.exists() else None
 
     def save_optimization(self, pool: str, record: OptimizationRecord) -> None:
         write_json(self._pool_file(pool, "optimize.json"), record.to_json())
@@ -179,7 +179,7 @@ class Store:
     def fidelity(self, pool: str, budget: str) -> FidelityRecord | None:
         """The pool's latest fidelity study at this budget."""
         path = self._pool_file(pool, f"fidelity-{budget}.json")
-        return _record(path, FidelityRecord.from_json) if path.exists() else None
+        return read_record(path, FidelityRecord.from_json) if path.exists() else None
 
     def save_fidelity(self, pool: str, record: FidelityRecord) -> Path:
         path = self._pool_file(pool, f"fidelity-{record.report['budget']}.json")
@@ -194,7 +194,7 @@ class Store:
 
     def latest_ranking(self, pool: str) -> Snapshot | None:
         path = self.root / "rankings" / check_pool_name(pool) / "latest.json"
-        return _record(path, Snapshot.from_json) if path.exists() else None
+        return read_record(path, Snapshot.from_json) if path.exists() else None
 
     def save_ranking(self, snapshot: Snapshot) -> Path:
         """Write the snapshot under its time stamp and as the pool's `latest.json`; returns the stamped file."""
@@ -225,8 +225,8 @@ class Store:
         return self.root / "prefect-api-url"
 
 
-def _record(path: Path, parse):
-    """A pool record read and typed; one that is not what dataassess wrote is a clear error, and is left as it is."""
+def read_record(path: Path, parse):
+    """A store record read and typed; one that is not what dataassess wrote is a clear error, and is left as it is."""
     try:
         return parse(read_json(path))
     except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, or not this record's shape

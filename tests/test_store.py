@@ -83,3 +83,20 @@ def test_model_metadata_that_is_not_json_means_the_model_is_trained_again(tmp_pa
     assert not meta.exists() and [r.getMessage() for r in caplog.records] == [
         f"store: {meta} is not the metadata written there: training its model again"
     ]
+
+
+def test_a_damaged_evaluation_set_is_written_again_when_built_and_named_when_only_read(tmp_path):
+    from dataassess.errors import UserError
+    from dataassess.evalsets import EvalSets
+    from dataassess.store import Store
+    from dataassess.types import EvalSet
+
+    store = Store(tmp_path)
+    es = EvalSet("prose", "d" * 24, [([1, 2, 3, 4], 1)], 3, 12, 1)
+    path = store.eval_set(es.digest)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"cut off')
+    with pytest.raises(UserError, match=f"^store record {path} is damaged"):
+        EvalSets(store).load(es.digest)
+    assert EvalSets(store).save(es) == es.digest
+    assert EvalSets(store).load(es.digest) == es, "built again, it is written again"
