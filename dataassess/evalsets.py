@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from .corpus import Document
 from .errors import UserError
 from .seed import encode
-from .store import Store, digest_json, read_json, read_record, write_json
+from .store import Store, digest_json, read_record, write_json
 from .types import EvalSet, TaskSet, eval_set_from_json
 
 
@@ -110,8 +110,8 @@ class EvalSets:
         """Written once per digest; a file there that is not a set (changed outside dataassess) is written again."""
         path = self.store.eval_set(es.digest)
         try:
-            intact = path.exists() and eval_set_from_json(read_json(path)).digest == es.digest
-        except (ValueError, KeyError, TypeError, AttributeError):
+            intact = path.exists() and read_record(path, eval_set_from_json).digest == es.digest
+        except UserError:
             intact = False
         if not intact:
             write_json(path, es.to_json())
