@@ -263,13 +263,22 @@ def load_settings(path: str | Path | None = None, **overrides) -> Settings:
         except ValueError as e:  # tomllib's decode error, or bytes that are not UTF-8
             raise UserError(f"invalid configuration: file {toml} is not valid TOML: {e}") from None
         _check_source(toml_values, lambda loc: f"file {toml}")
-    _check_source(EnvSettingsSource(reading)(), lambda loc: "env " + ENV_PREFIX + "__".join(loc).upper())
+    _check_source(EnvSettingsSource(reading)(), _env_names)
     try:
         return Settings.model_validate(reading(**overrides).model_dump())
     except ValidationError as e:
         raise UserError(
             "invalid configuration: " + "; ".join(_describe(err, toml, overrides) for err in e.errors())
         ) from None
+
+
+def _env_names(loc: tuple[str, ...]) -> str:
+    """The environment variables behind a key, or behind a section's rule: every variable set under it."""
+    name = ENV_PREFIX + "__".join(loc).upper()
+    if len(loc) > 1:
+        return f"env {name}"
+    names = sorted(n for n in os.environ if n.upper() == name or n.upper().startswith(name + "__"))
+    return "env " + (", ".join(names) or name)
 
 
 def _check_source(values: dict, where) -> None:

@@ -721,6 +721,8 @@ def _print_fidelity(report: dict, budget) -> None:
         "2.83 sigma; ceil / repl: the score's and a replicate truth's resolvable accuracy, ceil rho / repl rho: "
         "their Spearman, on the replicated mixtures"
     )
+    if not noise["n_replicates"]:
+        typer.echo("no replicate truths (--replicates 0): no noise model, so sigma, resolv, ceil and repl are n/a")
     typer.echo(f"{'eval set':<20}" + _columns(FIGURE_HEADS))
     for name, f in [*report["eval_sets"].items(), ("MACRO", report["macro"])]:
         sigma = noise["sigma_log_ppl"]["macro" if name == "MACRO" else name]

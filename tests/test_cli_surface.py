@@ -48,6 +48,7 @@ BAD_INPUTS = [
     (["config"], {"DATAASSESS_TRAIN__BETA1": "9"}, "", "train.beta1 = '9' (from env DATAASSESS_TRAIN__BETA1)"),
     (["config"], {}, "[train]\ngrad_clip = -1\n", "train.grad_clip = -1 (from file"),
     (["config"], {}, "[tiny]\nn_head = 3\n", "n_embd (128) must be a multiple of n_head (3)"),
+    (["config"], {"DATAASSESS_TINY__N_HEAD": "3"}, "", "[tiny] (from env DATAASSESS_TINY__N_HEAD): n_embd (128)"),
     (["config"], {"DATAASSESS_RANK__BUDGET_TOKENS": "100"}, "", "rank.budget_tokens = 100 is less than one training"),
     (["config"], {}, '[train]\nlr = "fast"\n', "train.lr = 'fast' (from file"),
     (

@@ -347,6 +347,11 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     assert single.exit_code == 0, single.output
     report = json.loads(single.stdout)
     assert {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")} == truths, "no truth trained again"
+    bare = ["fidelity", str(corpus), "--n", "6", "--k-max", "2", "--replicates", "0", "--no-mlflow"]
+    unreplicated = CliRunner().invoke(app, ["--config", str(toml), *bare])
+    assert unreplicated.exit_code == 0, unreplicated.output
+    assert "no replicate truths (--replicates 0): no noise model" in unreplicated.stdout
+    assert " n/a" in unreplicated.stdout.split("MACRO", 1)[1].splitlines()[0], "the macro row's sigma is not measured"
     linear = compared["methods"]["linear"]
     assert set(linear) == set(report) and linear["merge"] == report["merge"] == {"method": "linear", "params": {}}
     assert linear["eval_sets"] == report["eval_sets"] and linear["macro"] == report["macro"]
