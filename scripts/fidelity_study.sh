@@ -65,6 +65,14 @@ for method in ties task_arithmetic norm_matched; do
 done
 # Weighted merges (uniform, natural and Dirichlet shares over the partitions) against truths trained on those shares
 run shared-weighted shared "${FIXED[@]}" --weighted
+# The learning rates measured on both corpora below, again on a second cut of the shared corpora (none of the first
+# cut's documents: other subdomains, or the next 220,000 characters of the same) at shared-fixed's unit budget
+[ -d "$OUT/second-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/second-corpus" 220000 - second > /dev/null
+SECOND=("$OUT/second-corpus" --budget fixed)
+for rate in 3e-4 5e-4; do
+  DATAASSESS_TRAIN__LR=$rate run second-lr-$rate second "${SECOND[@]}"
+done
+DATAASSESS_TRAIN__LR=1e-3 DATAASSESS_TRAIN__SCHEDULE=linear run second-linear-1e-3 second "${SECOND[@]}"
 # The weighted and union targets at the learning rate the settings runs choose (docs/fidelity.md, Defaults)
 DATAASSESS_TRAIN__LR=5e-4 run weighted-lr-5e-4 shared "${FIXED[@]}" --weighted
 DATAASSESS_TRAIN__LR=5e-4 run union-lr-5e-4 shared "$OUT/shared-corpus" --budget union
@@ -126,7 +134,7 @@ for step in run space; do
 done
 # The union budget on the same partitions and sizes with the 1.5M seed (24 mixtures): the calibration on a second corpus
 DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=3e-4 run small-union seed-1.5m "$OUT/real-corpus" --budget union
-# The learning-rate choice on that second corpus: the 1.5M seed, 24 mixtures, fixed budget, at 3e-4 and 5e-4, then
+# The learning-rate choice on that corpus too: the 1.5M seed, 24 mixtures, fixed budget, at 3e-4 and 5e-4, then
 # 1e-3 decaying linearly
 for rate in 3e-4 5e-4; do
   DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=$rate run small-fixed-lr-$rate seed-1.5m "$OUT/real-corpus" --budget fixed

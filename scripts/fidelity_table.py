@@ -92,6 +92,21 @@ def rate_name(lr_schedule):
     return f"{lr:g}" + (", linear decay" if schedule == "linear" else "")
 
 
+def by_rate(run):  # (name, report) by learning rate, constant before linear
+    return rate(run[1]["settings"])[::-1]
+
+
+# corpora beside the shared corpora that measured the unit learning rates: report-name prefix, what it is
+OTHER_CORPORA = (
+    (
+        "second-",
+        "a second cut of the shared corpora (second-*: none of the first cut's documents, four domains, "
+        "shared-fixed's seed size and unit budget)",
+    ),
+    ("small-fixed-", "a third corpus (small-fixed-*: the seed-size runs' partitions, 1.5M seed, units of 4 steps)"),
+)
+
+
 def rate_line(n, r):
     """'- LR (run): macro X (N pairs), mean over sets Y' for the defaults' list of learning rates."""
     m = r["macro"]
@@ -489,18 +504,22 @@ if len(settings) > 1 and demo_runs:
         for n, r in settings
         if r["settings"]["unit_tokens"] == base["unit_tokens"] and r["merge"]["method"] == merge
     ]
-    # the same rates on a second corpus (the seed-size runs' partitions): a default must hold on every corpus, so
-    # among the rates measured on both, the one whose lower macro resolvable accuracy of the two is the highest
-    second = sorted(
-        ((n, r) for n, r in reports.items() if n.startswith("small-fixed-")), key=lambda x: rate(x[1]["settings"])[::-1]
-    )
-    on_both = sorted({rate(r["settings"]) for _, r in rates} & {rate(r["settings"]) for _, r in second})
+    # the same rates on other corpora: a default must hold on every corpus, so among the rates measured on every
+    # one, the one whose lowest macro resolvable accuracy over the corpora is the highest
+    others = [
+        (label, sorted(((n, r) for n, r in reports.items() if n.startswith(prefix)), key=by_rate))
+        for prefix, label in OTHER_CORPORA
+    ]
+    others = [(label, runs) for label, runs in others if runs]
+    corpora = [rates, *(runs for _, runs in others)]
+    measured = [{rate(r["settings"]) for _, r in runs} for runs in corpora]
+    on_every = sorted(set.intersection(*measured)) if others else []
 
     def over_corpora(rt, how):
-        return how(macro_resolvable(r) for _, r in rates + second if rate(r["settings"]) == rt)
+        return how(macro_resolvable(r) for runs in corpora for _, r in runs if rate(r["settings"]) == rt)
 
     best_here = rate(most_accurate(rates)[1]["settings"])
-    chosen_rate = max(on_both, key=lambda rt: over_corpora(rt, min)) if on_both else best_here
+    chosen_rate = max(on_every, key=lambda rt: over_corpora(rt, min)) if on_every else best_here
     lr, schedule = chosen_rate
     # unit budgets differ in cost: by accuracy per minute, among those whose demo fits; measured, as every setting,
     # with one change from shared-fixed
@@ -523,19 +542,19 @@ if len(settings) > 1 and demo_runs:
         f"({rate_name(rate(base))}). Unit learning rates of a "
         "built seed (the same training cost), on the shared corpora:\n"
     )
-    for n, r in sorted(rates, key=lambda x: rate(x[1]["settings"])[::-1]):
+    for n, r in sorted(rates, key=by_rate):
         print(rate_line(n, r) + ".")
-    if second:
-        print("\nOn a second corpus (small-fixed-*: the seed-size runs' partitions, 1.5M seed, units of 4 steps):\n")
-        for n, r in second:
+    for label, runs in others:
+        print(f"\nOn {label}:\n")
+        for n, r in runs:
             print(f"{rate_line(n, r)}; fixed-budget targets met: {fixed_targets_met(r)}/{len(TARGETS['fixed'])}.")
-    if on_both:
-        by_mean = max(on_both, key=lambda rt: over_corpora(rt, mean))
+    if on_every:
+        by_mean = max(on_every, key=lambda rt: over_corpora(rt, mean))
         print(
             f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}. A default must hold beyond the corpus "
-            f"that measured it, so among the rates measured on both corpora ({'; '.join(map(rate_name, on_both))}) "
-            f"it is the one whose lower macro resolvable accuracy of the two is the highest "
-            f"({f(over_corpora(chosen_rate, min))}); the mean over the two picks "
+            f"that measured it, so among the rates measured on all {len(corpora)} corpora "
+            f"({'; '.join(map(rate_name, on_every))}) it is the one whose lowest macro resolvable accuracy over them "
+            f"is the highest ({f(over_corpora(chosen_rate, min))}); the mean over them picks "
             f"{'the same' if by_mean == chosen_rate else rate_name(by_mean)}, and the shared corpora alone "
             f"{'the same' if best_here == chosen_rate else rate_name(best_here)}."
         )
@@ -591,23 +610,26 @@ if len(settings) > 1 and demo_runs:
             "`make demo-real` runs SmolLM2-135M."
         )
     # the targets at the chosen defaults: the shared corpora's runs (fixed, weighted, union) at those settings
+    # the shared corpora, both cuts (the second cut's runs: the learning rates above)
+    cuts = {Path(dict(settings)["shared-fixed"]["corpus"]).name: "first", "second-corpus": "second"}
     at_defaults = [
         (n, r)
         for n, r in reports.items()
-        if Path(r.get("corpus", "")).name == Path(dict(settings)["shared-fixed"]["corpus"]).name
+        if Path(r.get("corpus", "")).name in cuts
         and rate(r["settings"]) == chosen_rate
         and (r["settings"]["unit_tokens"], r["merge"]["method"]) == (budget, merge)
     ]
     if at_defaults:
         print(
-            "\n### At the chosen defaults\n\nThe targets on the shared corpora, from the runs at exactly these "
-            "settings:\n"
+            "\n### At the chosen defaults\n\nThe targets on the shared corpora (both cuts), from the runs at exactly "
+            "these settings:\n"
         )
-        print("| run | budget | target | met |")
-        print("|---|---|---|---|")
-        for name, r in at_defaults:
+        print("| run | cut | budget | target | met |")
+        print("|---|---|---|---|---|")
+        for name, r in sorted(at_defaults, key=lambda x: (cuts[Path(x[1]["corpus"]).name], x[0])):
+            cut = cuts[Path(r["corpus"]).name]
             for what, test in TARGETS.get(target_kind(r), []):
-                print(f"| {name} | {target_kind(r)} | {what} | {'yes' if test(r) else '**no**'} |")
+                print(f"| {name} | {cut} | {target_kind(r)} | {what} | {'yes' if test(r) else '**no**'} |")
         missing = [k for k in TARGETS if k not in {target_kind(r) for _, r in at_defaults}]
         if missing:
             print(f"\nNot measured at these settings: {', '.join(missing)}.")
