@@ -135,7 +135,7 @@ class MergeConfig(Section):
     """How unit models are merged into a mixture's proxy: a method of dataassess/merge/ by name, and its parameters
     (unset ones take the method's defaults). Part of every mixture's key."""
 
-    method: str = "linear"  # linear (the parameter average), task_arithmetic, ties, norm_matched
+    method: str = "norm_matched"  # norm_matched (the average, its length restored), linear, task_arithmetic, ties
     params: dict[str, float] = {}  # e.g. {scale = 0.5} for task_arithmetic, {density = 0.2} for ties
 
 

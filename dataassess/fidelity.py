@@ -3,7 +3,8 @@
 Two ground truths, one per budget (budgets.py), each the seed continue-pretrained with
 the same hyperparameters:
 - fixed: on B tokens drawn from the shuffled union of the mixture's units (B = rank.budget_tokens,
-  default the unit budget); the uniform parameter average is its first-order proxy;
+  default the unit budget); the uniform parameter average is its first-order proxy (the default
+  merge restores that average's length);
 - union (the paper's): on the whole union, k x the unit budget; the proxy is calibrated
   (calibration.py) and its figures are leave-one-out.
 Truths are trained in a data order of their own (fidelity.data_seed), so none is a unit model. A stratified

@@ -1,7 +1,7 @@
 """Mixture weights: the shares of the fixed token budget to give each partition.
 
 A weight vector gives each partition a share of the budget B (its units split it evenly).
-Its proxy is the weighted parameter average of the unit models (DeMix, MergeMix): to first
+Its proxy is the weighted merge of the unit models (DeMix, MergeMix; by merge.method): to first
 order, B tokens drawn by these shares move the seed by the weighted mean of the unit updates.
 The search, as DeMix and Olmix run it:
 1. score the weighted merges of a design (the vertices, uniform, natural and Dirichlet

@@ -13,9 +13,9 @@ SHARED=${SHARED:-../shared/corpora}
 DA=.venv/bin/dataassess
 DEMO=dataassess/data/demo
 SAMPLE=(--n "${N:-24}" --k-max 3 --replicates "${REPLICATES:-8}")
-# The study's baseline unit training (shared-fixed's): a constant 3e-4. Each run that changes it says so; the
-# defaults the study chose are in docs/fidelity.md, Defaults.
-export DATAASSESS_TRAIN__LR=3e-4 DATAASSESS_TRAIN__SCHEDULE=constant
+# The study's baseline (shared-fixed's): units at a constant 3e-4, merged by the plain average. Each run that
+# changes it says so; the defaults the study chose are in docs/fidelity.md, Defaults.
+export DATAASSESS_TRAIN__LR=3e-4 DATAASSESS_TRAIN__SCHEDULE=constant DATAASSESS_MERGE__METHOD=linear
 mkdir -p "$OUT"
 [ -d "$OUT/shared-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/shared-corpus" > /dev/null
 run() {  # name, store, then fidelity arguments; settings come from DATAASSESS_* in the environment
@@ -73,9 +73,18 @@ for rate in 3e-4 5e-4; do
   DATAASSESS_TRAIN__LR=$rate run second-lr-$rate second "${SECOND[@]}"
 done
 DATAASSESS_TRAIN__LR=1e-3 DATAASSESS_TRAIN__SCHEDULE=linear run second-linear-1e-3 second "${SECOND[@]}"
+# and the merges at the chosen rate, on second-lr-5e-4's unit models
+for method in ties task_arithmetic norm_matched; do
+  DATAASSESS_TRAIN__LR=5e-4 run second-lr-5e-4-merge-${method//_/-} second "${SECOND[@]}" --merge-method $method
+done
 # The weighted and union targets at the learning rate the settings runs choose (docs/fidelity.md, Defaults)
 DATAASSESS_TRAIN__LR=5e-4 run weighted-lr-5e-4 shared "${FIXED[@]}" --weighted
 DATAASSESS_TRAIN__LR=5e-4 run union-lr-5e-4 shared "$OUT/shared-corpus" --budget union
+# and with the merge the study chooses at that rate (on every corpus it compared the merges on)
+DATAASSESS_TRAIN__LR=5e-4 DATAASSESS_MERGE__METHOD=norm_matched \
+  run weighted-lr-5e-4-merge-norm-matched shared "${FIXED[@]}" --weighted
+DATAASSESS_TRAIN__LR=5e-4 DATAASSESS_MERGE__METHOD=norm_matched \
+  run union-lr-5e-4-merge-norm-matched shared "$OUT/shared-corpus" --budget union
 # The weight search on intake (optimize.on_intake), which the demo runs twice: its two waves at three search
 # settings, three search seeds each, on the demo's unit models ($OUT/optimize-search/<setting>-seed-<s>.json), then
 # the same on the shared corpora (two partitions of known domains late, held-out evaluation sets)
@@ -97,7 +106,7 @@ if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" optimize-search "* ]]; then (
 # alone twice at the search the study chose, then once beside the wide search, then the cheaper unit
 # budget beside the default at that search
 if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then (
-  unset DATAASSESS_TRAIN__LR DATAASSESS_TRAIN__SCHEDULE  # the demo at its defaults (a rate costs no time)
+  unset DATAASSESS_TRAIN__LR DATAASSESS_TRAIN__SCHEDULE DATAASSESS_MERGE__METHOD  # the demo at its defaults
   WIDE=(DATAASSESS_OPTIMIZE__SAMPLES=160 DATAASSESS_OPTIMIZE__SAMPLES_PER_PARTITION=14
     DATAASSESS_OPTIMIZE__WARM_SAMPLES=16 DATAASSESS_OPTIMIZE__ROUNDS=3)
   for RUN in run-1 run-2; do
@@ -118,6 +127,9 @@ if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" demo-time "* ]]; then (
   # the cheaper unit budget at the chosen search, beside the default, in one run
   [ -s "$OUT/demo-time/run-8/units-32k.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/run-8" \
     default units-32k:DATAASSESS_UNITS__TOKENS=32768
+  # the merge the study chose (norm_matched) beside linear, at the chosen search, in one run
+  [ -s "$OUT/demo-time/run-9/linear.json" ] || .venv/bin/python scripts/time_demo.py "$OUT/demo-time/run-9" default \
+    linear:DATAASSESS_MERGE__METHOD=linear
 ) fi
 # Seed size: three seeds on ten 12,000-character partitions (pieces of 600, so every domain holds some out) at
 # the sizes of `make demo-real` (configs/smollm2-135m.toml: units of 2,048 tokens, 4 steps of 512), evaluation
@@ -141,6 +153,11 @@ for rate in 3e-4 5e-4; do
 done
 DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=1e-3 DATAASSESS_TRAIN__SCHEDULE=linear \
   run small-fixed-linear-1e-3 seed-1.5m "$OUT/real-corpus" --budget fixed
+# and the merges at 5e-4, on small-fixed-lr-5e-4's unit models
+for method in ties task_arithmetic norm_matched; do
+  DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=5e-4 \
+    run small-fixed-lr-5e-4-merge-${method//_/-} seed-1.5m "$OUT/real-corpus" --budget fixed --merge-method $method
+done
 # 5e-4 again with every mixture replicated (as replicated-lr-5e-4 on the shared corpora)
 DATAASSESS_BASE_MODEL=tiny DATAASSESS_TRAIN__LR=5e-4 \
   run small-replicated-lr-5e-4 seed-1.5m "$OUT/real-corpus" --budget fixed --replicates "${N:-24}"

@@ -96,14 +96,20 @@ def by_rate(run):  # (name, report) by learning rate, constant before linear
     return rate(run[1]["settings"])[::-1]
 
 
-# corpora beside the shared corpora that measured the unit learning rates: report-name prefix, what it is
+# corpora beside the shared corpora that measured the unit learning rates and merges: report-name prefix, short
+# name, what it is
 OTHER_CORPORA = (
     (
         "second-",
+        "the second cut",
         "a second cut of the shared corpora (second-*: none of the first cut's documents, four domains, "
         "shared-fixed's seed size and unit budget)",
     ),
-    ("small-fixed-", "a third corpus (small-fixed-*: the seed-size runs' partitions, 1.5M seed, units of 4 steps)"),
+    (
+        "small-fixed-",
+        "the third corpus",
+        "a third corpus (small-fixed-*: the seed-size runs' partitions, 1.5M seed, units of 4 steps)",
+    ),
 )
 
 
@@ -402,8 +408,8 @@ if searches and weighted_sigmas:
 # demo-time/<run>/<setting>.json: each run times every setting one after the other; a setting fits by its mean
 demo_runs: dict[tuple, list[dict]] = {}
 for p in sorted((out / "demo-time").glob("*/*.json")):
-    d = {**json.loads(p.read_text()), "run": p.parent.name}
-    demo_runs.setdefault((d["unit_tokens"], search_key(d["search"])), []).append(d)
+    d = {"merge": "linear", **json.loads(p.read_text()), "run": p.parent.name}  # timed before merges were recorded
+    demo_runs.setdefault((d["unit_tokens"], search_key(d["search"]), d["merge"]), []).append(d)
 if len(settings) > 1 and demo_runs:
     n_runs = max(len(runs) for runs in demo_runs.values())
     print("\n## Defaults\n")
@@ -449,16 +455,17 @@ if len(settings) > 1 and demo_runs:
             f"full-set scorings than {reference}, the costliest, summed over the corpora.\n"
         )
     print(
-        "| demo at | seed | unit budget | search: samples, per partition, warm, rounds | k_max | units | "
+        "| demo at | seed | unit budget | search: samples, per partition, warm, rounds | merge | k_max | units | "
         "mixtures ranked | minutes, each run | mean | fits |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (tokens, _), runs in sorted(demo_runs.items(), key=lambda x: (-x[0][0], x[0][1])):
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (tokens, _, merge), runs in sorted(demo_runs.items(), key=lambda x: (-x[0][0], x[0][1], x[0][2])):
         d, m = runs[0], statistics.mean(r["wall_s"] / 60 for r in runs)
         each = ", ".join(f"{r['wall_s'] / 60:.2f}" for r in runs)
         print(
-            f"| {d['name']} | {d['base_model']} | {tokens:,} | {search_cells(d['search'])} | {d['k_max']} | "
-            f"{d['n_units']} | {d['n_mixtures']} | {each} | {m:.2f} | {'yes' if m <= DEMO_MINUTES else '**no**'} |"
+            f"| {d['name']} | {d['base_model']} | {tokens:,} | {search_cells(d['search'])} | {merge} | "
+            f"{d['k_max']} | {d['n_units']} | {d['n_mixtures']} | {each} | {m:.2f} | "
+            f"{'yes' if m <= DEMO_MINUTES else '**no**'} |"
         )
     chosen_key = search_key(search) if search else None
     # a run that timed the chosen search beside another search, or beside another unit budget: the ratio, side by side
@@ -471,7 +478,14 @@ if len(settings) > 1 and demo_runs:
                 continue
             ratio = d["wall_s"] / other["wall_s"]
             minutes = f"({d['wall_s'] / 60:.2f} against {other['wall_s'] / 60:.2f} minutes)"
-            if other["unit_tokens"] == d["unit_tokens"] and search_key(other["search"]) != chosen_key:
+            if (other["unit_tokens"], search_key(other["search"])) == (d["unit_tokens"], chosen_key):
+                if d["merge"] == "linear" or other["merge"] != "linear":
+                    continue  # a merge against linear, once
+                print(
+                    f"\nSide by side in {d['run']} (one after the other, both at the chosen search): the demo with "
+                    f"the {d['merge']} merge took {ratio:.2f} times its time with {other['merge']} {minutes}."
+                )
+            elif other["unit_tokens"] == d["unit_tokens"] and search_key(other["search"]) != chosen_key:
                 print(
                     f"\nSide by side in {d['run']} (one after the other): the demo at the chosen search took "
                     f"{ratio:.2f} of its time at {search_cells(other['search'])} {minutes}."
@@ -482,11 +496,11 @@ if len(settings) > 1 and demo_runs:
                     f"{d['unit_tokens']:,}-token units took {ratio:.2f} times its time at {other['unit_tokens']:,} "
                     f"{minutes}."
                 )
-    demo_minutes = {  # a unit budget's demo, at the chosen search
-        tokens: statistics.mean(d["wall_s"] / 60 for d in runs)
-        for (tokens, key), runs in demo_runs.items()
-        if chosen_key in (None, key)
-    }
+    at_search: dict[int, list[float]] = {}  # a unit budget's demo minutes at the chosen search, whatever its merge
+    for (tokens, key, _), runs in demo_runs.items():
+        if chosen_key in (None, key):
+            at_search.setdefault(tokens, []).extend(d["wall_s"] / 60 for d in runs)
+    demo_minutes = {tokens: statistics.mean(minutes) for tokens, minutes in at_search.items()}
     base = dict(settings)["shared-fixed"]["settings"]
 
     def merges_at(rt):  # the runs at one unit rate, shared-fixed's unit budget: one per merge method
@@ -504,11 +518,15 @@ if len(settings) > 1 and demo_runs:
         for n, r in settings
         if r["settings"]["unit_tokens"] == base["unit_tokens"] and r["merge"]["method"] == merge
     ]
+
     # the same rates on other corpora: a default must hold on every corpus, so among the rates measured on every
     # one, the one whose lowest macro resolvable accuracy over the corpora is the highest
+    def runs_on(prefix):  # another corpus's runs
+        return [(n, r) for n, r in reports.items() if n.startswith(prefix)]
+
     others = [
-        (label, sorted(((n, r) for n, r in reports.items() if n.startswith(prefix)), key=by_rate))
-        for prefix, label in OTHER_CORPORA
+        (label, sorted(((n, r) for n, r in runs_on(prefix) if r["merge"]["method"] == merge), key=by_rate))
+        for prefix, _, label in OTHER_CORPORA
     ]
     others = [(label, runs) for label, runs in others if runs]
     corpora = [rates, *(runs for _, runs in others)]
@@ -560,13 +578,34 @@ if len(settings) > 1 and demo_runs:
         )
     else:
         print(f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}, the most accurate (as merges are).")
-    # the merges again at the chosen rate, where measured: the default is the most accurate there
-    again = merges_at(chosen_rate) if chosen_rate != rate(base) else []
-    if len(again) > 1:
-        at_rate = most_accurate(again)[1]["merge"]["method"]
-        scores = ", ".join(
-            f"{r['merge']['method']} {f(macro_resolvable(r))}"
-            for _, r in sorted(again, key=lambda x: -macro_resolvable(x[1]))
+    # the merges again at the chosen rate, on every corpus that compared them there: as for the rate, the default
+    # is the method whose lowest macro resolvable accuracy over those corpora is the highest
+    compared = [
+        (name, runs)
+        for name, runs in [
+            ("the shared corpora", merges_at(chosen_rate)),
+            *(
+                (short, [(n, r) for n, r in runs_on(prefix) if rate(r["settings"]) == chosen_rate])
+                for prefix, short, _ in OTHER_CORPORA
+            ),
+        ]
+        if len({r["merge"]["method"] for _, r in runs}) > 1
+    ]
+    if compared:
+        methods = sorted(set.intersection(*({r["merge"]["method"] for _, r in runs} for _, runs in compared)))
+
+        def merge_over(method, how):
+            return how(macro_resolvable(r) for _, runs in compared for _, r in runs if r["merge"]["method"] == method)
+
+        at_rate = max(methods, key=lambda m: (merge_over(m, min), merge_over(m, mean)))
+        by_mean = max(methods, key=lambda m: merge_over(m, mean))
+        scores = "; ".join(
+            f"{name}: "
+            + ", ".join(
+                f"{r['merge']['method']} {f(macro_resolvable(r))}"
+                for _, r in sorted(runs, key=lambda x: -macro_resolvable(x[1]))
+            )
+            for name, runs in compared
         )
         same = (
             f"as at {rate_name(rate(base))}"
@@ -574,8 +613,11 @@ if len(settings) > 1 and demo_runs:
             else f"not {merge}, which the rates above were compared with: the merge is {at_rate}"
         )
         print(
-            f"\nThe merges compared again at {rate_name(chosen_rate)}, on the unit models of that rate's run (macro "
-            f"resolvable accuracy): {scores}. The most accurate is {at_rate}, {same}."
+            f"\nThe merges compared again at {rate_name(chosen_rate)}, on the unit models of that rate's run on each "
+            f"corpus (macro resolvable accuracy): {scores}. Among the methods measured on all {len(compared)}, the "
+            f"one whose lowest macro resolvable accuracy over them is the highest is {at_rate} "
+            f"({f(merge_over(at_rate, min))}; the mean over them picks "
+            f"{'the same' if by_mean == at_rate else by_mean}), {same}."
         )
         merge = at_rate
     print(f"\nUnit budgets, compared at shared-fixed's rate ({rate_name(rate(base))}):\n")

@@ -47,6 +47,7 @@ def time_demo(name: str, env: dict[str, str], out: Path) -> dict:
         "env": env,
         "base_model": config["base_model"],
         "unit_tokens": config["units"]["tokens"],
+        "merge": config["merge"]["method"],
         "k_max": config["rank"]["k_max"],
         "search": {k: config["optimize"][k] for k in SEARCH},
         "wall_s": round(wall_s, 1),

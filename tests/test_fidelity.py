@@ -352,9 +352,10 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     assert unreplicated.exit_code == 0, unreplicated.output
     assert "no replicate truths (--replicates 0): no noise model" in unreplicated.stdout
     assert " n/a" in unreplicated.stdout.split("MACRO", 1)[1].splitlines()[0], "the macro row's sigma is not measured"
-    linear = compared["methods"]["linear"]
-    assert set(linear) == set(report) and linear["merge"] == report["merge"] == {"method": "linear", "params": {}}
-    assert linear["eval_sets"] == report["eval_sets"] and linear["macro"] == report["macro"]
+    own = settings.merge.method  # the pool's own method: the one a plain fidelity run measures
+    mine = compared["methods"][own]
+    assert set(mine) == set(report) and mine["merge"] == report["merge"] == {"method": own, "params": {}}
+    assert mine["eval_sets"] == report["eval_sets"] and mine["macro"] == report["macro"]
     for name, method in compared["methods"].items():
         assert method["merge"]["method"] == name and set(method["eval_sets"]) == set(report["eval_sets"])
         assert set(method["macro"]) == set(report["macro"]) and method["macro"]["n_mixtures"] == 6
@@ -364,7 +365,7 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     assert ta.exit_code == 0, ta.output
     assert json.loads(ta.stdout)["macro"] == compared["methods"]["task_arithmetic"]["macro"]
     kept = json.loads((settings.store / "pools" / "corpus" / "fidelity-fixed.json").read_text())["report"]
-    assert kept["merge"]["method"] == "linear", "only the pool's own method becomes its fidelity"
+    assert kept["merge"]["method"] == own, "only the pool's own method becomes its fidelity"
     bad = CliRunner().invoke(app, ["--config", str(toml), "fidelity", str(corpus), "--merge-method", "nope"])
     assert bad.exit_code == 2 and "unknown merge method 'nope'" in bad.output
 
@@ -386,7 +387,7 @@ def test_compare_merges_measures_every_method_on_the_same_truths_with_the_report
     assert more.returncode == 1 and "error: 1 of the run's 9 ground truths are not in" in more.stderr, more.stderr
     assert {p.parent.name for p in (settings.store / "truth").glob("*/meta.json")} == truths
     space = json.loads(out.read_text())
-    assert space["merge"]["method"] == "linear" and [r["units"] for r in space["rows"]] == [
+    assert space["merge"]["method"] == own and [r["units"] for r in space["rows"]] == [
         r["units"] for r in report["rows"]
     ]
     assert sum(r["replicate"] is not None for r in space["rows"]) == 2

@@ -41,7 +41,7 @@ def test_the_search_finds_the_best_subsets_of_a_smooth_loss_scoring_a_fraction()
 def test_guided_ranking_of_a_real_pool_has_the_exhaustive_top_5_in_order(settings, corpus):
     k3 = settings.rank.model_copy(update={"k_max": 3})
     exhaustive = run_pipeline(corpus, settings.model_copy(update={"rank": k3}))
-    guided_cfg = k3.model_copy(update={"search": "guided", "guided_initial": 12, "guided_round": 3, "guided_rounds": 4})
+    guided_cfg = k3.model_copy(update={"search": "guided", "guided_initial": 12, "guided_round": 3, "guided_rounds": 6})
     guided = run_pipeline(corpus, settings.model_copy(update={"rank": guided_cfg}))
     info = guided.counts["guided_search"]
     assert info["candidates"] == len(exhaustive.ranking) and info["scored"] == len(guided.ranking)
