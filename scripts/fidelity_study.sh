@@ -65,8 +65,9 @@ for method in ties task_arithmetic norm_matched; do
 done
 # Weighted merges (uniform, natural and Dirichlet shares over the partitions) against truths trained on those shares
 run shared-weighted shared "${FIXED[@]}" --weighted
-# The learning rates measured on both corpora below, again on a second cut of the shared corpora (none of the first
-# cut's documents: other subdomains, or the next 220,000 characters of the same) at shared-fixed's unit budget
+# The learning rates measured on the seed-size corpus below, again on a second cut of the shared corpora (none of
+# the first cut's documents: other subdomains, or the next 220,000 characters of the same) at shared-fixed's unit
+# budget
 [ -d "$OUT/second-corpus" ] || python3 scripts/make_study_corpus.py "$SHARED" "$OUT/second-corpus" 220000 - second > /dev/null
 SECOND=("$OUT/second-corpus" --budget fixed)
 for rate in 3e-4 5e-4; do

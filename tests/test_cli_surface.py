@@ -67,7 +67,7 @@ BAD_INPUTS = [
     (["--store", "onlyfile/notes.txt", "config"], {}, "", "is a file; the store is a folder"),
     (["intake", "CORPUS"], {}, '[merge]\nmethod = "nope"\n', "unknown merge method 'nope'; methods are"),
     (["intake", "CORPUS"], {}, '[merge]\nmethod = "ties"\n[merge.params]\ndensity = 0\n', "density must be in (0, 1]"),
-    (["intake", "CORPUS"], {}, "[merge.params]\nscale = 2\n", "merge method 'linear' has no parameter scale"),
+    (["intake", "CORPUS"], {}, "[merge.params]\nscale = 2\n", "merge method 'norm_matched' has no parameter scale"),
     (["fidelity", "CORPUS", "--budget", "nope", "--no-mlflow"], {}, "", "unknown budget 'nope'; budgets are fixed"),
     (["intake", "CORPUS", "--eval-sets", "EVALS"], {}, "", "empty evaluation set: no files"),
     (["seed"], {"DATAASSESS_BASE_MODEL": "notamodel"}, "", "cannot load base_model 'notamodel': Unrecognized model"),
@@ -240,9 +240,14 @@ def test_export_writes_the_merged_model_as_a_folder_from_pretrained_loads(settin
     model = AutoModelForCausalLM.from_pretrained(out)
     store = Store(settings.store)
     wa, wb = (load_file(str(store.weights(result.models[u].key))) for u in (a, b))
+    (base,) = [load_file(str(p)) for p in (settings.store / "seeds").glob("*/base.safetensors")]
     state = model.state_dict()
+    assert settings.merge.method == "norm_matched"  # by hand: the mean update, stretched to the updates' mean length
     for name, tensor in wa.items():
-        torch.testing.assert_close(state[name], (tensor + wb[name]) / 2)
+        da, db = tensor.double() - base[name].double(), wb[name].double() - base[name].double()
+        mean = (da + db) / 2
+        expected = base[name].double() + mean * ((da.norm() + db.norm()) / 2 / mean.norm())
+        torch.testing.assert_close(state[name].double(), expected, rtol=1e-5, atol=1e-6)
     res = CliRunner().invoke(app, ["--store", str(settings.store), "export", f"{a},{b}", str(out)])
     assert res.exit_code == 2 and "already exists" in res.output
 
