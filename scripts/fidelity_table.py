@@ -96,6 +96,14 @@ def by_rate(run):  # (name, report) by learning rate, constant before linear
     return rate(run[1]["settings"])[::-1]
 
 
+def by_worst_corpus(corpora, option):
+    """The options (option(report): a rate, a merge) measured on every corpus (lists of (name, report)), each with
+    its lowest and its mean macro resolvable accuracy over them."""
+    on_every = set.intersection(*({option(r) for _, r in runs} for runs in corpora))
+    figures = {o: [macro_resolvable(r) for runs in corpora for _, r in runs if option(r) == o] for o in on_every}
+    return {o: (min(v), mean(v)) for o, v in sorted(figures.items())}
+
+
 # corpora beside the shared corpora that measured the unit learning rates and merges: report-name prefix, short
 # name, what it is
 OTHER_CORPORA = (
@@ -530,14 +538,9 @@ if len(settings) > 1 and demo_runs:
     ]
     others = [(label, runs) for label, runs in others if runs]
     corpora = [rates, *(runs for _, runs in others)]
-    measured = [{rate(r["settings"]) for _, r in runs} for runs in corpora]
-    on_every = sorted(set.intersection(*measured)) if others else []
-
-    def over_corpora(rt, how):
-        return how(macro_resolvable(r) for runs in corpora for _, r in runs if rate(r["settings"]) == rt)
-
+    on_every = by_worst_corpus(corpora, lambda r: rate(r["settings"])) if others else {}
     best_here = rate(most_accurate(rates)[1]["settings"])
-    chosen_rate = max(on_every, key=lambda rt: over_corpora(rt, min)) if on_every else best_here
+    chosen_rate = max(on_every, key=lambda rt: on_every[rt][0]) if on_every else best_here
     lr, schedule = chosen_rate
     # unit budgets differ in cost: by accuracy per minute, among those whose demo fits; measured, as every setting,
     # with one change from shared-fixed
@@ -567,12 +570,12 @@ if len(settings) > 1 and demo_runs:
         for n, r in runs:
             print(f"{rate_line(n, r)}; fixed-budget targets met: {fixed_targets_met(r)}/{len(TARGETS['fixed'])}.")
     if on_every:
-        by_mean = max(on_every, key=lambda rt: over_corpora(rt, mean))
+        by_mean = max(on_every, key=lambda rt: on_every[rt][1])
         print(
             f"\nUnit learning rate of a built seed: {rate_name(chosen_rate)}. A default must hold beyond the corpus "
             f"that measured it, so among the rates measured on all {len(corpora)} corpora "
             f"({'; '.join(map(rate_name, on_every))}) it is the one whose lowest macro resolvable accuracy over them "
-            f"is the highest ({f(over_corpora(chosen_rate, min))}); the mean over them picks "
+            f"is the highest ({f(on_every[chosen_rate][0])}); the mean over them picks "
             f"{'the same' if by_mean == chosen_rate else rate_name(by_mean)}, and the shared corpora alone "
             f"{'the same' if best_here == chosen_rate else rate_name(best_here)}."
         )
@@ -592,13 +595,9 @@ if len(settings) > 1 and demo_runs:
         if len({r["merge"]["method"] for _, r in runs}) > 1
     ]
     if compared:
-        methods = sorted(set.intersection(*({r["merge"]["method"] for _, r in runs} for _, runs in compared)))
-
-        def merge_over(method, how):
-            return how(macro_resolvable(r) for _, runs in compared for _, r in runs if r["merge"]["method"] == method)
-
-        at_rate = max(methods, key=lambda m: (merge_over(m, min), merge_over(m, mean)))
-        by_mean = max(methods, key=lambda m: merge_over(m, mean))
+        methods = by_worst_corpus([runs for _, runs in compared], lambda r: r["merge"]["method"])
+        at_rate = max(methods, key=methods.get)  # the highest lowest, then the highest mean
+        by_mean = max(methods, key=lambda m: methods[m][1])
         scores = "; ".join(
             f"{name}: "
             + ", ".join(
@@ -616,7 +615,7 @@ if len(settings) > 1 and demo_runs:
             f"\nThe merges compared again at {rate_name(chosen_rate)}, on the unit models of that rate's run on each "
             f"corpus (macro resolvable accuracy): {scores}. Among the methods measured on all {len(compared)}, the "
             f"one whose lowest macro resolvable accuracy over them is the highest is {at_rate} "
-            f"({f(merge_over(at_rate, min))}; the mean over them picks "
+            f"({f(methods[at_rate][0])}; the mean over them picks "
             f"{'the same' if by_mean == at_rate else by_mean}), {same}."
         )
         merge = at_rate
